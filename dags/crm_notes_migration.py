@@ -1,0 +1,117 @@
+"""
+# crm_notes_migration
+
+Moves the historical **Person notes** of one legacy CRM client account (a CID)
+from the CRM PostgreSQL into CDP MongoDB `contact_notes`, once, idempotently,
+and proves it by validation before calling the CID done.
+
+**Trigger** one run per CID with a conf such as
+`{"cid": 100, "company_sso_id": "<uuid>"}`. The feature flag Variable
+`crm_notes_migration_enabled` (a JSON list of CIDs) must list the CID.
+
+| param | meaning |
+|---|---|
+| `cid` | CRM organization id (required) |
+| `company_sso_id` | CDP company UUID the CID moves into (required) |
+| `batch_size` | notes per page, 1–1000 (default 500) |
+| `include_activities` | also migrate Calls/Emails/Meetings/WhatsApp/SMS entries (default off) |
+| `dry_run` | read, transform and account, write no notes |
+| `force_rerun` | run a CID that already completed (re-inserts nothing that exists) |
+
+**Flow**: preconditions + per-CID lock → coverage preflight → plan keyset pages →
+migrate pages (mapped) → relink attachments (mapped) → validate → alert branch →
+finalise; the lock is released by a teardown whatever happens.
+
+**Connections**: `crm_postgres`, `cdp_mongo`, `crm_s3`, `cdp_s3`, `slack_alerts`,
+`pagerduty_events`. **Status**: `GET /crm-notes-migration/api/status?cid=…`.
+**Owner**: data-platform migrations (Ops on-call for the CDP move).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task, teardown
+
+from crm_notes_migration import tasks
+from crm_notes_migration.config import DAG_ID
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_tasks=4,
+    doc_md=__doc__,
+    tags=["crm-migration", "cdp", "notes"],
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=30),
+                  "retry_exponential_backoff": True},
+    params={
+        "cid": Param(type="integer", minimum=1, description="CRM organization id (CID)"),
+        "company_sso_id": Param(type="string", pattern=UUID_PATTERN, description="CDP company UUID"),
+        "batch_size": Param(500, type="integer", minimum=1, maximum=1000),
+        "include_activities": Param(False, type="boolean"),
+        "dry_run": Param(False, type="boolean"),
+        "force_rerun": Param(False, type="boolean"),
+    },
+)
+def crm_notes_migration():
+    @task(retries=0)
+    def preconditions() -> dict:
+        return tasks.preconditions()
+
+    @task
+    def coverage_preflight(job: dict) -> dict:
+        return tasks.coverage_preflight(job)
+
+    @task
+    def plan_pages(job: dict) -> list[dict]:
+        return tasks.plan_pages(job)
+
+    @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=4)
+    def migrate_page(job: dict, page: dict) -> dict:
+        return tasks.migrate_page(job, page)
+
+    @task(trigger_rule="all_done")
+    def validate() -> dict:
+        return tasks.validate()
+
+    @task.branch
+    def choose_outcome(verdict: dict) -> str:
+        return tasks.choose_outcome(verdict)
+
+    @task
+    def send_alerts(verdict: dict) -> list[str]:
+        return tasks.send_alerts(verdict)
+
+    @task
+    def no_alert() -> None:
+        """Success: nobody is paged."""
+
+    @task(trigger_rule="none_failed_min_one_success", retries=0)
+    def finalise(verdict: dict) -> dict:
+        return tasks.finalise(verdict)
+
+    @teardown
+    def release_lock(job: dict) -> bool:
+        return tasks.release_lock(job)
+
+    job = preconditions()
+    coverage = coverage_preflight(job)
+    pages = plan_pages(job)
+    coverage >> pages
+    migrated = migrate_page.partial(job=job).expand(page=pages)
+    verdict = validate()
+    [coverage, migrated] >> verdict
+    branch = choose_outcome(verdict)
+    alerted, quiet = send_alerts(verdict), no_alert()
+    branch >> [alerted, quiet]
+    done = finalise(verdict)
+    [alerted, quiet] >> done
+    done >> release_lock(job).as_teardown(setups=job)
+
+
+crm_notes_migration()

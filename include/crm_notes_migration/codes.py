@@ -1,0 +1,81 @@
+"""The one vocabulary of the migration: reason codes, event names, job states.
+
+Every module, test and document uses these constants, so a behaviour of the
+PRD can be found by its name.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a run was refused, or why a note (or a file) was not migrated as is."""
+
+    # run-level refusals (preconditions)
+    FLAG_DISABLED = "FLAG_DISABLED"
+    CID_NOT_FOUND = "CID_NOT_FOUND"
+    INVALID_COMPANY_SSO_ID = "INVALID_COMPANY_SSO_ID"
+    ALREADY_MIGRATED = "ALREADY_MIGRATED"
+    JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
+    COVERAGE_BELOW_GATE = "COVERAGE_BELOW_GATE"
+    FAILURE_RATE_EXCEEDED = "FAILURE_RATE_EXCEEDED"
+    # note-level hard failures (the failed-record queue)
+    CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
+    NOTE_TOO_LARGE = "NOTE_TOO_LARGE"
+    HTML_NORMALISATION_FAILED = "HTML_NORMALISATION_FAILED"
+    BATCH_INSERT_FAILED = "BATCH_INSERT_FAILED"
+    # note-level skips and deliberate drops (not failures)
+    NOT_A_PERSON_NOTE = "NOT_A_PERSON_NOTE"
+    ACTIVITY_OUT_OF_SCOPE = "ACTIVITY_OUT_OF_SCOPE"
+    CHECKIN_DROPPED = "CHECKIN_DROPPED"
+    # attachment-level
+    ATTACHMENT_UNSUPPORTED_TYPE = "ATTACHMENT_UNSUPPORTED_TYPE"
+    ATTACHMENT_TOO_LARGE = "ATTACHMENT_TOO_LARGE"
+    ATTACHMENT_DOWNLOAD_FAILED = "ATTACHMENT_DOWNLOAD_FAILED"
+    ATTACHMENT_UPLOAD_FAILED = "ATTACHMENT_UPLOAD_FAILED"
+
+
+# Hard failures count towards failure_rate; everything else does not.
+HARD_FAILURES = frozenset(
+    {
+        Reason.CONTACT_NOT_MAPPED,
+        Reason.NOTE_TOO_LARGE,
+        Reason.HTML_NORMALISATION_FAILED,
+        Reason.BATCH_INSERT_FAILED,
+    }
+)
+
+
+class Outcome(StrEnum):
+    """What became of one CRM note in one run."""
+
+    MIGRATED = "migrated"
+    ALREADY_MIGRATED = "already_migrated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Event(StrEnum):
+    """The PRD §12 events, emitted as structured log lines and persisted records."""
+
+    STARTED = "crm_notes_migration_started"
+    BATCH_COMPLETED = "crm_notes_migration_batch_completed"
+    NOTE_FAILED = "crm_notes_migration_note_failed"
+    OWNER_NOT_RESOLVED = "crm_notes_migration_owner_not_resolved"
+    ATTACHMENT_FAILED = "crm_notes_migration_attachment_failed"
+    HALTED = "crm_notes_migration_halted"
+    COMPLETED = "crm_notes_migration_completed"
+
+
+class State(StrEnum):
+    """The Monitor API states (PRD §8)."""
+
+    NOT_STARTED = "not_started"
+    IN_PROGRESS = "in_progress"
+    HALTED = "halted"
+    COMPLETED_SUCCESS = "completed_success"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+
+
+TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS})

@@ -1,0 +1,103 @@
+"""Connection ids, variable names, thresholds and the effective run config, in one place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DAG_ID = "crm_notes_migration"
+
+# Connections (credentials only ever come through these).
+CRM_POSTGRES_CONN_ID = "crm_postgres"
+CDP_MONGO_CONN_ID = "cdp_mongo"
+CRM_S3_CONN_ID = "crm_s3"
+CDP_S3_CONN_ID = "cdp_s3"
+SLACK_CONN_ID = "slack_alerts"
+PAGERDUTY_CONN_ID = "pagerduty_events"
+DEFAULT_CDP_DATABASE = "cdp"
+
+# Airflow Variables.
+FLAG_VARIABLE = "crm_notes_migration_enabled"  # JSON list of CIDs with the flag ON
+SETTINGS_VARIABLE = "crm_notes_migration_settings"  # optional JSON overriding Thresholds
+
+# Activity taxonomy: entries of these types are activities, not notes (OQ-4).
+ACTIVITY_TYPE_NAMES = frozenset({"Calls", "Emails", "Meetings", "WhatsApp", "SMS"})
+
+UNKNOWN_OWNER_LABEL = "[Legacy CRM User]"
+
+# Bookkeeping collections in the CDP database, all prefixed so they never
+# collide with contact-service's own collections.
+JOBS = "crm_migration_jobs"
+LOCKS = "crm_migration_locks"
+PAGES = "crm_migration_pages"
+NOTE_LOG = "crm_migration_note_log"  # failed-record queue + skipped notes, reason-coded
+AUDIT = "crm_migration_audit"  # legacy id → CDP note id
+EVENTS = "crm_migration_events"
+CONTACT_NOTES = "contact_notes"
+CONTACTS = "contacts"
+LAUNCHPAD_USERS = "launchpad_users"
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Gates of the PRD; overridable through the `crm_notes_migration_settings` Variable."""
+
+    max_failure_rate: float = 0.01  # halt when hard failures / attempted exceeds this
+    coverage_gate: float = 0.99  # Person→Contact resolution share needed before writing
+    validation_match_pct: float = 99.0  # completed_success needs match_pct ≥ this
+    attachment_alert_share: float = 0.20  # Slack when attachment failures exceed this
+    note_size_cap_bytes: int = 512 * 1024  # normalised HTML above this is NOTE_TOO_LARGE
+    attachment_size_cap_bytes: int = 25 * 1024 * 1024
+    lock_lease_seconds: int = 3 * 3600  # a lock not refreshed for this long is stale
+    failed_record_retention_days: int = 30
+    attachment_concurrency: int = 8
+    proxy_url_base: str = "https://cdp.example/api/v1/files"
+    error_log_url_base: str = "/crm-notes-migration/api/jobs"
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> Thresholds:
+        """Build from a JSON mapping, refusing unknown keys loudly (typos must not pass silently)."""
+        data = dict(data or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {SETTINGS_VARIABLE} keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The effective configuration of one run: DAG params plus thresholds."""
+
+    cid: int
+    company_sso_id: str
+    batch_size: int = 500
+    include_activities: bool = False
+    dry_run: bool = False
+    force_rerun: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = dict(data)
+        data["thresholds"] = Thresholds(**data.get("thresholds", {}))
+        return cls(**data)
+
+
+def parse_flag(value: Any) -> frozenset[int]:
+    """The flag Variable is a JSON list of CIDs; anything else means OFF for everyone."""
+    if not isinstance(value, list):
+        return frozenset()
+    out = set()
+    for item in value:
+        try:
+            out.add(int(item))
+        except (TypeError, ValueError):
+            continue
+    return frozenset(out)

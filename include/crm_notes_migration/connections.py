@@ -1,0 +1,55 @@
+"""The only place that turns Airflow connection ids into clients (credentials never leave hooks)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+from bson.codec_options import CodecOptions
+
+from crm_notes_migration.config import CDP_MONGO_CONN_ID, CRM_POSTGRES_CONN_ID, DEFAULT_CDP_DATABASE
+
+
+@contextmanager
+def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID) -> Iterator:
+    """A read-only connection to the CRM (the migration never writes there).
+
+    The Postgres provider hands out a psycopg 3 connection here (psycopg2 only
+    when psycopg 3 is absent); both accept these session settings."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    try:
+        conn.autocommit = True
+        conn.read_only = True
+        yield conn
+    finally:
+        conn.close()
+
+
+@cache
+def _mongo_client(conn_id: str):
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    hook = MongoHook(mongo_conn_id=conn_id)
+    return hook.get_conn(), hook.connection.schema or DEFAULT_CDP_DATABASE
+
+
+def cdp_database(conn_id: str = CDP_MONGO_CONN_ID):
+    """The CDP database, reading dates as timezone-aware UTC."""
+    client, name = _mongo_client(conn_id)
+    return client.get_database(name, codec_options=CodecOptions(tz_aware=True, tzinfo=dt.UTC))
+
+
+@contextmanager
+def crm_connection_rw(conn_id: str = CRM_POSTGRES_CONN_ID) -> Iterator:
+    """A writable CRM connection: only the synthetic-data seeder uses it, never the migration."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,152 @@
+"""Reads of the legacy CRM PostgreSQL (read-only). All SQL of the project lives here.
+
+Timestamps are `timestamp without time zone` holding UTC wall-clock; psycopg2
+returns them naive and `_utc` pins them to UTC, whatever the session or host
+time zone, so nothing here depends on `TimeZone`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crm_notes_migration.config import ACTIVITY_TYPE_NAMES
+
+# A Person note is any crm_notes row with crm_person_id set (D-6), whatever its
+# STI type or other foreign keys.
+_PERSON_NOTES = "n.organization_id = %(cid)s AND n.crm_person_id IS NOT NULL"
+_ACTIVITY = "COALESCE(t.name = ANY(%(activity_names)s), false)"
+_TYPE_JOIN = "LEFT JOIN crm_note_types t ON t.id = n.crm_note_type_id"
+
+
+@dataclass(frozen=True)
+class NoteRow:
+    id: int
+    organization_id: int
+    type: str | None
+    note: str | None
+    crm_person_id: int
+    crm_company_id: int | None
+    crm_deal_id: int | None
+    crm_ticket_id: int | None
+    creator_id: int | None
+    creator_found: bool
+    creator_name: str | None
+    creator_email: str | None
+    note_type_name: str | None
+    has_checkin: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def is_activity(self) -> bool:
+        return self.note_type_name in ACTIVITY_TYPE_NAMES
+
+
+@dataclass(frozen=True)
+class Page:
+    """A keyset range of one CID's Person notes: small enough for XCom."""
+
+    page_no: int
+    lo_id: int
+    hi_id: int
+    size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"page_no": self.page_no, "lo_id": self.lo_id, "hi_id": self.hi_id, "size": self.size}
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _params(cid: int, **extra: Any) -> dict[str, Any]:
+    return {"cid": cid, "activity_names": sorted(ACTIVITY_TYPE_NAMES), **extra}
+
+
+def cid_exists(conn, cid: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM organizations WHERE id = %s", (cid,))
+        return cur.fetchone() is not None
+
+
+def scope_counts(conn, cid: int) -> dict[str, int]:
+    """How the CID's notes divide into Person notes, activities and notes without a person."""
+    sql = f"""
+        SELECT count(*) FILTER (WHERE n.crm_person_id IS NOT NULL AND NOT {_ACTIVITY}),
+               count(*) FILTER (WHERE n.crm_person_id IS NOT NULL AND {_ACTIVITY}),
+               count(*) FILTER (WHERE n.crm_person_id IS NULL),
+               count(*)
+          FROM crm_notes n {_TYPE_JOIN}
+         WHERE n.organization_id = %(cid)s"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid))
+        notes, activities, no_person, total = cur.fetchone()
+    return {"person_notes": notes, "person_activities": activities, "no_person": no_person, "total": total}
+
+
+def in_scope_count(conn, cid: int, include_activities: bool) -> int:
+    counts = scope_counts(conn, cid)
+    return counts["person_notes"] + (counts["person_activities"] if include_activities else 0)
+
+
+def notes_per_person(conn, cid: int, include_activities: bool) -> dict[int, int]:
+    """In-scope note counts by crm_person_id: the input of the coverage preflight."""
+    activity_filter = "" if include_activities else f"AND NOT {_ACTIVITY}"
+    sql = f"""
+        SELECT n.crm_person_id, count(*)
+          FROM crm_notes n {_TYPE_JOIN}
+         WHERE {_PERSON_NOTES} {activity_filter}
+         GROUP BY n.crm_person_id"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid))
+        return dict(cur.fetchall())
+
+
+def plan_pages(conn, cid: int, batch_size: int) -> list[Page]:
+    """Keyset id ranges over all Person notes of the CID, each holding ≤ batch_size rows.
+
+    Activities are inside the ranges on purpose: each is then skipped with its
+    own reason code instead of vanishing in a WHERE clause.
+    """
+    sql = f"""
+        SELECT bucket, min(id), max(id), count(*)
+          FROM (SELECT n.id, (row_number() OVER (ORDER BY n.id) - 1) / %(batch)s AS bucket
+                  FROM crm_notes n WHERE {_PERSON_NOTES}) numbered
+         GROUP BY bucket ORDER BY bucket"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, batch=batch_size))
+        return [Page(page_no=int(b), lo_id=lo, hi_id=hi, size=n) for b, lo, hi, n in cur.fetchall()]
+
+
+_NOTE_COLUMNS = """
+    n.id, n.organization_id, n.type, n.note, n.crm_person_id, n.crm_company_id,
+    n.crm_deal_id, n.crm_ticket_id, n.creator_id, u.id IS NOT NULL, u.full_name, u.email,
+    t.name, EXISTS (SELECT 1 FROM crm_checkins c WHERE c.crm_note_id = n.id),
+    n.created_at, n.updated_at"""
+
+
+def read_page(conn, cid: int, lo_id: int, hi_id: int) -> list[NoteRow]:
+    """One query for a page: notes with their creator, type name and check-in flag."""
+    sql = f"""
+        SELECT {_NOTE_COLUMNS}
+          FROM crm_notes n
+          LEFT JOIN users u ON u.id = n.creator_id
+          {_TYPE_JOIN}
+         WHERE {_PERSON_NOTES} AND n.id BETWEEN %(lo)s AND %(hi)s
+         ORDER BY n.id"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, lo=lo_id, hi=hi_id))
+        return [_row(r) for r in cur.fetchall()]
+
+
+def _row(r: Sequence[Any]) -> NoteRow:
+    return NoteRow(*r[:14], created_at=_utc(r[14]), updated_at=_utc(r[15]))
+
+
+def iter_pages(conn, cid: int, batch_size: int) -> Iterator[list[NoteRow]]:
+    """All Person notes of a CID, page by page (validation re-reads the source this way)."""
+    for page in plan_pages(conn, cid, batch_size):
+        yield read_page(conn, cid, page.lo_id, page.hi_id)

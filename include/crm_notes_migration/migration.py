@@ -1,0 +1,375 @@
+"""The steps of one run, over an open CRM connection and the CDP database.
+
+Each function is one task body of the DAG (tasks.py adds the Airflow edges).
+Every step is idempotent: re-running it, or the whole run, gives the same end
+state. Refusals and halts are exceptions carrying a reason code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from pymongo.database import Database
+
+from crm_notes_migration import cdp_store as store
+from crm_notes_migration import crm_source
+from crm_notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
+from crm_notes_migration.codes import HARD_FAILURES, Event, Outcome, Reason, State
+from crm_notes_migration.config import DAG_ID, UUID_RE, RunConfig
+from crm_notes_migration.events import event
+from crm_notes_migration.resolve import resolve_contacts, resolve_owners
+from crm_notes_migration.transform import Decision, content_mismatches, crm_users, decide
+
+log = logging.getLogger(__name__)
+_JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
+
+
+class Refused(Exception):
+    """The run must not start; nothing was written."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+
+
+class Halted(Exception):
+    """The run stopped on purpose; later pages write nothing."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+
+
+class AlreadyHalted(Halted):
+    """Raised by a page that starts after the run halted: it read and wrote nothing."""
+
+
+def job_id_for(run_id: str, cid: int) -> str:
+    """Stable per (run, CID): a retried task finds the same job."""
+    return str(uuid.uuid5(_JOB_NS, f"{DAG_ID}/{run_id}/{cid}"))
+
+
+def _job(db: Database, job_id: str) -> tuple[dict, RunConfig]:
+    job = store.get_job(db, job_id)
+    if job is None:
+        raise LookupError(f"job {job_id} not found")
+    return job, RunConfig.from_dict(job["config"])
+
+
+# --------------------------------------------------------------------------- 1. preconditions
+
+
+def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int]) -> None:
+    """Every reason to refuse that needs no lock; raises Refused, writes nothing."""
+    if cfg.cid not in set(flag_cids):
+        raise Refused(Reason.FLAG_DISABLED, f"feature flag is OFF for CID {cfg.cid}")
+    if not UUID_RE.match(cfg.company_sso_id or ""):
+        raise Refused(Reason.INVALID_COMPANY_SSO_ID, f"company_sso_id {cfg.company_sso_id!r} is not a UUID")
+    if not crm_source.cid_exists(crm, cfg.cid):
+        raise Refused(Reason.CID_NOT_FOUND, f"CID {cfg.cid} is not an organization of the CRM")
+    last = store.latest_job(db, cfg.cid)
+    if last and last.get("state") == State.COMPLETED_SUCCESS and not (cfg.force_rerun or cfg.dry_run):
+        raise Refused(
+            Reason.ALREADY_MIGRATED,
+            f"CID {cfg.cid} already completed_success in job {last['_id']}; use force_rerun to run it again",
+        )
+
+
+def start_job(crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: str | None, flag_cids: Iterable[int]) -> dict:
+    """Preconditions, the per-CID lock, the job record and the started event."""
+    check_preconditions(crm, db, cfg, flag_cids=flag_cids)
+    job_id = job_id_for(run_id, cfg.cid)
+    try:
+        store.acquire_lock(db, cfg.cid, job_id=job_id, run_id=run_id, lease_seconds=cfg.thresholds.lock_lease_seconds)
+    except store.LockHeld as held:
+        raise Refused(Reason.JOB_ALREADY_RUNNING, str(held)) from None
+    try:
+        index_form = store.ensure_indexes(db)
+        purged = store.purge_expired_note_log(db, cfg.thresholds.failed_record_retention_days)
+        stamp = store.now()
+        existing = store.get_job(db, job_id)
+        store.create_job(
+            db,
+            {
+                "_id": job_id,
+                "cid": cfg.cid,
+                "company_sso_id": cfg.company_sso_id,
+                "dag_id": DAG_ID,
+                "run_id": run_id,
+                "triggered_by": triggered_by or "unknown",
+                "config": cfg.as_dict(),
+                "state": State.IN_PROGRESS.value,
+                "created_at": existing["created_at"] if existing else stamp,
+                "updated_at": stamp,
+                "index_form": index_form,
+            },
+        )
+        store.record_events(
+            db,
+            [event(Event.STARTED, job_id=job_id, cid=cfg.cid, company_sso_id=cfg.company_sso_id,
+                   triggered_by=triggered_by or "unknown", config=cfg.as_dict(), purged_note_log=purged)],
+        )
+    except Exception:
+        store.release_lock(db, cfg.cid, run_id)
+        raise
+    return {"job_id": job_id, "cid": cfg.cid, "company_sso_id": cfg.company_sso_id, "run_id": run_id}
+
+
+def halt_job(db: Database, job: dict, reason: Reason, failure_rate: float | None = None, **details: Any) -> None:
+    halted = {"reason": reason.value, "failure_rate": failure_rate, "at": store.now(), **details}
+    store.update_job(db, job["_id"], state=State.HALTED.value, halted=halted)
+    store.record_events(
+        db, [event(Event.HALTED, job_id=job["_id"], cid=job["cid"], reason=reason.value, failure_rate=failure_rate)]
+    )
+
+
+# --------------------------------------------------------------------------- 2. coverage
+
+
+def coverage_report(crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float) -> dict:
+    """OQ-2: the share of in-scope notes whose person resolves to a CDP contact."""
+    per_person = crm_source.notes_per_person(crm, cid, include_activities)
+    matches = resolve_contacts(per_person, store.find_contacts(db, company_sso_id, per_person))
+    notes_total = sum(per_person.values())
+    resolvable = sum(n for p, n in per_person.items() if p in matches)
+    unmapped = sorted(p for p in per_person if p not in matches)
+    share = resolvable / notes_total if notes_total else 1.0
+    return {
+        "cid": cid,
+        "company_sso_id": company_sso_id,
+        "notes_in_scope": notes_total,
+        "notes_resolvable": resolvable,
+        "coverage_pct": round(100.0 * share, 2),
+        "persons_total": len(per_person),
+        "persons_unmapped": len(unmapped),
+        "unmapped_person_ids_sample": unmapped[:20],
+        "persons_ambiguous": sum(1 for m in matches.values() if m.ambiguous),
+        "gate_pct": round(100.0 * gate, 2),
+        "passes_gate": share >= gate,
+    }
+
+
+def run_coverage(crm, db: Database, job_id: str) -> dict:
+    job, cfg = _job(db, job_id)
+    report = coverage_report(
+        crm, db, cfg.cid, cfg.company_sso_id, include_activities=cfg.include_activities, gate=cfg.thresholds.coverage_gate
+    )
+    store.update_job(db, job_id, coverage=report)
+    if not report["passes_gate"]:
+        halt_job(db, job, Reason.COVERAGE_BELOW_GATE, coverage=report)
+        raise Halted(
+            Reason.COVERAGE_BELOW_GATE,
+            f"{report['coverage_pct']}% of in-scope notes resolve to a contact, gate {report['gate_pct']}%; "
+            f"{report['persons_unmapped']} persons unmapped (e.g. {report['unmapped_person_ids_sample'][:5]})",
+        )
+    return report
+
+
+# --------------------------------------------------------------------------- 3. plan
+
+
+def plan(crm, db: Database, job_id: str) -> list[dict]:
+    job, cfg = _job(db, job_id)
+    pages = crm_source.plan_pages(crm, cfg.cid, cfg.batch_size)
+    scope = crm_source.scope_counts(crm, cfg.cid)
+    notes_total = scope["person_notes"] + (scope["person_activities"] if cfg.include_activities else 0)
+    store.update_job(db, job_id, scope=scope, notes_total=notes_total, pages_total=len(pages),
+                     rows_total=sum(p.size for p in pages))
+    log.info("CID %s: %d pages of ≤ %d rows, %d in-scope notes, scope %s", cfg.cid, len(pages), cfg.batch_size, notes_total, scope)
+    return [p.as_dict() for p in pages]
+
+
+# --------------------------------------------------------------------------- 4. migrate one page
+
+
+def _log_entry(job: dict, note_id: int, outcome: Outcome, reason: Reason, details: str) -> dict:
+    return {
+        "_id": f"{job['_id']}:{note_id}:{reason.value}",
+        "job_id": job["_id"],
+        "cid": job["cid"],
+        "legacy_crm_note_id": note_id,
+        "outcome": outcome.value,
+        "reason_code": reason.value,
+        "details": details,
+        "created_at": store.now(),
+    }
+
+
+def transform_page(rows, db: Database, cfg: RunConfig) -> list[Decision]:
+    """Bulk resolution (one contacts query, one users query) then one decision per row."""
+    person_ids = {r.crm_person_id for r in rows}
+    contacts = resolve_contacts(person_ids, store.find_contacts(db, cfg.company_sso_id, person_ids))
+    owners = resolve_owners(crm_users(rows), store.company_users(db, cfg.company_sso_id))
+    return [
+        decide(r, company_sso_id=cfg.company_sso_id, include_activities=cfg.include_activities,
+               contacts=contacts, owners=owners, note_size_cap_bytes=cfg.thresholds.note_size_cap_bytes)
+        for r in rows
+    ]
+
+
+def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.MongoNoteWriter | None = None) -> dict:
+    """Read → resolve → normalise → build → insert one page, then account for every note."""
+    started = time.perf_counter()
+    job, cfg = _job(db, job_id)
+    if job.get("state") == State.HALTED:
+        raise AlreadyHalted(Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing")
+    rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
+    t_read = time.perf_counter()
+    decisions = transform_page(rows, db, cfg)
+    t_transform = time.perf_counter()
+
+    docs = [d.doc for d in decisions if d.doc is not None]
+    writer = writer or store.MongoNoteWriter(db)
+    if cfg.dry_run:
+        result = store.WriteResult(inserted={d["legacy_crm_note_id"]: None for d in docs})
+    else:
+        result = writer.write(docs)
+    t_write = time.perf_counter()
+
+    entries, events_out = [], []
+    ev = {"job_id": job_id, "cid": cfg.cid}
+    for d in decisions:
+        if d.skip:
+            entries.append(_log_entry(job, d.note_id, Outcome.SKIPPED, d.skip, d.details))
+            continue
+        if d.failure is None and d.note_id in result.errors:
+            d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
+        if d.failure:
+            entries.append(_log_entry(job, d.note_id, Outcome.FAILED, d.failure, d.details))
+            events_out.append(event(Event.NOTE_FAILED, subject=d.note_id, legacy_crm_note_id=d.note_id,
+                                    reason_code=d.failure.value, details=d.details, **ev))
+            continue
+        if d.checkin_dropped:
+            entries.append(_log_entry(job, d.note_id, Outcome.MIGRATED, Reason.CHECKIN_DROPPED,
+                                      "check-in not migrated (D-10)"))
+        if d.owner_unresolved and d.doc is not None:
+            events_out.append(event(Event.OWNER_NOT_RESOLVED, subject=d.note_id, legacy_crm_note_id=d.note_id,
+                                    legacy_owner_label=d.doc.get("legacy_owner_label"), **ev))
+
+    audit: list[dict] = []
+    if not cfg.dry_run:
+        existing = writer.existing_ids(cfg.company_sso_id, result.already_migrated)
+        for legacy, note_id in {**existing, **result.inserted}.items():
+            audit.append({"_id": f"{cfg.company_sso_id}:{legacy}", "company_sso_id": cfg.company_sso_id,
+                          "cid": cfg.cid, "legacy_crm_note_id": legacy, "cdp_note_id": note_id,
+                          "job_id": job_id, "migrated_at": store.now()})
+    store.record_audit(db, audit)
+    store.record_note_log(db, entries)
+
+    failed_by_reason: dict[str, int] = {}
+    skipped_by_reason: dict[str, int] = {}
+    for d in decisions:
+        if d.failure:
+            failed_by_reason[d.failure.value] = failed_by_reason.get(d.failure.value, 0) + 1
+        elif d.skip:
+            skipped_by_reason[d.skip.value] = skipped_by_reason.get(d.skip.value, 0) + 1
+    failed = sum(failed_by_reason.values())
+    skipped = sum(skipped_by_reason.values())
+    inserted = len(result.inserted)
+    already = len(result.already_migrated)
+    assert inserted + already + failed + skipped == len(rows), "every note must have exactly one outcome"
+    page_result = {
+        "job_id": job_id, "cid": cfg.cid, "page_no": page["page_no"], "lo_id": page["lo_id"], "hi_id": page["hi_id"],
+        "rows": len(rows), "attempted": len(rows) - skipped, "migrated": inserted, "already_migrated": already,
+        "skipped": skipped, "failed": failed, "failed_by_reason": failed_by_reason,
+        "skipped_by_reason": skipped_by_reason,
+        "checkins_dropped": sum(1 for d in decisions if d.checkin_dropped and not d.skip and not d.failure),
+        "owners_unresolved": sum(1 for d in decisions if d.owner_unresolved),
+        "mentions_rewritten": sum(d.mentions for d in decisions),
+        "timings_s": {"read": t_read - started, "transform": t_transform - t_read, "write": t_write - t_transform,
+                      "total": time.perf_counter() - started},
+        "finished_at": store.now(),
+    }
+    store.save_page_result(db, page_result)
+    events_out.append(event(Event.BATCH_COMPLETED, subject=f"page{page['page_no']}", page_no=page["page_no"],
+                            rows=len(rows), migrated=inserted, already_migrated=already, failed=failed,
+                            skipped=skipped, duration_s=round(page_result["timings_s"]["total"], 3), **ev))
+    store.record_events(db, events_out)
+    store.heartbeat_lock(db, cfg.cid, job["run_id"])
+
+    totals = sum_pages(store.page_results(db, job_id))
+    if should_halt(totals, batch_size=cfg.batch_size, notes_total=job.get("notes_total", 0),
+                   max_failure_rate=cfg.thresholds.max_failure_rate):
+        halt_job(db, job, Reason.FAILURE_RATE_EXCEEDED, failure_rate=round(totals.failure_rate, 6),
+                 failed=totals.failed, attempted=totals.attempted)
+        raise Halted(Reason.FAILURE_RATE_EXCEEDED,
+                     f"{totals.failed} of {totals.attempted} notes failed ({totals.failure_rate:.2%}) "
+                     f"> {cfg.thresholds.max_failure_rate:.2%}; remaining pages write nothing")
+    return {k: page_result[k] for k in ("page_no", "rows", "migrated", "already_migrated", "skipped", "failed")}
+
+
+# --------------------------------------------------------------------------- 6. validate
+
+
+def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> dict:
+    """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash."""
+    expected = found = 0
+    mismatches: list[dict] = []
+    mismatch_count = 0
+    projection = {"_id": 0, "legacy_crm_note_id": 1, "contact_id": 1, "owner_id": 1, "legacy_owner_label": 1,
+                  "company_sso_id": 1, "created_at": 1, "updated_at": 1, "note": 1}
+    for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
+        in_scope = [r for r in rows if cfg.include_activities or not r.is_activity]
+        expected += len(in_scope)
+        stored = {d["legacy_crm_note_id"]: d for d in store.stored_notes(db, cfg.company_sso_id, [r.id for r in in_scope], projection)}
+        found += len(stored)
+        for d in transform_page([r for r in in_scope if r.id in stored], db, cfg):
+            if d.doc is None:
+                continue  # no longer resolvable: counted as present, compared on nothing
+            problems = content_mismatches(d.doc, stored[d.note_id])
+            if problems:
+                mismatch_count += 1
+                if len(mismatches) < sample_limit:
+                    mismatches.append({"legacy_crm_note_id": d.note_id, "fields": problems})
+    return {"expected": expected, "found": found, "match_pct": match_pct(expected, found),
+            "content_mismatches": mismatch_count, "mismatch_samples": mismatches}
+
+
+def validate(crm, db: Database, job_id: str) -> Verdict:
+    job, cfg = _job(db, job_id)
+    totals = sum_pages(store.page_results(db, job_id))
+    attachments = job.get("attachments") or {}
+    halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
+    if halted or cfg.dry_run:
+        report: dict[str, Any] = {"skipped": "halted" if halted else "dry_run"}
+        verdict = decide_verdict(halted_reason=halted, match=None, failure_rate=totals.failure_rate, mismatches=0,
+                                 min_match_pct=cfg.thresholds.validation_match_pct,
+                                 max_failure_rate=cfg.thresholds.max_failure_rate, dry_run=cfg.dry_run,
+                                 attachment_failure_share=attachments.get("failure_share", 0.0))
+    else:
+        report = content_check(crm, db, cfg)
+        verdict = decide_verdict(halted_reason=None, match=report["match_pct"], failure_rate=totals.failure_rate,
+                                 mismatches=report["content_mismatches"],
+                                 min_match_pct=cfg.thresholds.validation_match_pct,
+                                 max_failure_rate=cfg.thresholds.max_failure_rate,
+                                 attachment_failure_share=attachments.get("failure_share", 0.0))
+    report["failure_rate"] = verdict.failure_rate
+    store.update_job(db, job_id, state=verdict.state.value, validation=report, totals=totals.as_dict(),
+                     verdict=verdict.as_dict(), finished_at=store.now())
+    store.record_events(db, [event(Event.COMPLETED, job_id=job_id, cid=cfg.cid, subject="final", status=verdict.state.value,
+                                   match_pct=verdict.match_pct, failure_rate=verdict.failure_rate,
+                                   notes_migrated=report.get("found"), content_mismatches=verdict.content_mismatches)])
+    return verdict
+
+
+# --------------------------------------------------------------------------- 7. teardown
+
+
+def release(db: Database, cid: int, run_id: str) -> bool:
+    released = store.release_lock(db, cid, run_id)
+    log.info("lock of CID %s %s", cid, "released" if released else "was not held by this run")
+    return released
+
+
+def peak_memory_of(fn, *args, **kwargs) -> tuple[Any, int]:
+    """Run fn under tracemalloc; returns (result, peak bytes). Used by the benchmark."""
+    tracemalloc.start()
+    try:
+        return fn(*args, **kwargs), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

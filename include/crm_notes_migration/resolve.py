@@ -1,0 +1,103 @@
+"""Pure resolution rules: CRM person → CDP contact (D-12), CRM creator → SSO owner (D-7)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from crm_notes_migration.config import UNKNOWN_OWNER_LABEL
+
+log = logging.getLogger(__name__)
+
+_FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class ContactMatch:
+    contact_id: str
+    candidates: tuple[str, ...]  # every contact that matched, chosen one first
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def _contact_rank(contact: Mapping, person_id: int) -> tuple:
+    """Deterministic preference: a crm_data.id match, then the oldest contact, then the smallest id."""
+    by_crm_data = (contact.get("crm_data") or {}).get("id") == person_id
+    created = contact.get("created_at") or _FAR_FUTURE
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)
+    return (0 if by_crm_data else 1, created, str(contact["_id"]))
+
+
+def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> dict[int, ContactMatch]:
+    """Map each person to one contact; several matches get a logged, deterministic answer."""
+    wanted = set(person_ids)
+    matches: dict[int, list[Mapping]] = {}
+    for contact in contacts:
+        keys = set()
+        crm_id = (contact.get("crm_data") or {}).get("id")
+        if isinstance(crm_id, int) and crm_id in wanted:
+            keys.add(crm_id)
+        if contact.get("source") == "crm":
+            try:
+                keys.add(int(contact.get("source_id")))
+            except (TypeError, ValueError):
+                pass
+        for person_id in keys & wanted:
+            matches.setdefault(person_id, []).append(contact)
+    out: dict[int, ContactMatch] = {}
+    for person_id, found in matches.items():
+        ranked = sorted(found, key=lambda c, p=person_id: _contact_rank(c, p))
+        match = ContactMatch(str(ranked[0]["_id"]), tuple(str(c["_id"]) for c in ranked))
+        if match.ambiguous:
+            log.warning(
+                "person %s matches %d contacts %s; chose %s (crm_data.id first, then oldest, then smallest id)",
+                person_id, len(ranked), list(match.candidates), match.contact_id,
+            )
+        out[person_id] = match
+    return out
+
+
+@dataclass(frozen=True)
+class CrmUser:
+    id: int
+    found: bool  # False when creator_id points at a deleted user
+    full_name: str | None
+    email: str | None
+
+
+@dataclass(frozen=True)
+class OwnerMatch:
+    owner_id: str | None
+    legacy_owner_label: str | None  # set only when owner_id is None
+
+
+def resolve_owners(users: Iterable[CrmUser], launchpad_users: Iterable[Mapping]) -> dict[int, OwnerMatch]:
+    """crm_user_id first, then case-insensitive email in the company; else a readable label."""
+    by_crm_id: dict[int, str] = {}
+    by_email: dict[str, str] = {}
+    for user in sorted(launchpad_users, key=lambda u: str(u["_id"])):
+        crm_id = user.get("crm_user_id")
+        if isinstance(crm_id, int):
+            by_crm_id.setdefault(crm_id, str(user["_id"]))
+        email = (user.get("email") or "").strip().casefold()
+        if email:
+            by_email.setdefault(email, str(user["_id"]))
+    out: dict[int, OwnerMatch] = {}
+    for user in users:
+        owner = by_crm_id.get(user.id)
+        if owner is None and user.email:
+            owner = by_email.get(user.email.strip().casefold())
+        if owner is not None:
+            out[user.id] = OwnerMatch(owner, None)
+        else:
+            label = (user.full_name or "").strip() if user.found else ""
+            out[user.id] = OwnerMatch(None, label or UNKNOWN_OWNER_LABEL)
+    return out
+
+
+UNKNOWN_CREATOR = OwnerMatch(None, UNKNOWN_OWNER_LABEL)

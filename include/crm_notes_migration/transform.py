@@ -1,0 +1,120 @@
+"""Pure transformation: a page of CRM note rows in, CDP documents and reason-coded decisions out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_notes_migration.codes import Reason
+from crm_notes_migration.crm_source import NoteRow
+from crm_notes_migration.html import NormalisationError, normalise
+from crm_notes_migration.resolve import UNKNOWN_CREATOR, ContactMatch, CrmUser, OwnerMatch
+
+
+@dataclass
+class Decision:
+    """What the page does with one CRM note; `doc` is set only for notes to insert."""
+
+    note_id: int
+    doc: dict[str, Any] | None = None
+    skip: Reason | None = None
+    failure: Reason | None = None
+    details: str = ""
+    owner_unresolved: bool = False
+    checkin_dropped: bool = False
+    mentions: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def to_millis(value: dt.datetime) -> dt.datetime:
+    """BSON dates hold milliseconds: the stored value is the original truncated to the ms."""
+    return value.astimezone(dt.UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def note_hash(html: str) -> str:
+    return hashlib.sha256(html.encode("utf-8")).hexdigest()
+
+
+def crm_users(rows: list[NoteRow]) -> list[CrmUser]:
+    seen: dict[int, CrmUser] = {}
+    for r in rows:
+        if r.creator_id is not None and r.creator_id not in seen:
+            seen[r.creator_id] = CrmUser(r.creator_id, r.creator_found, r.creator_name, r.creator_email)
+    return list(seen.values())
+
+
+def build_document(
+    row: NoteRow, *, company_sso_id: str, contact_id: str, owner: OwnerMatch, html: str
+) -> dict[str, Any]:
+    """The contact_notes document of one CRM note (net-new fields of PRD D-1/D-7 included)."""
+    doc: dict[str, Any] = {
+        "company_sso_id": company_sso_id,
+        "contact_id": contact_id,
+        "owner_id": owner.owner_id,
+        "note": html,
+        "attachments": [],
+        "created_at": to_millis(row.created_at),
+        "updated_at": to_millis(row.updated_at),
+        "legacy_crm_note_id": int(row.id),
+    }
+    if owner.owner_id is None:
+        doc["legacy_owner_label"] = owner.legacy_owner_label
+    return doc
+
+
+def decide(
+    row: NoteRow,
+    *,
+    company_sso_id: str,
+    include_activities: bool,
+    contacts: Mapping[int, ContactMatch],
+    owners: Mapping[int, OwnerMatch],
+    note_size_cap_bytes: int,
+) -> Decision:
+    """Scope, resolve, normalise and build one note; never raises for bad input."""
+    decision = Decision(note_id=row.id, checkin_dropped=row.has_checkin)
+    if row.is_activity and not include_activities:
+        decision.skip = Reason.ACTIVITY_OUT_OF_SCOPE
+        decision.details = f"activity type {row.note_type_name!r} (notes-only run)"
+        return decision
+    match = contacts.get(row.crm_person_id)
+    if match is None:
+        decision.failure = Reason.CONTACT_NOT_MAPPED
+        decision.details = f"crm_person_id {row.crm_person_id} has no CDP contact (crm_data.id / source_id)"
+        return decision
+    try:
+        normalised = normalise(row.note)
+    except NormalisationError as exc:
+        decision.failure = Reason.HTML_NORMALISATION_FAILED
+        decision.details = str(exc)
+        return decision
+    size = len(normalised.html.encode("utf-8"))
+    if size > note_size_cap_bytes:
+        decision.failure = Reason.NOTE_TOO_LARGE
+        decision.details = f"normalised HTML is {size} bytes, cap {note_size_cap_bytes}"
+        return decision
+    owner = owners.get(row.creator_id, UNKNOWN_CREATOR) if row.creator_id is not None else UNKNOWN_CREATOR
+    decision.owner_unresolved = owner.owner_id is None
+    decision.mentions = normalised.mentions
+    decision.doc = build_document(
+        row, company_sso_id=company_sso_id, contact_id=match.contact_id, owner=owner, html=normalised.html
+    )
+    return decision
+
+
+def content_mismatches(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
+    """Fields where a stored note differs from what its source yields now (validation's content check)."""
+    problems = []
+    for key in ("contact_id", "owner_id", "legacy_owner_label", "company_sso_id"):
+        if expected.get(key) != stored.get(key):
+            problems.append(key)
+    for key in ("created_at", "updated_at"):
+        got = stored.get(key)
+        if got is None or to_millis(got if got.tzinfo else got.replace(tzinfo=dt.UTC)) != expected[key]:
+            problems.append(key)
+    if note_hash(expected["note"]) != note_hash(stored.get("note") or ""):
+        problems.append("note_hash")
+    return problems

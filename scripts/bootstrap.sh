@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned requirements (again only when
+# requirements.txt or constraints.txt changed), then migrates the project-local
+# Airflow metadata DB. Idempotent; safe to call before every command.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/env.sh
+source "$ROOT/scripts/env.sh"
+mkdir -p "$BUILD_DIR" "$AIRFLOW_HOME"
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+stamp="$VENV/.requirements.sha256"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bootstrap] installing requirements (about a minute or two on a fresh machine)" >&2
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+  echo "$want" >"$stamp"
+fi
+if [ ! -s "$AIRFLOW_HOME/airflow.db" ] || [ "$ROOT/constraints.txt" -nt "$AIRFLOW_HOME/airflow.db" ]; then
+  echo "[bootstrap] airflow db migrate ($AIRFLOW_HOME)" >&2
+  "$VENV/bin/airflow" db migrate >"$BUILD_DIR/airflow-db-migrate.log" 2>&1 ||
+    { tail -20 "$BUILD_DIR/airflow-db-migrate.log" >&2; exit 1; }
+  touch "$AIRFLOW_HOME/airflow.db"
+fi

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's one run command: installs, starts the local services, seeds the
+# demo CIDs (100 and 5000), turns the flag on for them, runs crm_notes_migration
+# for one demo CID (default 100; `scripts/demo.sh 5000` for the large one) and
+# prints its final status JSON.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CID="${1:-100}"
+"$ROOT/scripts/bootstrap.sh"
+"$ROOT/scripts/services.sh" up
+source "$ROOT/scripts/env.sh"
+cd "$ROOT"
+CLI=("$VENV/bin/python" -m crm_notes_migration.cli)
+"$VENV/bin/python" -m crm_notes_migration.seed --demo >&2
+"${CLI[@]}" flag --enable 100 5000 >&2
+"${CLI[@]}" run --cid "$CID" >&2
+"${CLI[@]}" status --cid "$CID"

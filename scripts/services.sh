@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Local services for development, the demo and the test suite, on loopback
+# only, started idempotently: PostgreSQL 15 (the CRM source), FerretDB v1.24.2
+# (the CDP MongoDB, built from the Go module proxy by tools/ferretdb) and an
+# S3-compatible server (moto in server mode) with the CRM and CDP buckets.
+#
+#   scripts/services.sh up | down | status
+#
+# Data lives under .build/ (git-ignored). Ports come from scripts/env.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/env.sh
+source "$ROOT/scripts/env.sh"
+
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PGDATA="$BUILD_DIR/pgdata"
+PGRUN="$BUILD_DIR/pgrun"
+FERRET_BIN="$BUILD_DIR/ferretdb"
+FERRET_DATA="$BUILD_DIR/ferretdb-data"
+LOG_DIR="$BUILD_DIR/logs"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port name seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$1" && return 0
+    sleep 0.1
+  done
+  log "$2 did not open 127.0.0.1:$1 in $3 s; see $LOG_DIR"
+  return 1
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+pg_up() {
+  if [ ! -x "$PG_BIN/pg_ctl" ]; then
+    log "PostgreSQL 15 binaries missing: installing postgresql-15"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+  fi
+  mkdir -p "$PGRUN" "$LOG_DIR"
+  chown postgres "$PGRUN"
+  if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    log "initdb $PGDATA"
+    mkdir -p "$PGDATA" && chown postgres "$PGDATA" && chmod 700 "$PGDATA"
+    as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    log "postgres already running on $CRM_PG_PORT"
+  else
+    touch "$LOG_DIR/postgres.log" && chown postgres "$LOG_DIR/postgres.log"
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOG_DIR/postgres.log" -w -t 60 start \
+      -o "-c listen_addresses=127.0.0.1 -p $CRM_PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c TimeZone=UTC" >/dev/null
+    log "postgres started on 127.0.0.1:$CRM_PG_PORT"
+  fi
+  as_postgres "$PG_BIN/psql" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = '$CRM_PG_DB'" | grep -q 1 ||
+    as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres "$CRM_PG_DB"
+}
+
+ferret_build() {
+  if [ -x "$FERRET_BIN" ] && [ "$FERRET_BIN" -nt "$ROOT/tools/ferretdb/main.go" ] && [ "$FERRET_BIN" -nt "$ROOT/tools/ferretdb/go.mod" ]; then
+    return 0
+  fi
+  log "building FerretDB v1.24.2 (tools/ferretdb) — first time takes a few minutes"
+  (cd "$ROOT/tools/ferretdb" && go build -trimpath -o "$FERRET_BIN" .)
+}
+
+ferret_up() {
+  if port_open "$CDP_MONGO_PORT"; then
+    log "ferretdb already listening on $CDP_MONGO_PORT"
+    return 0
+  fi
+  ferret_build
+  mkdir -p "$FERRET_DATA" "$LOG_DIR"
+  nohup "$FERRET_BIN" -listen "127.0.0.1:$CDP_MONGO_PORT" -handler sqlite \
+    -sqlite-url "file:$FERRET_DATA/" >"$LOG_DIR/ferretdb.log" 2>&1 &
+  echo $! >"$BUILD_DIR/ferretdb.pid"
+  wait_port "$CDP_MONGO_PORT" ferretdb 60
+  log "ferretdb started on 127.0.0.1:$CDP_MONGO_PORT"
+}
+
+s3_up() {
+  if port_open "$S3_PORT"; then
+    log "s3 already listening on $S3_PORT"
+  else
+    mkdir -p "$LOG_DIR"
+    nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$LOG_DIR/s3.log" 2>&1 &
+    echo $! >"$BUILD_DIR/s3.pid"
+    wait_port "$S3_PORT" s3 60
+    log "s3 (moto server) started on 127.0.0.1:$S3_PORT"
+  fi
+}
+
+stop_pid() { # name
+  local f="$BUILD_DIR/$1.pid"
+  if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+    kill "$(cat "$f")" && log "$1 stopped"
+  fi
+  rm -f "$f"
+}
+
+case "${1:-up}" in
+up)
+  pg_up
+  ferret_up
+  s3_up
+  ;;
+down)
+  stop_pid ferretdb
+  stop_pid s3
+  if [ -s "$PGDATA/PG_VERSION" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null 2>&1 && log "postgres stopped" || true
+  fi
+  ;;
+status)
+  for p in "postgres:$CRM_PG_PORT" "ferretdb:$CDP_MONGO_PORT" "s3:$S3_PORT"; do
+    if port_open "${p#*:}"; then echo "${p%%:*} up (127.0.0.1:${p#*:})"; else echo "${p%%:*} down"; fi
+  done
+  ;;
+*)
+  echo "usage: $0 up|down|status" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,117 @@
+"""Test harness: the project environment, a private Airflow metadata DB per session, and
+fixtures for the real local services (PostgreSQL, FerretDB, S3) started by scripts/services.sh.
+
+Tests share the servers with anything else running on this machine, so each test
+module uses its own CIDs (see `cid` ranges in the modules) and reseeds them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_project_env() -> None:
+    """The same environment scripts/env.sh gives every command (single source of truth)."""
+    out = subprocess.run(
+        ["bash", "-c", f"source {ROOT}/scripts/env.sh && env -0"], capture_output=True, check=True
+    ).stdout
+    for item in out.split(b"\0"):
+        if b"=" in item:
+            key, _, value = item.decode().partition("=")
+            os.environ.setdefault(key, value)
+
+
+_load_project_env()
+# A private copy of the migrated metadata DB: parallel test sessions never share SQLite.
+_template = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+_home = Path(tempfile.mkdtemp(prefix="crm-notes-airflow-"))
+if _template.exists():
+    shutil.copy(_template, _home / "airflow.db")
+os.environ["AIRFLOW_HOME"] = str(_home)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home}/airflow.db"
+os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", None)
+os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", None)
+for p in (ROOT / "include", ROOT / "dags", ROOT / "plugins", ROOT):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+if not _template.exists():
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def cdp():
+    from crm_notes_migration.connections import cdp_database
+
+    return cdp_database()
+
+
+@pytest.fixture(scope="session")
+def crm_rw():
+    from crm_notes_migration.connections import crm_connection_rw
+
+    with crm_connection_rw() as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def crm():
+    from crm_notes_migration.connections import crm_connection
+
+    with crm_connection() as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def seed_cid(crm_rw, cdp):
+    """Seed (or reseed, wiping its CDP notes and bookkeeping) a CID from a SeedSpec."""
+    from crm_notes_migration.seed import seed
+
+    def _seed(spec):
+        return seed(spec, crm_rw, cdp)
+
+    return _seed
+
+
+@pytest.fixture(scope="session")
+def migration_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag("crm_notes_migration")
+
+
+@pytest.fixture
+def run_dag(migration_dag, monkeypatch):
+    """Run the DAG with dag.test(); returns the DagRun. `flag` is the list of enabled CIDs."""
+
+    def _run(conf: dict, *, flag: list[int] | None = None, settings: dict | None = None):
+        enabled = flag if flag is not None else [conf["cid"]]
+        monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(enabled))
+        if settings is not None:
+            monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings))
+        else:
+            monkeypatch.delenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", raising=False)
+        return migration_dag.test(run_conf=conf)
+
+    return _run
+
+
+def task_states(dag_run) -> dict[str, list[str]]:
+    """{task_id: [state per map index]} of a finished run."""
+    out: dict[str, list[str]] = {}
+    for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+        out.setdefault(ti.task_id, []).append(str(ti.state))
+    return out
