@@ -33,8 +33,11 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task, teardown
 
-from crm_notes_migration import tasks
 from crm_notes_migration.config import DAG_ID
+from crm_notes_migration.lazy import lazy_import
+from crm_notes_migration.operators.attachment_relink import AttachmentRelinkOperator
+
+tasks = lazy_import("crm_notes_migration.tasks")  # loaded when a task runs, not at parse time
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -104,8 +107,16 @@ def crm_notes_migration():
     pages = plan_pages(job)
     coverage >> pages
     migrated = migrate_page.partial(job=job).expand(page=pages)
+    # Step 5 once every page is done, whatever their states (a failed page must not strand the other
+    # pages' files); it skips itself on a dry run or a halted job, and pulls the job from preconditions'
+    # XCom (a setup task may only feed all_success tasks directly).
+    relinked = AttachmentRelinkOperator.partial(
+        task_id="relink_attachments", trigger_rule="all_done", map_index_template="{{ page_label }}",
+        max_active_tis_per_dagrun=2,
+    ).expand(page=pages)
+    migrated >> relinked
     verdict = validate()
-    [coverage, migrated] >> verdict
+    [coverage, migrated, relinked] >> verdict
     branch = choose_outcome(verdict)
     alerted, quiet = send_alerts(verdict), no_alert()
     branch >> [alerted, quiet]

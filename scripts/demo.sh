@@ -12,6 +12,6 @@ source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 CLI=("$VENV/bin/python" -m crm_notes_migration.cli)
 "$VENV/bin/python" -m crm_notes_migration.seed --demo >&2
-"${CLI[@]}" flag --enable 100 5000 >&2
+"$VENV/bin/airflow" variables set crm_notes_migration_enabled '[100, 5000]' >&2
 "${CLI[@]}" run --cid "$CID" >&2
 "${CLI[@]}" status --cid "$CID"

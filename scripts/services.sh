@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Local services for development, the demo and the test suite, on loopback
 # only, started idempotently: PostgreSQL 15 (the CRM source), FerretDB v1.24.2
-# (the CDP MongoDB, built from the Go module proxy by tools/ferretdb) and an
+# (the CDP MongoDB, built from the Go module proxy by tools/ferretdb, storing its
+# data in a database of the same PostgreSQL cluster: FerretDB pushes equality
+# filters down to PostgreSQL, while its SQLite backend scans whole collections) and an
 # S3-compatible server (moto in server mode) with the CRM and CDP buckets.
 #
 #   scripts/services.sh up | down | status
@@ -16,7 +18,6 @@ PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PGDATA="$BUILD_DIR/pgdata"
 PGRUN="$BUILD_DIR/pgrun"
 FERRET_BIN="$BUILD_DIR/ferretdb"
-FERRET_DATA="$BUILD_DIR/ferretdb-data"
 LOG_DIR="$BUILD_DIR/logs"
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -52,12 +53,15 @@ pg_up() {
   else
     touch "$LOG_DIR/postgres.log" && chown postgres "$LOG_DIR/postgres.log"
     as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOG_DIR/postgres.log" -w -t 60 start \
-      -o "-c listen_addresses=127.0.0.1 -p $CRM_PG_PORT -k $PGRUN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c TimeZone=UTC" >/dev/null
+      -o "-c listen_addresses=127.0.0.1 -p $CRM_PG_PORT -k $PGRUN -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c TimeZone=UTC" >/dev/null
     log "postgres started on 127.0.0.1:$CRM_PG_PORT"
   fi
-  as_postgres "$PG_BIN/psql" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres -tAc \
-    "SELECT 1 FROM pg_database WHERE datname = '$CRM_PG_DB'" | grep -q 1 ||
-    as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres "$CRM_PG_DB"
+  local db
+  for db in "$CRM_PG_DB" "$FERRETDB_PG_DB"; do
+    as_postgres "$PG_BIN/psql" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+      as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres "$db"
+  done
 }
 
 ferret_build() {
@@ -74,9 +78,9 @@ ferret_up() {
     return 0
   fi
   ferret_build
-  mkdir -p "$FERRET_DATA" "$LOG_DIR"
-  nohup "$FERRET_BIN" -listen "127.0.0.1:$CDP_MONGO_PORT" -handler sqlite \
-    -sqlite-url "file:$FERRET_DATA/" >"$LOG_DIR/ferretdb.log" 2>&1 &
+  mkdir -p "$LOG_DIR"
+  nohup "$FERRET_BIN" -listen "127.0.0.1:$CDP_MONGO_PORT" -handler postgresql \
+    -postgresql-url "postgres://postgres@127.0.0.1:$CRM_PG_PORT/$FERRETDB_PG_DB" >"$LOG_DIR/ferretdb.log" 2>&1 &
   echo $! >"$BUILD_DIR/ferretdb.pid"
   wait_port "$CDP_MONGO_PORT" ferretdb 60
   log "ferretdb started on 127.0.0.1:$CDP_MONGO_PORT"
@@ -91,6 +95,11 @@ s3_up() {
     echo $! >"$BUILD_DIR/s3.pid"
     wait_port "$S3_PORT" s3 60
     log "s3 (moto server) started on 127.0.0.1:$S3_PORT"
+    # moto keeps objects in memory: a fresh server has no buckets. Create the crm_s3 and cdp_s3
+    # connections' buckets (loopback endpoints only); the seeder also ensures them.
+    "$VENV/bin/python" -m crm_notes_migration.s3_store ensure-buckets >>"$LOG_DIR/s3.log" 2>&1 ||
+      { log "could not create the S3 buckets; see $LOG_DIR/s3.log"; return 1; }
+    log "s3 buckets ready"
   fi
 }
 

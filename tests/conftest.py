@@ -38,9 +38,12 @@ os.environ["AIRFLOW_HOME"] = str(_home)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home}/airflow.db"
 os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", None)
 os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", None)
-for p in (ROOT / "include", ROOT / "dags", ROOT / "plugins", ROOT):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+# include/ first: the package `crm_notes_migration` shares its name with the DAG file
+# (file stem == dag_id), so dags/ must never come before it (Airflow appends dags/).
+for p in (ROOT / "plugins", ROOT / "include"):
+    if str(p) in sys.path:
+        sys.path.remove(str(p))
+    sys.path.insert(0, str(p))
 
 import json  # noqa: E402
 
@@ -93,11 +96,18 @@ def migration_dag():
     return bag.get_dag("crm_notes_migration")
 
 
+PARAM_DEFAULTS = {"batch_size": 500, "include_activities": False, "dry_run": False, "force_rerun": False}
+
+
 @pytest.fixture
 def run_dag(migration_dag, monkeypatch):
-    """Run the DAG with dag.test(); returns the DagRun. `flag` is the list of enabled CIDs."""
+    """Run the DAG with dag.test(); returns the DagRun. `flag` is the list of enabled CIDs.
+
+    The conf is completed with the params' defaults: dag.test() keeps the params of the
+    previous run on the (session-wide) DAG object otherwise."""
 
     def _run(conf: dict, *, flag: list[int] | None = None, settings: dict | None = None):
+        conf = {**PARAM_DEFAULTS, **conf}
         enabled = flag if flag is not None else [conf["cid"]]
         monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(enabled))
         if settings is not None:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from crm_notes_migration import metrics
 from crm_notes_migration.codes import State
 from crm_notes_migration.config import PAGERDUTY_CONN_ID, SLACK_CONN_ID, Thresholds
 
@@ -46,27 +47,69 @@ def plan(verdict: dict[str, Any], thresholds: Thresholds | None = None) -> list[
     return out
 
 
+SUMMARY_MAX = 1024  # PagerDuty Events v2 truncates payload.summary at 1024 characters
+SEND_TIMEOUT_S = 10
+
+
+def _details(job: dict[str, Any], verdict: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
+    """What on-call needs to act, without opening Airflow (no secrets, no customer text)."""
+    return {
+        "job_id": job["job_id"], "cid": job["cid"], "company_sso_id": job.get("company_sso_id"),
+        "run_id": job.get("run_id"), "state": str(verdict.get("state")),
+        "failure_rate": verdict.get("failure_rate"), "match_pct": verdict.get("match_pct"),
+        "halted_reason": verdict.get("halted_reason"),
+        "attachment_failure_share": verdict.get("attachment_failure_share"),
+        "error_log_url": f"{thresholds.error_log_url_base.rstrip('/')}/{job['job_id']}/errors",
+        "status_url": f"/crm-notes-migration/api/status?cid={job['cid']}",
+    }
+
+
+def _pagerduty(alert: Alert, summary: str, job: dict[str, Any], details: dict[str, Any]) -> bool:
+    """One Events v2 event through the provider's hook; False when the connection says not to deliver.
+
+    A connection extra `{"deliver": false}` (the local development connection)
+    logs the event instead of calling PagerDuty's SaaS endpoint, which accepts
+    only https and is never reachable from a laptop or CI."""
+    from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsHook
+
+    hook = PagerdutyEventsHook(pagerduty_events_conn_id=PAGERDUTY_CONN_ID)
+    if hook.get_connection(PAGERDUTY_CONN_ID).extra_dejson.get("deliver", True) is False:
+        log.warning("PagerDuty delivery disabled on connection %s; not sent: %s %s %s", PAGERDUTY_CONN_ID,
+                    alert.severity, summary, details)
+        return False
+    hook.send_event(
+        summary=summary, severity=alert.severity, source="crm_notes_migration", component=f"cid-{job['cid']}",
+        group="crm-notes-migration", class_type=alert.kind,
+        dedup_key=f"crm_notes_migration/{job['job_id']}/{alert.kind}", custom_details=details,
+    )
+    return True
+
+
+def _slack(summary: str, details: dict[str, Any]) -> bool:
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    lines = [summary] + [f"• {k}: {v}" for k, v in details.items() if v is not None]
+    SlackWebhookHook(slack_webhook_conn_id=SLACK_CONN_ID, timeout=SEND_TIMEOUT_S).send(text="\n".join(lines))
+    return True
+
+
 def dispatch(job: dict[str, Any], verdict: dict[str, Any], thresholds: Thresholds | None = None) -> list[str]:
-    """Send each planned alert; returns what was delivered (failures are logged, not raised)."""
+    """Send each planned alert; returns what was delivered.
+
+    An alert that cannot be delivered (no connection, SaaS down, bad key) is
+    logged and counted in metrics, never raised: alerting must not change the
+    migration's outcome, which validation already decided."""
+    t = thresholds or Thresholds()
+    details = _details(job, verdict, t)
     delivered = []
-    details = {"job_id": job["job_id"], "cid": job["cid"], "company_sso_id": job.get("company_sso_id"),
-               "failure_rate": verdict.get("failure_rate"), "match_pct": verdict.get("match_pct"),
-               "halted_reason": verdict.get("halted_reason")}
-    for alert in plan(verdict, thresholds):
-        summary = f"[CID {job['cid']} · job {job['job_id']}] {alert.summary}"
+    for alert in plan(verdict, t):
+        summary = f"[CID {job['cid']} · job {job['job_id']}] {alert.summary}"[:SUMMARY_MAX]
         try:
-            if alert.channel == "pagerduty":
-                from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsHook
-
-                PagerdutyEventsHook(pagerduty_events_conn_id=PAGERDUTY_CONN_ID).send_event(
-                    summary=summary, severity=alert.severity, source="crm_notes_migration",
-                    dedup_key=f"crm_notes_migration/{job['job_id']}/{alert.kind}", custom_details=details,
-                )
-            else:
-                from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
-                SlackWebhookHook(slack_webhook_conn_id=SLACK_CONN_ID).send(text=summary)
-            delivered.append(f"{alert.channel}:{alert.kind}")
+            sent = _pagerduty(alert, summary, job, details) if alert.channel == "pagerduty" else _slack(summary, details)
         except Exception:  # an undeliverable alert must not change the migration's outcome
             log.exception("could not deliver %s alert %s for job %s", alert.channel, alert.kind, job["job_id"])
+            sent = False
+        metrics.alert(alert.channel, alert.kind, delivered=sent, cid=job["cid"])
+        if sent:
+            delivered.append(f"{alert.channel}:{alert.kind}")
     return delivered

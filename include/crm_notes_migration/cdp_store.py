@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from crm_notes_migration import config as C
+from crm_notes_migration.codes import AttachmentOutcome
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,12 @@ def ensure_indexes(db: Database) -> dict[str, str]:
     db[C.JOBS].create_index([("cid", ASCENDING), ("created_at", DESCENDING)])
     db[C.PAGES].create_index([("job_id", ASCENDING), ("page_no", ASCENDING)])
     db[C.NOTE_LOG].create_index([("job_id", ASCENDING), ("outcome", ASCENDING)])
+    db[C.NOTE_LOG].create_index([("job_page", ASCENDING)])
+    db[C.PERSON_MAPS].create_index([("job_id", ASCENDING)])
     db[C.NOTE_LOG].create_index([("created_at", ASCENDING)])
     db[C.EVENTS].create_index([("job_id", ASCENDING), ("at", ASCENDING)])
     db[C.AUDIT].create_index([("cid", ASCENDING)])
+    db[C.ATTACHMENT_PAGES].create_index([("job_id", ASCENDING), ("page_no", ASCENDING)])
     return report
 
 
@@ -150,20 +154,43 @@ class MongoNoteWriter:
         else:
             result.errors.update(failed)
 
-    def existing_ids(self, company_sso_id: str, legacy_ids: Iterable[int]) -> dict[int, Any]:
-        ids = list(legacy_ids)
-        if not ids:
-            return {}
-        cursor = self.collection.find(
-            {"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$in": ids}}, {"legacy_crm_note_id": 1}
-        )
-        return {d["legacy_crm_note_id"]: d["_id"] for d in cursor}
-
 
 def _object_id():
     from bson import ObjectId
 
     return ObjectId()
+
+
+def migrated_notes(db: Database, company_sso_id: str, projection: dict | None = None):
+    """A cursor over every migrated note of the company (one pass, streamed)."""
+    return db[C.CONTACT_NOTES].find({"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}},
+                                    projection)
+
+
+_PERSON_MAP_CHUNK = 5000
+
+
+def save_person_map(db: Database, job_id: str, mapping: Mapping[int, str]) -> None:
+    """A run's person → contact answers, as compact `person=contact;…` strings of ≤ 5,000 entries:
+    FerretDB decodes one long string ~5× faster than a document with thousands of keys."""
+    db[C.PERSON_MAPS].delete_many({"job_id": job_id})
+    items = sorted(mapping.items())
+    chunks = [items[i : i + _PERSON_MAP_CHUNK] for i in range(0, len(items), _PERSON_MAP_CHUNK)] or [[]]
+    db[C.PERSON_MAPS].insert_many(
+        [{"_id": f"{job_id}:{n}", "job_id": job_id, "persons": ";".join(f"{p}={c}" for p, c in chunk)}
+         for n, chunk in enumerate(chunks)]
+    )
+
+
+def load_person_map(db: Database, job_id: str) -> dict[int, str] | None:
+    """None when the run saved no map (then the caller resolves by itself)."""
+    out: dict[int, str] | None = None
+    for doc in db[C.PERSON_MAPS].find({"job_id": job_id}):
+        out = out or {}
+        for pair in filter(None, doc["persons"].split(";")):
+            person, _, contact = pair.partition("=")
+            out[int(person)] = contact
+    return out
 
 
 def stored_notes(db: Database, company_sso_id: str, legacy_ids: list[int], projection: dict | None = None) -> list[dict]:
@@ -266,16 +293,23 @@ def page_results(db: Database, job_id: str) -> list[dict]:
     return list(db[C.PAGES].find({"job_id": job_id}).sort("page_no", ASCENDING))
 
 
-def _upsert_all(collection, docs: list[dict]) -> None:
-    if docs:
-        collection.bulk_write(
-            [UpdateOne({"_id": d["_id"]}, {"$set": d}, upsert=True) for d in docs], ordered=False
-        )
+def _insert_all(collection, docs: list[dict]) -> None:
+    """Unordered insert of documents with deterministic ids; an id already there (a retried task) is kept."""
+    if not docs:
+        return
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others:
+            raise
 
 
-def record_note_log(db: Database, entries: list[dict]) -> None:
-    """The failed-record queue and skipped notes, keyed (job, note, reason) so retries overwrite."""
-    _upsert_all(db[C.NOTE_LOG], entries)
+def replace_note_log(db: Database, job_page: str, entries: list[dict], outcomes: Iterable[str]) -> None:
+    """The failed-record queue and skip log of one page of a job, replaced: a retried page that now
+    succeeds leaves no stale failure behind. Entries of other outcomes (notes vs files) stay."""
+    db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": list(outcomes)}})
+    _insert_all(db[C.NOTE_LOG], entries)
 
 
 def note_log(db: Database, job_id: str, outcome: str | None = None, limit: int = 0) -> list[dict]:
@@ -291,24 +325,28 @@ def purge_expired_note_log(db: Database, retention_days: int) -> int:
     return db[C.NOTE_LOG].delete_many({"created_at": {"$lt": cutoff}}).deleted_count
 
 
-def record_audit(db: Database, entries: list[dict]) -> None:
-    """legacy_crm_note_id → CDP note id; insert-only, an existing entry is kept as it was."""
-    if not entries:
-        return
-    try:
-        db[C.AUDIT].bulk_write([InsertOne(e) for e in entries], ordered=False)
-    except BulkWriteError as exc:
-        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if others:
-            raise
+def audit_arrays(mapping: Mapping[int, Any]) -> dict[str, list]:
+    """Parallel arrays (FerretDB v1 stores no nested arrays): legacy ids and their CDP note ids."""
+    pairs = sorted(mapping.items())
+    return {"legacy_crm_note_ids": [p[0] for p in pairs], "cdp_note_ids": [p[1] for p in pairs]}
 
 
-def audit_entries(db: Database, cid: int) -> list[dict]:
-    return list(db[C.AUDIT].find({"cid": cid}))
+def record_audit(db: Database, page_audit: dict) -> None:
+    """legacy_crm_note_id → CDP note id of one page of one job, as one document replaced whole."""
+    db[C.AUDIT].replace_one({"_id": page_audit["_id"]}, page_audit, upsert=True)
+
+
+def audit_entries(db: Database, cid: int) -> dict[int, Any]:
+    """The audit map of a CID over all its jobs: legacy id → CDP note id."""
+    out: dict[int, Any] = {}
+    for page in db[C.AUDIT].find({"cid": cid}).sort("created_at", ASCENDING):
+        for legacy, note_id in zip(page["legacy_crm_note_ids"], page["cdp_note_ids"], strict=True):
+            out.setdefault(int(legacy), note_id)
+    return out
 
 
 def record_events(db: Database, events: list[dict]) -> None:
-    _upsert_all(db[C.EVENTS], events)
+    _insert_all(db[C.EVENTS], events)
 
 
 def events(db: Database, job_id: str, limit: int = 500) -> list[dict]:
@@ -344,3 +382,86 @@ def as_plain(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return v
 
     return conv(dict(doc))
+
+
+# --------------------------------------------------------------------------- ops surface (plugin API and UI)
+
+
+def page_totals(db: Database, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """{job_id: summed page counters} for many jobs in one query (the fleet table).
+
+    Summed here, not in a `$group`: FerretDB v1 computes only the first accumulator
+    of a `$group` stage (the others come back 0)."""
+    if not job_ids:
+        return {}
+    keys = ("rows", "attempted", "migrated", "already_migrated", "skipped", "failed", "checkins_dropped",
+            "owners_unresolved")
+    out: dict[str, dict[str, int]] = {}
+    projection = {"_id": 0, "job_id": 1, **dict.fromkeys(keys, 1)}
+    for page in db[C.PAGES].find({"job_id": {"$in": list(job_ids)}}, projection):
+        sums = out.setdefault(page["job_id"], {"pages_done": 0, **dict.fromkeys(keys, 0)})
+        sums["pages_done"] += 1
+        for key in keys:
+            sums[key] += int(page.get(key) or 0)
+    return out
+
+
+def run_events(db: Database, job_id: str, names: Iterable[str], limit: int = 200) -> list[dict]:
+    """The job's run-level events (started, batches, halt, completion), newest first."""
+    query = {"job_id": job_id, "event": {"$in": list(names)}}
+    return list(db[C.EVENTS].find(query, {"_id": 0}).sort("at", DESCENDING).limit(limit))
+
+
+def event_counts(db: Database, job_id: str) -> dict[str, int]:
+    """{event name: n} of a job, counted on the server (note-level events can be thousands)."""
+    pipeline = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$event", "n": {"$sum": 1}}}]
+    return {row["_id"]: row["n"] for row in db[C.EVENTS].aggregate(pipeline)}
+
+
+def count_jobs(db: Database, cid: int) -> int:
+    """How many job records a CID has (the trigger endpoint's tests prove a refusal wrote none)."""
+    return db[C.JOBS].count_documents({"cid": cid})
+
+
+def note_log_entries(db: Database, job_id: str, outcomes: Iterable[str] | None = None, limit: int = 0) -> list[dict]:
+    """A job's note-log entries of any of `outcomes` (None: all), by legacy note id (the error log endpoint)."""
+    query: dict[str, Any] = {"job_id": job_id}
+    if outcomes is not None:
+        query["outcome"] = {"$in": list(outcomes)}
+    return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
+
+
+# --------------------------------------------------------------------------- attachment relink (design step 5)
+
+
+def set_note_attachments(db: Database, updates: list[tuple[Any, list[dict]]]) -> int:
+    """One `$set` of the whole `attachments` array per note (by CDP _id): a re-run replaces, never appends.
+
+    `updated_at` is left alone on purpose: it holds the CRM original (D-2).
+
+    One update command per note, never a multi-statement bulk: FerretDB v1's PostgreSQL backend
+    holds one pooled connection per statement of an update command until the command ends, so a
+    bulk of more statements than its pool (50) waits on itself forever and wedges the server."""
+    notes = db[C.CONTACT_NOTES]
+    return sum(notes.update_one({"_id": note_id}, {"$set": {"attachments": attachments}}).modified_count
+               for note_id, attachments in updates)
+
+
+_ATTACHMENT_OUTCOMES = [o.value for o in AttachmentOutcome]
+
+
+def replace_attachment_log(db: Database, job_id: str, legacy_ids: list[int], entries: list[dict]) -> None:
+    """The per-file records of a page's notes for this job, replaced (note-level records untouched)."""
+    if legacy_ids:
+        db[C.NOTE_LOG].delete_many({"job_id": job_id, "legacy_crm_note_id": {"$in": list(legacy_ids)},
+                                    "outcome": {"$in": _ATTACHMENT_OUTCOMES}})
+    _insert_all(db[C.NOTE_LOG], entries)
+
+
+def save_attachment_page(db: Database, result: dict) -> None:
+    """One document per (job, page) in its own collection, replaced whole (no shared counters)."""
+    db[C.ATTACHMENT_PAGES].replace_one({"_id": result["_id"]}, result, upsert=True)
+
+
+def attachment_page_results(db: Database, job_id: str) -> list[dict]:
+    return list(db[C.ATTACHMENT_PAGES].find({"job_id": job_id}).sort("page_no", ASCENDING))

@@ -1,10 +1,11 @@
-"""Ops command line: run a CID in-process, read its status, coverage and errors, manage the flag and lock.
+"""Ops command line: run a CID in-process, read its status, coverage and errors, release a dead run's lock.
+
+The feature flag is an ordinary Airflow Variable: `airflow variables set crm_notes_migration_enabled '[100, 5000]'`.
 
     python -m crm_notes_migration.cli run --cid 100 [--company-sso-id UUID] [--batch-size 500] ...
     python -m crm_notes_migration.cli status --cid 100
     python -m crm_notes_migration.cli coverage --cid 100 --company-sso-id UUID
     python -m crm_notes_migration.cli errors --job-id JOB
-    python -m crm_notes_migration.cli flag --enable 100 5000 | --disable 100
     python -m crm_notes_migration.cli release-lock --cid 100     # a lock left by a dead run
 """
 
@@ -33,17 +34,6 @@ def run_in_process(conf: dict[str, Any]) -> str:
     return str(dag.test(run_conf=conf).state)
 
 
-def set_flag(enable: list[int], disable: list[int]) -> list[int]:
-    from airflow.models import Variable
-
-    from crm_notes_migration.config import FLAG_VARIABLE, parse_flag
-
-    current = set(parse_flag(Variable.get(FLAG_VARIABLE, default_var=None, deserialize_json=True)))
-    current = (current | set(enable)) - set(disable)
-    Variable.set(FLAG_VARIABLE, sorted(current), serialize_json=True)
-    return sorted(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -62,9 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     cov.add_argument("--include-activities", action="store_true")
     err = sub.add_parser("errors", help="a job's reason-coded failures and skips")
     err.add_argument("--job-id", required=True)
-    fl = sub.add_parser("flag", help="turn the feature flag on/off for CIDs")
-    fl.add_argument("--enable", type=int, nargs="*", default=[])
-    fl.add_argument("--disable", type=int, nargs="*", default=[])
     rl = sub.add_parser("release-lock", help="force-release a CID's lock left by a dead run")
     rl.add_argument("--cid", type=int, required=True)
     args = parser.parse_args(argv)
@@ -94,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
                                    include_activities=args.include_activities, gate=Thresholds().coverage_gate))
     elif args.cmd == "errors":
         _print(store.note_log(cdp_database(), args.job_id))
-    elif args.cmd == "flag":
-        _print({"crm_notes_migration_enabled": set_flag(args.enable, args.disable)})
     elif args.cmd == "release-lock":
         holder = store.get_lock(cdp_database(), args.cid)
         released = store.release_lock(cdp_database(), args.cid)

@@ -56,6 +56,14 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+class AttachmentOutcome(StrEnum):
+    """What became of one source file; stored as `outcome` in the note log, apart from the note outcomes."""
+
+    RELINKED = "attachment_relinked"
+    SKIPPED = "attachment_skipped"
+    FAILED = "attachment_failed"
+
+
 class Event(StrEnum):
     """The PRD §12 events, emitted as structured log lines and persisted records."""
 

@@ -34,6 +34,8 @@ PAGES = "crm_migration_pages"
 NOTE_LOG = "crm_migration_note_log"  # failed-record queue + skipped notes, reason-coded
 AUDIT = "crm_migration_audit"  # legacy id → CDP note id
 EVENTS = "crm_migration_events"
+PERSON_MAPS = "crm_migration_person_maps"  # a run's person → contact answers, saved by the coverage step
+ATTACHMENT_PAGES = "crm_migration_attachment_pages"  # relink result per (job, page)
 CONTACT_NOTES = "contact_notes"
 CONTACTS = "contacts"
 LAUNCHPAD_USERS = "launchpad_users"
@@ -54,6 +56,7 @@ class Thresholds:
     lock_lease_seconds: int = 3 * 3600  # a lock not refreshed for this long is stale
     failed_record_retention_days: int = 30
     attachment_concurrency: int = 8
+    attachment_relink_gate: float = 0.95  # PRD Stage-1 QA: relinked share where the source exists
     proxy_url_base: str = "https://cdp.example/api/v1/files"
     error_log_url_base: str = "/crm-notes-migration/api/jobs"
 

@@ -150,3 +150,36 @@ def iter_pages(conn, cid: int, batch_size: int) -> Iterator[list[NoteRow]]:
     """All Person notes of a CID, page by page (validation re-reads the source this way)."""
     for page in plan_pages(conn, cid, batch_size):
         yield read_page(conn, cid, page.lo_id, page.hi_id)
+
+
+# --------------------------------------------------------------------------- files of a page (attachment relink)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One source file of a note: an `assets` row (images, audios) or a `crm_note_attachments` row (documents)."""
+
+    kind: str  # "asset" | "document"
+    id: int
+    note_id: int
+    asset_type: str | None  # 'Crm::NoteImage' | 'Crm::NoteAudio' for assets, None for documents
+    file_name: str | None
+    content_type: str | None
+    size: int | None  # file_file_size as declared by the CRM
+    s3_key: str
+
+
+def read_page_files(conn, cid: int, lo_id: int, hi_id: int) -> list[FileRow]:
+    """Every asset and document of the page's Person notes, in one query, ordered by (note, kind, id)."""
+    sql = f"""
+        SELECT 'asset', a.id, a.assetable_id, a.type, a.file_file_name, a.file_content_type, a.file_file_size, a.s3_key
+          FROM assets a JOIN crm_notes n ON n.id = a.assetable_id
+         WHERE a.assetable_type = 'Crm::Note' AND {_PERSON_NOTES} AND n.id BETWEEN %(lo)s AND %(hi)s
+        UNION ALL
+        SELECT 'document', d.id, d.crm_note_id, NULL, d.file_file_name, d.file_content_type, d.file_file_size, d.s3_key
+          FROM crm_note_attachments d JOIN crm_notes n ON n.id = d.crm_note_id
+         WHERE {_PERSON_NOTES} AND n.id BETWEEN %(lo)s AND %(hi)s
+         ORDER BY 3, 1, 2"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, lo=lo_id, hi=hi_id))
+        return [FileRow(*r) for r in cur.fetchall()]

@@ -1,19 +1,29 @@
 """HTML normalisation of CRM note bodies (PRD D-4/D-8).
 
-One bleach pass per note with an allowlist equal to Rails' default safe list
+Sanitising is bleach with an allowlist equal to Rails' default safe list
 (rails-html-sanitizer `SafeList::DEFAULT_ALLOWED_TAGS` / `DEFAULT_ALLOWED_ATTRIBUTES`,
 URL schemes of Loofah's `ACCEPTABLE_PROTOCOLS`), so markup the CRM already showed
 passes through unchanged. Mention markup (an `<a>` or `<span>` carrying
 `data-user-id`) becomes plain `@Name` text inside the same pass. No `<p>` is
 added. The result is a fixpoint: `normalise(normalise(x)) == normalise(x)`.
+
+Fast path (measured: bleach is pure Python, ~1 ms a note, 4× the cost of the
+insert): most CRM notes are already in safe, canonical form. A note whose
+mention elements are in the simple canonical shape has them rewritten by a
+strict pattern; then, if ammonia (nh3, a WHATWG-parser sanitiser) with the same
+allowlist returns the text unchanged, the text is already safe and is kept as
+it is. Anything else — every note that needs a change — goes through bleach.
+Tests check that both paths agree wherever the fast path applies.
 """
 
 from __future__ import annotations
 
 import html as _html
+import re
 from dataclasses import dataclass
 
 import bleach
+import nh3
 from bleach.html5lib_shim import Filter
 
 # rails-html-sanitizer 1.6 Rails::HTML::Concern::SafeList::DEFAULT_ALLOWED_TAGS
@@ -117,11 +127,44 @@ def _new_cleaner() -> tuple[bleach.Cleaner, _CountingMentionFilter]:
 
 _CLEANER, _COUNTER = _new_cleaner()
 
+_SAFE_SCREEN = nh3.Cleaner(
+    tags=set(ALLOWED_TAGS),
+    attributes={"*": set(ALLOWED_ATTRIBUTES)},
+    url_schemes=set(ALLOWED_PROTOCOLS),
+    link_rel=None,
+    strip_comments=True,
+)
+# A mention in the canonical shape CRM stored: no markup and no entity inside.
+_SIMPLE_MENTION = re.compile(
+    r'<(a|span)(?: href="[^"<>&]*")? data-user-id="\d+">([^<>&]*)</\1>'
+)
+
+
+# Characters the HTML parser rewrites (CR, controls, noncharacters): such notes take the full path.
+_PARSER_REWRITES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]|[\U0001fffe-\U0010ffff]")
+
+
+def _fast_path(raw: str) -> NormalisedHtml | None:
+    """The result without bleach when the note is already safe and canonical, else None."""
+    if _PARSER_REWRITES.search(raw):
+        return None
+    text, mentions = _SIMPLE_MENTION.subn(lambda m: _mention_text(m.group(2)), raw)
+    if "data-user-id" in text or _SAFE_SCREEN.clean(text) != text:
+        return None
+    return NormalisedHtml(html=text, mentions=mentions, changed=text != raw)
+
 
 def normalise(raw: str | None) -> NormalisedHtml:
-    """Sanitise one note body to its stable, allowlisted form (one parse when already safe)."""
+    """Sanitise one note body to its stable, allowlisted form."""
     if not raw:
         return NormalisedHtml(html="", mentions=0, changed=bool(raw))
+    fast = _fast_path(raw)
+    if fast is not None:
+        return fast
+    return _bleach_fixpoint(raw)
+
+
+def _bleach_fixpoint(raw: str) -> NormalisedHtml:
     current = raw
     mentions = 0
     for _ in range(_MAX_PASSES):

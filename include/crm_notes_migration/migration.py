@@ -17,13 +17,14 @@ from typing import Any
 from pymongo.database import Database
 
 from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source
+from crm_notes_migration import crm_source, metrics
 from crm_notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
-from crm_notes_migration.codes import HARD_FAILURES, Event, Outcome, Reason, State
+from crm_notes_migration.attachments import summarise_job as summarise_attachments
+from crm_notes_migration.codes import Event, Outcome, Reason, State
 from crm_notes_migration.config import DAG_ID, UUID_RE, RunConfig
 from crm_notes_migration.events import event
-from crm_notes_migration.resolve import resolve_contacts, resolve_owners
-from crm_notes_migration.transform import Decision, content_mismatches, crm_users, decide
+from crm_notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
+from crm_notes_migration.transform import Decision, content_mismatches, crm_users, decide, note_hash
 
 log = logging.getLogger(__name__)
 _JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
@@ -114,6 +115,7 @@ def start_job(crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: s
             [event(Event.STARTED, job_id=job_id, cid=cfg.cid, company_sso_id=cfg.company_sso_id,
                    triggered_by=triggered_by or "unknown", config=cfg.as_dict(), purged_note_log=purged)],
         )
+        metrics.run_started(cfg.cid)
     except Exception:
         store.release_lock(db, cfg.cid, run_id)
         raise
@@ -126,15 +128,22 @@ def halt_job(db: Database, job: dict, reason: Reason, failure_rate: float | None
     store.record_events(
         db, [event(Event.HALTED, job_id=job["_id"], cid=job["cid"], reason=reason.value, failure_rate=failure_rate)]
     )
+    metrics.run_halted(job["cid"], reason.value)
 
 
 # --------------------------------------------------------------------------- 2. coverage
 
 
-def coverage_report(crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float) -> dict:
-    """OQ-2: the share of in-scope notes whose person resolves to a CDP contact."""
+def resolve_all_persons(crm, db: Database, cid: int, company_sso_id: str, include_activities: bool):
+    """In-scope note counts per person and each resolvable person's contact, for the whole CID."""
     per_person = crm_source.notes_per_person(crm, cid, include_activities)
-    matches = resolve_contacts(per_person, store.find_contacts(db, company_sso_id, per_person))
+    return per_person, resolve_contacts(per_person, store.find_contacts(db, company_sso_id, per_person))
+
+
+def coverage_report(crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float,
+                    resolved=None) -> dict:
+    """OQ-2: the share of in-scope notes whose person resolves to a CDP contact."""
+    per_person, matches = resolved or resolve_all_persons(crm, db, cid, company_sso_id, include_activities)
     notes_total = sum(per_person.values())
     resolvable = sum(n for p, n in per_person.items() if p in matches)
     unmapped = sorted(p for p in per_person if p not in matches)
@@ -155,10 +164,13 @@ def coverage_report(crm, db: Database, cid: int, company_sso_id: str, *, include
 
 
 def run_coverage(crm, db: Database, job_id: str) -> dict:
+    """The coverage gate; the person → contact answers it computed are kept for the pages (one
+    resolution per run, so every page of a run sees the same answer and no page queries contacts)."""
     job, cfg = _job(db, job_id)
-    report = coverage_report(
-        crm, db, cfg.cid, cfg.company_sso_id, include_activities=cfg.include_activities, gate=cfg.thresholds.coverage_gate
-    )
+    resolved = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+    report = coverage_report(crm, db, cfg.cid, cfg.company_sso_id, include_activities=cfg.include_activities,
+                             gate=cfg.thresholds.coverage_gate, resolved=resolved)
+    store.save_person_map(db, job_id, {p: m.contact_id for p, m in resolved[1].items()})
     store.update_job(db, job_id, coverage=report)
     if not report["passes_gate"]:
         halt_job(db, job, Reason.COVERAGE_BELOW_GATE, coverage=report)
@@ -187,10 +199,16 @@ def plan(crm, db: Database, job_id: str) -> list[dict]:
 # --------------------------------------------------------------------------- 4. migrate one page
 
 
-def _log_entry(job: dict, note_id: int, outcome: Outcome, reason: Reason, details: str) -> dict:
+def page_key(job_id: str, page_no: int) -> str:
+    """One string naming a page of a job: FerretDB pushes string equality down to its storage."""
+    return f"{job_id}:{page_no}"
+
+
+def _log_entry(job: dict, page_no: int, note_id: int, outcome: Outcome, reason: Reason, details: str) -> dict:
     return {
         "_id": f"{job['_id']}:{note_id}:{reason.value}",
         "job_id": job["_id"],
+        "job_page": page_key(job["_id"], page_no),
         "cid": job["cid"],
         "legacy_crm_note_id": note_id,
         "outcome": outcome.value,
@@ -200,10 +218,17 @@ def _log_entry(job: dict, note_id: int, outcome: Outcome, reason: Reason, detail
     }
 
 
-def transform_page(rows, db: Database, cfg: RunConfig) -> list[Decision]:
-    """Bulk resolution (one contacts query, one users query) then one decision per row."""
-    person_ids = {r.crm_person_id for r in rows}
-    contacts = resolve_contacts(person_ids, store.find_contacts(db, cfg.company_sso_id, person_ids))
+def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows) -> dict[int, ContactMatch]:
+    """The run's person → contact answers (saved by the coverage step); resolved here only if absent."""
+    saved = store.load_person_map(db, job_id)
+    if saved is not None:
+        return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
+    persons = {r.crm_person_id for r in rows}
+    return resolve_contacts(persons, store.find_contacts(db, cfg.company_sso_id, persons))
+
+
+def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, ContactMatch]) -> list[Decision]:
+    """Bulk owner resolution (one users query) then one decision per row."""
     owners = resolve_owners(crm_users(rows), store.company_users(db, cfg.company_sso_id))
     return [
         decide(r, company_sso_id=cfg.company_sso_id, include_activities=cfg.include_activities,
@@ -220,7 +245,7 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
         raise AlreadyHalted(Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing")
     rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
     t_read = time.perf_counter()
-    decisions = transform_page(rows, db, cfg)
+    decisions = transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows))
     t_transform = time.perf_counter()
 
     docs = [d.doc for d in decisions if d.doc is not None]
@@ -235,31 +260,27 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
     ev = {"job_id": job_id, "cid": cfg.cid}
     for d in decisions:
         if d.skip:
-            entries.append(_log_entry(job, d.note_id, Outcome.SKIPPED, d.skip, d.details))
+            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.SKIPPED, d.skip, d.details))
             continue
         if d.failure is None and d.note_id in result.errors:
             d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
         if d.failure:
-            entries.append(_log_entry(job, d.note_id, Outcome.FAILED, d.failure, d.details))
+            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.FAILED, d.failure, d.details))
             events_out.append(event(Event.NOTE_FAILED, subject=d.note_id, legacy_crm_note_id=d.note_id,
                                     reason_code=d.failure.value, details=d.details, **ev))
             continue
         if d.checkin_dropped:
-            entries.append(_log_entry(job, d.note_id, Outcome.MIGRATED, Reason.CHECKIN_DROPPED,
+            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.MIGRATED, Reason.CHECKIN_DROPPED,
                                       "check-in not migrated (D-10)"))
         if d.owner_unresolved and d.doc is not None:
             events_out.append(event(Event.OWNER_NOT_RESOLVED, subject=d.note_id, legacy_crm_note_id=d.note_id,
                                     legacy_owner_label=d.doc.get("legacy_owner_label"), **ev))
 
-    audit: list[dict] = []
-    if not cfg.dry_run:
-        existing = writer.existing_ids(cfg.company_sso_id, result.already_migrated)
-        for legacy, note_id in {**existing, **result.inserted}.items():
-            audit.append({"_id": f"{cfg.company_sso_id}:{legacy}", "company_sso_id": cfg.company_sso_id,
-                          "cid": cfg.cid, "legacy_crm_note_id": legacy, "cdp_note_id": note_id,
-                          "job_id": job_id, "migrated_at": store.now()})
-    store.record_audit(db, audit)
-    store.record_note_log(db, entries)
+    if not cfg.dry_run:  # notes found already migrated are in the audit of the job that inserted them
+        store.record_audit(db, {"_id": f"{job_id}:{page['page_no']}", "job_id": job_id, "cid": cfg.cid,
+                                "company_sso_id": cfg.company_sso_id, "created_at": store.now(),
+                                **store.audit_arrays(result.inserted)})
+    store.replace_note_log(db, page_key(job_id, page["page_no"]), entries, [o.value for o in Outcome])
 
     failed_by_reason: dict[str, int] = {}
     skipped_by_reason: dict[str, int] = {}
@@ -286,6 +307,7 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
         "finished_at": store.now(),
     }
     store.save_page_result(db, page_result)
+    metrics.page_completed(page_result)
     events_out.append(event(Event.BATCH_COMPLETED, subject=f"page{page['page_no']}", page_no=page["page_no"],
                             rows=len(rows), migrated=inserted, already_migrated=already, failed=failed,
                             skipped=skipped, duration_s=round(page_result["timings_s"]["total"], 3), **ev))
@@ -307,18 +329,25 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
 
 
 def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> dict:
-    """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash."""
-    expected = found = 0
-    mismatches: list[dict] = []
-    mismatch_count = 0
+    """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash.
+
+    One streamed read of the company's migrated notes (hashes kept, not bodies), one fresh
+    resolution of all persons, then the source page by page."""
     projection = {"_id": 0, "legacy_crm_note_id": 1, "contact_id": 1, "owner_id": 1, "legacy_owner_label": 1,
                   "company_sso_id": 1, "created_at": 1, "updated_at": 1, "note": 1}
+    stored = {}
+    for doc in store.migrated_notes(db, cfg.company_sso_id, projection):
+        doc["note_hash"] = note_hash(doc.pop("note", "") or "")
+        stored[doc["legacy_crm_note_id"]] = doc
+    _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+    expected = found = mismatch_count = 0
+    mismatches: list[dict] = []
     for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
         in_scope = [r for r in rows if cfg.include_activities or not r.is_activity]
         expected += len(in_scope)
-        stored = {d["legacy_crm_note_id"]: d for d in store.stored_notes(db, cfg.company_sso_id, [r.id for r in in_scope], projection)}
-        found += len(stored)
-        for d in transform_page([r for r in in_scope if r.id in stored], db, cfg):
+        present = [r for r in in_scope if r.id in stored]
+        found += len(present)
+        for d in transform_page(present, db, cfg, contacts):
             if d.doc is None:
                 continue  # no longer resolvable: counted as present, compared on nothing
             problems = content_mismatches(d.doc, stored[d.note_id])
@@ -331,6 +360,7 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
 
 
 def validate(crm, db: Database, job_id: str) -> Verdict:
+    summarise_attachments(db, job_id)  # final attachment figures onto the job before the verdict reads them
     job, cfg = _job(db, job_id)
     totals = sum_pages(store.page_results(db, job_id))
     attachments = job.get("attachments") or {}
@@ -354,6 +384,7 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
     store.record_events(db, [event(Event.COMPLETED, job_id=job_id, cid=cfg.cid, subject="final", status=verdict.state.value,
                                    match_pct=verdict.match_pct, failure_rate=verdict.failure_rate,
                                    notes_migrated=report.get("found"), content_mismatches=verdict.content_mismatches)])
+    metrics.run_finished(cfg.cid, verdict.state.value)
     return verdict
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from pymongo.database import Database
 
 from crm_notes_migration import config as C
+from crm_notes_migration import seed_files
 
 SCHEMA_SQL = Path(__file__).with_name("fixtures") / "crm_schema.sql"
 DEFAULT_TYPES = ["Notes", "Calls", "Emails", "Meetings", "WhatsApp", "SMS"]  # global ids 1..6
@@ -54,6 +55,12 @@ class SeedSpec:
     ambiguous_contact_share: float = 0.02
     oversize_note_share: float = 0.0  # notes whose HTML is over the size cap
     human_notes: int = 3
+    # files in the CRM bucket (seed_files.py): shares of the assets/documents rows per failure path
+    missing_file_share: float = 0.02  # no object → ATTACHMENT_DOWNLOAD_FAILED
+    mislabelled_file_share: float = 0.03  # content type contradicts the name → relinked, type corrected
+    disguised_file_share: float = 0.01  # an executable under an allowlisted name → ATTACHMENT_UNSUPPORTED_TYPE
+    oversized_file_share: float = 0.01  # declared over the 25 MB cap → ATTACHMENT_TOO_LARGE
+    upload_files: bool = True  # put the files into the crm_s3 bucket (needs the S3 server)
 
     @property
     def company_sso_id(self) -> str:
@@ -120,7 +127,14 @@ def note_html(rng: random.Random, users: list[tuple[int, str]], big: bool = Fals
         lambda: "<pre>ref: A-1029 / B-77</pre>",
         lambda: "<div><em>Tom</em> said: “we’ll sign in Q3”.</div>",
         lambda: "<ol><li>first</li><li>second</li></ol><div><br></div>",
+    ]
+    # The CRM stored its notes after Rails' sanitize, so markup outside the allowlist is rare;
+    # a small share of legacy notes still carries some (pre-sanitizer rows, hand imports).
+    legacy = [
         lambda: "<p>Legacy paragraph with <u>underline</u> and <font color=\"red\">font</font>.</p>",
+        lambda: '<div style="color:red" onclick="go()">Imported <b>before</b> the sanitizer</div>',
+        lambda: '<figure data-trix-attachment="{}"><img src="https://crm.example/a.png"></figure>',
+        lambda: f'<div>Ping <a data-user-id="{rng.choice(users)[0]}"><strong>{rng.choice(users)[1]}</strong></a></div>',
     ]
     roll = rng.random()
     if roll < 0.02:
@@ -128,6 +142,8 @@ def note_html(rng: random.Random, users: list[tuple[int, str]], big: bool = Fals
     if roll < 0.04:
         return ""
     html = "".join(rng.choice(parts)() for _ in range(rng.randint(1, 4)))
+    if rng.random() < 0.03:
+        html += rng.choice(legacy)()
     if big:
         html += "<div>" + ("lorem ipsum dolor sit amet " * 25000) + "</div>"
     return html
@@ -224,6 +240,7 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
                 docs.append((did, note_id, name, mime, rng.randrange(5_000, 900_000), f"crm/{cid}/documents/{did}/{name}",
                              created, created))
         _copy(cur, "crm_notes", notes)
+        assets, docs, files, file_variants = seed_files.prepare(spec, assets, docs)
         if assets:
             _copy(cur, "assets", assets)
         if docs:
@@ -232,7 +249,7 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
             _copy(cur, "crm_checkins", checkins)
     conn.commit()
     return {"people": [p[0] for p in people], "users": users, "notes": len(notes), "assets": len(assets),
-            "documents": len(docs), "checkins": len(checkins)}
+            "documents": len(docs), "checkins": len(checkins), "files": files, "file_variants": dict(file_variants)}
 
 
 # --------------------------------------------------------------------------- CDP side
@@ -245,7 +262,7 @@ def seed_cdp(db: Database, spec: SeedSpec, crm: dict[str, Any], *, reset_notes: 
     db[C.LAUNCHPAD_USERS].delete_many({"company_sso_id": company})
     if reset_notes:
         db[C.CONTACT_NOTES].delete_many({"company_sso_id": company})
-        for coll in (C.JOBS, C.LOCKS, C.PAGES, C.NOTE_LOG, C.AUDIT, C.EVENTS):
+        for coll in (C.JOBS, C.LOCKS, C.PAGES, C.NOTE_LOG, C.AUDIT, C.EVENTS, C.ATTACHMENT_PAGES):
             key = "_id" if coll == C.LOCKS else "cid"
             db[coll].delete_many({key: spec.cid})
     db[C.CONTACTS].create_index("crm_data.id")
@@ -313,6 +330,9 @@ def backfill_contacts(db: Database, company_sso_id: str, person_ids: list[int]) 
 def seed(spec: SeedSpec, crm_conn, db: Database) -> dict[str, Any]:
     crm = seed_crm(crm_conn, spec)
     cdp = seed_cdp(db, spec, crm)
+    files = crm.pop("files")
+    if spec.upload_files:
+        cdp["file_upload"] = seed_files.upload(spec.cid, spec.company_sso_id, files)
     return {"cid": spec.cid, "company_sso_id": spec.company_sso_id, **{k: v for k, v in crm.items() if k not in ("people", "users")},
             "persons": len(crm["people"]), **cdp}
 

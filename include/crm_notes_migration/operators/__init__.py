@@ -1,0 +1,1 @@
+"""Custom Airflow operators of the migration (thin: the logic lives in the package modules)."""

@@ -1,0 +1,91 @@
+"""AttachmentRelinkOperator: design step 5, mapped over the same page descriptors as migrate_page.
+
+A classic operator because it earns one: it owns two cached S3 hooks (CRM assets
+bucket → CDP files bucket) shared by the page's worker threads. Everything else is
+`attachments.relink_page`. Nothing heavy is imported at module level, so the DAG
+file stays cheap to parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from crm_notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk import Context
+
+
+class AttachmentRelinkOperator(BaseOperator):
+    """Copy one page's note files from the CRM bucket to `{company_sso_id}/…` in CDP storage and set
+    the notes' `attachments` (proxy URLs). Skips itself on a dry run or a halted job.
+
+    :param job: the job descriptor ({job_id, cid, company_sso_id, run_id}); by default pulled from the XCom of
+        `job_task_id` at run time: the operator runs on `all_done` (a failed page must not strand the others'
+        files), and Airflow wants a setup task (preconditions) followed by `all_success` tasks only
+    :param job_task_id: the task that pushed the job descriptor
+    :param page: one page descriptor of `plan_pages` ({page_no, lo_id, hi_id, size})
+    :param source_conn_id: S3 connection of the CRM assets bucket (bucket in its extras)
+    :param target_conn_id: S3 connection of CDP's files bucket (bucket in its extras)
+    """
+
+    template_fields: Sequence[str] = ("job", "page", "job_task_id", "source_conn_id", "target_conn_id")
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        page: dict[str, int],
+        job: dict[str, Any] | None = None,
+        job_task_id: str = "preconditions",
+        source_conn_id: str = CRM_S3_CONN_ID,
+        target_conn_id: str = CDP_S3_CONN_ID,
+        concurrency: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job = job
+        self.job_task_id = job_task_id
+        self.page = page
+        self.source_conn_id = source_conn_id
+        self.target_conn_id = target_conn_id
+        self.concurrency = concurrency
+
+    @cached_property
+    def source_hook(self) -> S3Hook:
+        from crm_notes_migration.s3_store import make_hook
+
+        return make_hook(self.source_conn_id, self.concurrency or 8)
+
+    @cached_property
+    def target_hook(self) -> S3Hook:
+        from crm_notes_migration.s3_store import make_hook
+
+        return make_hook(self.target_conn_id, self.concurrency or 8)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from crm_notes_migration import attachments
+        from crm_notes_migration.connections import cdp_database, crm_connection
+        from crm_notes_migration.s3_store import bucket_from_hook
+
+        page = self.page
+        job = self.job or context["ti"].xcom_pull(task_ids=self.job_task_id)
+        if not job:
+            raise AirflowSkipException(f"no job from {self.job_task_id}: the run was refused, nothing to relink")
+        context["page_label"] = f"page {page['page_no']} · ids {page['lo_id']}–{page['hi_id']}"  # type: ignore[typeddict-unknown-key]
+        with crm_connection() as crm:
+            try:
+                return attachments.relink_page(
+                    crm, cdp_database(), job["job_id"], page,
+                    source=bucket_from_hook(self.source_hook), target=bucket_from_hook(self.target_hook),
+                    concurrency=self.concurrency,
+                )
+            except attachments.RelinkSkipped as skipped:
+                raise AirflowSkipException(str(skipped)) from None
