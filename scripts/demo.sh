@@ -4,12 +4,8 @@
 # for one demo CID (default 100; `scripts/demo.sh 5000` for the large one) and
 # prints its final status JSON.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CID="${1:-100}"
-"$ROOT/scripts/bootstrap.sh"
-"$ROOT/scripts/services.sh" up
-source "$ROOT/scripts/env.sh"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 CLI=("$VENV/bin/python" -m crm_notes_migration.cli)
 "$VENV/bin/python" -m crm_notes_migration.seed --demo >&2
 "$VENV/bin/airflow" variables set crm_notes_migration_enabled '[100, 5000]' >&2
