@@ -1,0 +1,77 @@
+"""The Airflow metadata side of the Ops surface: runs of the migration DAG, and creating one.
+
+Runs are created through Airflow's own trigger machinery (the same function the
+`airflow dags trigger` command uses), so they are ordinary manual runs: they
+show in the UI with the triggering user, and the DAG's first task checks them
+like any other run. Only the API server calls this module (it needs the
+metadata database, which task processes must not touch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from crm_notes_migration.config import DAG_ID
+
+
+class DagUnavailable(RuntimeError):
+    """The DAG is not in the metadata DB yet (not parsed) or cannot be triggered."""
+
+
+def _conf_cid(conf: Any) -> int | None:
+    try:
+        return int(conf.get("cid")) if isinstance(conf, dict) and conf.get("cid") is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def active_run_ids(cid: int) -> list[str]:
+    """Runs of the DAG for this CID that are queued or running (whether or not they hold the lock yet)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.conf).where(
+                DagRun.dag_id == DAG_ID, DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
+            )
+        ).all()
+    return sorted(run_id for run_id, conf in rows if _conf_cid(conf) == cid)
+
+
+def dag_is_paused() -> bool | None:
+    """Whether the DAG is paused (a triggered run then waits); None when the DAG is unknown."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dm = DagModel.get_current(DAG_ID, session=session)
+        return None if dm is None else bool(dm.is_paused)
+
+
+def trigger(conf: dict[str, Any], *, user_name: str | None) -> dict[str, Any]:
+    """Create a queued manual run of the DAG with `conf`; returns its run_id and dates."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.exceptions import DagNotFound
+    from airflow.utils.types import DagRunTriggeredByType
+
+    try:
+        dag_run = trigger_dag(DAG_ID, triggered_by=DagRunTriggeredByType.REST_API, triggering_user_name=user_name,
+                              conf=conf)
+    except DagNotFound as exc:
+        raise DagUnavailable(f"DAG {DAG_ID} is not in the metadata database yet: {exc}") from None
+    if dag_run is None:
+        raise DagUnavailable(f"Airflow did not create a run of {DAG_ID}")
+    return {
+        "run_id": dag_run.run_id,
+        "state": str(dag_run.state),
+        "run_after": dag_run.run_after.isoformat() if dag_run.run_after else None,
+    }
+
+
+def run_path(run_id: str) -> str:
+    """The run's page in the Airflow UI, relative to the UI's base URL."""
+    return f"dags/{DAG_ID}/runs/{quote(run_id, safe='')}"

@@ -1,0 +1,447 @@
+"""The Ops REST API and UI page of the migration, a FastAPI app mounted by the Airflow plugin.
+
+Airflow does not authenticate plugin apps, so every route here validates
+Airflow's own JWT through the configured auth manager and asks it whether the
+user may read (GET) or trigger (POST) runs of the migration DAG:
+
+* read routes take the token from `Authorization: Bearer …` or, inside the
+  Airflow UI, from its `_token` session cookie;
+* the state-changing route takes it only from the `Authorization` header, so a
+  page on another site cannot make a logged-in browser trigger a run.
+
+Mounted at `/crm-notes-migration` on the Airflow API server; see docs/api.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from crm_notes_migration import airflow_runs, ops, settings
+from crm_notes_migration.codes import Reason, State
+from crm_notes_migration.config import DAG_ID, UUID_RE, RunConfig
+from crm_notes_migration.migration import Refused, coverage_report, job_id_for
+
+URL_PREFIX = "/crm-notes-migration"
+COOKIE_NAME = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
+UI_REFRESH_SECONDS = 15
+API_VERSION = "1.0.0"
+
+bearer_scheme = HTTPBearer(auto_error=False, description="An Airflow JWT, from `POST /auth/token`.")
+cookie_scheme = APIKeyCookie(name=COOKIE_NAME, auto_error=False,
+                             description="The Airflow UI session cookie (read routes only).")
+
+DESCRIPTION = """
+Ops surface of the `crm_notes_migration` DAG: the Monitor API of PRD §8, the
+reason-coded error log, the Person→Contact coverage report and a trigger that
+validates before it creates the DAG run.
+
+**Authentication**: an Airflow JWT (`POST /auth/token` on the Airflow API
+server) in `Authorization: Bearer <token>`. Read routes also accept the Airflow
+UI's session cookie; `POST /api/jobs` accepts only the header. Read routes need
+read access to the DAG's runs, the trigger needs the right to create them.
+Anonymous or invalid token → 401; authenticated without the permission → 403.
+"""
+
+app = FastAPI(
+    title="CRM Notes Migration — Ops API",
+    version=API_VERSION,
+    description=DESCRIPTION,
+    # Served below by authenticated routes instead of FastAPI's anonymous defaults.
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
+)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+class Refusal(BaseModel):
+    """A request the API refused: a human-readable message and, for business refusals, the reason code."""
+
+    detail: str
+    reason_code: str | None = None
+
+
+UNAUTHENTICATED = {401: {"model": Refusal, "description": "No, an invalid or an expired Airflow JWT."},
+                   403: {"model": Refusal, "description": "The user may not access runs of the DAG."}}
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _user_from_token(token: str | None) -> Any:
+    """Validate the JWT with Airflow's auth manager (signature, expiry, audience, revocation)."""
+    if not token:
+        raise _unauthorized("Not authenticated")
+    from airflow.api_fastapi.app import get_auth_manager
+    from jwt import ExpiredSignatureError, InvalidTokenError
+
+    try:
+        return await get_auth_manager().get_user_from_token(token)
+    except ExpiredSignatureError:
+        raise _unauthorized("Token expired") from None
+    except InvalidTokenError:
+        raise _unauthorized("Invalid token") from None
+
+
+def _authorize(user: Any, method: Literal["GET", "POST"]) -> None:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    allowed = get_auth_manager().is_authorized_dag(
+        method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=DAG_ID), user=user
+    )
+    if not allowed:
+        action = "read" if method == "GET" else "trigger"
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"user may not {action} runs of DAG {DAG_ID}")
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
+
+
+async def reader(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    cookie_token: Annotated[str | None, Depends(cookie_scheme)],
+) -> Any:
+    """Read routes: the Bearer header wins; inside the Airflow UI the session cookie is used."""
+    user = await _user_from_token(_bearer_token(credentials) or cookie_token)
+    _authorize(user, "GET")
+    return user
+
+
+async def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Any:
+    """State-changing routes: the Bearer header only, never the cookie (no cross-site forgery)."""
+    user = await _user_from_token(_bearer_token(credentials))
+    _authorize(user, "POST")
+    return user
+
+
+OutcomeFilter = StrEnum("OutcomeFilter", {name: name for name in ops.OUTCOME_FILTERS})
+
+Reader = Annotated[Any, Depends(reader)]
+Operator = Annotated[Any, Depends(operator)]
+CidQuery = Annotated[int, Query(ge=1, description="CRM organization id (CID)")]
+UuidQuery = Annotated[str, Query(pattern=UUID_RE.pattern, description="CDP company UUID")]
+
+
+# --------------------------------------------------------------------------- external systems
+
+
+@contextmanager
+def _crm() -> Iterator[Any]:
+    from crm_notes_migration.connections import crm_connection
+
+    with crm_connection() as conn:
+        yield conn
+
+
+def _cdp() -> Any:
+    from crm_notes_migration.connections import cdp_database
+
+    return cdp_database()
+
+
+def _refusal(refused: Refused) -> JSONResponse:
+    code = ops.REFUSAL_HTTP_STATUS.get(refused.reason, status.HTTP_409_CONFLICT)
+    message = str(refused).split(": ", 1)[-1]
+    return JSONResponse(status_code=code, content={"detail": message, "reason_code": refused.reason.value})
+
+
+def _not_found_cid(cid: int) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"detail": f"CID {cid} is not an organization of the CRM",
+                                                  "reason_code": Reason.CID_NOT_FOUND.value})
+
+
+def _mount_path(request: Request) -> str:
+    """This app's path prefix as the client sees it (includes Airflow's base URL path)."""
+    return request.scope.get("root_path", "").rstrip("/") or URL_PREFIX
+
+
+def _airflow_path(request: Request) -> str:
+    mount = _mount_path(request)
+    return mount[: -len(URL_PREFIX)] if mount.endswith(URL_PREFIX) else ""
+
+
+# --------------------------------------------------------------------------- status
+
+
+class StatusResponse(BaseModel):
+    """PRD §8: `status` decides which fields are present (extra fields are the counts behind them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cid: int
+    status: State
+    job_id: str | None = Field(None, description="absent when not_started")
+    progress_pct: float | None = Field(None, description="in_progress")
+    notes_processed: int | None = Field(None, description="in_progress")
+    notes_total: int | None = Field(None, description="in_progress")
+    throughput_notes_per_s: float | None = Field(None, description="in_progress")
+    eta_seconds: int | None = Field(None, description="in_progress")
+    failure_rate: float | None = Field(None, description="halted, completed_with_errors")
+    error_log_url: str | None = Field(None, description="halted, completed_with_errors")
+    notes_migrated: int | None = Field(None, description="completed_success, completed_with_errors")
+    validation: dict[str, Any] | None = Field(None, description="completed_*: {match_pct, expected, found, …}")
+    counts: dict[str, Any] | None = Field(None, description="by outcome and reason")
+    attachments: dict[str, Any] | None = Field(None, description="attachment figures of the relink step")
+
+
+@app.get(
+    "/api/status",
+    summary="Status of a CID's migration (PRD §8 Monitor API)",
+    responses={200: {"model": StatusResponse}, 404: {"model": Refusal, "description": "CID unknown to the CRM"},
+               **UNAUTHENTICATED},
+    tags=["monitor"],
+)
+def get_status(cid: CidQuery, user: Reader) -> Any:
+    with _crm() as crm:
+        try:
+            return JSONResponse(jsonable_encoder(ops.status_of(crm, _cdp(), cid)))
+        except ops.UnknownCid:
+            return _not_found_cid(cid)
+
+
+@app.get("/api/jobs", summary="Fleet: the latest job of every CID that has one", tags=["monitor"],
+         responses=UNAUTHENTICATED)
+def list_jobs(user: Reader) -> dict[str, Any]:
+    rows = ops.fleet(_cdp())
+    return {"jobs": rows, "counts": ops.state_counts(rows)}
+
+
+@app.get(
+    "/api/jobs/{job_id}/errors",
+    summary="A job's reason-coded error log (CSV by default, JSON on request)",
+    description="Rows: `legacy_crm_note_id`, `reason_code`, `details`, `outcome`, `created_at`. "
+    "`outcome=errors` (default) lists note failures and attachment failures; `all` adds the skips. "
+    "JSON with `format=json` or `Accept: application/json`.",
+    responses={200: {"content": {"text/csv": {}, "application/json": {}}},
+               404: {"model": Refusal, "description": "no such job"}, **UNAUTHENTICATED},
+    tags=["monitor"],
+)
+def get_errors(
+    request: Request,
+    job_id: Annotated[str, Path(max_length=200)],
+    user: Reader,
+    format: Annotated[Literal["csv", "json"] | None, Query(description="default csv")] = None,
+    outcome: OutcomeFilter = OutcomeFilter.errors,  # type: ignore[attr-defined]
+    limit: Annotated[int, Query(ge=0, le=1_000_000, description="0: no limit")] = 0,
+) -> Response:
+    outcome_name = OutcomeFilter(outcome).value
+    entries = ops.error_log(_cdp(), job_id, outcome_name, limit=limit)
+    if entries is None:
+        return JSONResponse(status_code=404, content={"detail": f"job {job_id} not found"})
+    wants_json = format == "json" or (format is None and "application/json" in request.headers.get("accept", ""))
+    if wants_json:
+        return JSONResponse({"job_id": job_id, "outcome": outcome_name, "count": len(entries), "entries": entries})
+    filename = f"crm-notes-migration-{job_id}-{outcome_name}.csv"
+    return Response(ops.error_log_csv(entries), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@app.get(
+    "/api/coverage",
+    summary="Person→Contact coverage report of a CID (OQ-2), on demand, before any run",
+    responses={404: {"model": Refusal, "description": "CID unknown to the CRM"}, **UNAUTHENTICATED},
+    tags=["monitor"],
+)
+def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader,
+                 include_activities: bool = False) -> Any:
+    from crm_notes_migration import crm_source
+
+    with _crm() as crm:
+        if not crm_source.cid_exists(crm, cid):
+            return _not_found_cid(cid)
+        gate = settings.thresholds().coverage_gate
+        return coverage_report(crm, _cdp(), cid, company_sso_id, include_activities=include_activities, gate=gate)
+
+
+# --------------------------------------------------------------------------- trigger
+
+
+class TriggerBody(BaseModel):
+    """The DAG's params: a run of one CID."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{"cid": 3001, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]},
+    )
+
+    cid: int = Field(ge=1, description="CRM organization id (CID)")
+    company_sso_id: str = Field(pattern=UUID_RE.pattern, description="CDP company UUID the CID moves into")
+    batch_size: int = Field(500, ge=1, le=1000, description="notes per page")
+    include_activities: bool = Field(False, description="also migrate Calls/Emails/Meetings/WhatsApp/SMS entries")
+    dry_run: bool = Field(False, description="read, transform and account; write no notes")
+    force_rerun: bool = Field(False, description="run a CID that already completed_success")
+
+
+class TriggerResponse(BaseModel):
+    job_id: str = Field(description="the migration job id the run will record (deterministic per run and CID)")
+    run_id: str
+    dag_id: str
+    cid: int
+    company_sso_id: str
+    state: str = Field(description="the DAG run's state (queued)")
+    conf: dict[str, Any]
+    dag_paused: bool | None = Field(description="true: the run waits until the DAG is unpaused")
+    status_url: str
+    airflow_run_url: str
+
+
+@app.post(
+    "/api/jobs",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TriggerResponse,
+    summary="Validate and start a migration run for a CID",
+    description="Checks synchronously what the DAG's first task checks (flag, CID, company UUID, already "
+    "migrated, a run holding or about to hold the CID) and only then creates a queued DAG run with the body as "
+    "its conf. A refusal writes nothing. The DAG's first task checks again (runs triggered elsewhere, races).",
+    responses={403: {"model": Refusal, "description": "FLAG_DISABLED (or no permission to trigger)"},
+               404: {"model": Refusal, "description": "CID_NOT_FOUND"},
+               409: {"model": Refusal, "description": "ALREADY_MIGRATED or JOB_ALREADY_RUNNING"},
+               401: UNAUTHENTICATED[401],
+               503: {"model": Refusal, "description": "the DAG is not available in Airflow"}},
+    tags=["operate"],
+)
+def trigger_job(body: TriggerBody, request: Request, response: Response, user: Operator) -> Any:
+    cfg = RunConfig(thresholds=settings.thresholds(), **body.model_dump())
+    with _crm() as crm:
+        try:
+            ops.check_trigger(crm, _cdp(), cfg, flag_cids=settings.flag_cids(),
+                              active_run_ids=airflow_runs.active_run_ids(cfg.cid))
+        except Refused as refused:
+            return _refusal(refused)
+    conf = body.model_dump()
+    try:
+        run = airflow_runs.trigger(conf, user_name=user.get_name())
+    except airflow_runs.DagUnavailable as exc:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+    status_url = f"{_mount_path(request)}/api/status?cid={cfg.cid}"
+    response.headers["Location"] = status_url
+    return TriggerResponse(
+        job_id=job_id_for(run["run_id"], cfg.cid), run_id=run["run_id"], dag_id=DAG_ID, cid=cfg.cid,
+        company_sso_id=cfg.company_sso_id, state=run["state"], conf=conf, dag_paused=airflow_runs.dag_is_paused(),
+        status_url=status_url, airflow_run_url=f"{_airflow_path(request)}/{airflow_runs.run_path(run['run_id'])}",
+    )
+
+
+# --------------------------------------------------------------------------- UI page
+
+
+@cache
+def _templates() -> Any:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crm_notes_migration", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["pct"] = lambda v, digits=1: "—" if v is None else f"{float(v):.{digits}f}%"
+    env.filters["rate"] = lambda v: "—" if v is None else f"{100.0 * float(v):.2f}%"
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    env.filters["when"] = _when
+    return env
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return "—"
+    text = str(value)
+    return text.replace("T", " ")[:19] + " UTC" if "T" in text else text
+
+
+def _page(request: Request, body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status_code, headers={**_page_headers(request.state.nonce), **(headers or {})})
+
+
+def _page_headers(nonce: str) -> dict[str, str]:
+    csp = ("default-src 'none'; img-src 'self' data:; "
+           f"style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; connect-src 'self'; "
+           "base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+            "Cache-Control": "no-store"}
+
+
+@app.get("/", include_in_schema=False)
+async def root(request: Request, user: Reader) -> RedirectResponse:
+    return RedirectResponse(f"{_mount_path(request)}/ui", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@app.get("/ui", response_class=HTMLResponse, summary="The Ops page (nav view of the Airflow UI)", tags=["ui"],
+         responses=UNAUTHENTICATED)
+async def ui(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    cookie_token: Annotated[str | None, Depends(cookie_scheme)],
+    cid: Annotated[str | None, Query(max_length=12, description="show one CID's detail")] = None,
+) -> HTMLResponse:
+    request.state.nonce = secrets.token_urlsafe(16)
+    env = _templates()
+    try:
+        await reader(credentials, cookie_token)
+    except HTTPException as exc:
+        body = env.get_template("denied.html").render(status_code=exc.status_code, detail=exc.detail,
+                                                      login_url=_login_url(request),
+                                                      nonce=request.state.nonce)
+        return _page(request, body, exc.status_code, exc.headers)
+    from starlette.concurrency import run_in_threadpool
+
+    context = await run_in_threadpool(_ui_context, cid)
+    body = env.get_template("ui.html").render(nonce=request.state.nonce, refresh_seconds=UI_REFRESH_SECONDS,
+                                              dag_id=DAG_ID, run_path=airflow_runs.run_path, **context)
+    return _page(request, body)
+
+
+def _login_url(request: Request) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    try:
+        return get_auth_manager().get_url_login()
+    except Exception:  # an auth manager without a login page: Airflow's root shows its own
+        return f"{_airflow_path(request)}/"
+
+
+def _ui_context(cid_param: str | None) -> dict[str, Any]:
+    db = _cdp()
+    rows = ops.fleet(db)
+    context: dict[str, Any] = {"rows": rows, "counts": ops.state_counts(rows), "detail": None, "lookup": cid_param,
+                               "lookup_error": None, "states": [s.value for s in State],
+                               "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    if cid_param:
+        if not cid_param.isdigit() or int(cid_param) < 1:
+            context["lookup_error"] = "A CID is a positive whole number."
+            return context
+        with _crm() as crm:
+            try:
+                context["detail"] = jsonable_encoder(ops.cid_detail(crm, db, int(cid_param)))
+            except ops.UnknownCid:
+                context["lookup_error"] = f"CID {cid_param} is not an organization of the CRM."
+    return context
+
+
+# --------------------------------------------------------------------------- OpenAPI, behind the same auth
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request, user: Reader) -> JSONResponse:
+    """The app's OpenAPI document; `servers` carries the mount path so "try it out" calls the right URLs."""
+    return JSONResponse({**app.openapi(), "servers": [{"url": _mount_path(request)}]})
+
+
+@app.get("/docs", include_in_schema=False)
+def docs(request: Request, user: Reader) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url=f"{_mount_path(request)}/openapi.json", title=f"{app.title} — docs")

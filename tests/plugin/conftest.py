@@ -1,0 +1,241 @@
+"""Harness of the Ops surface tests: a real Airflow API server app (built once per session, with the
+SimpleAuthManager and real JWTs from /auth/token), and CIDs put in each PRD §8 state by real DAG runs.
+
+CIDs: see plugin_support.py (3001–3099 on the shared servers).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx2  # the HTTP client the pagerduty SDK is built on
+import pytest
+from plugin_support import (
+    HALTED,
+    IN_PROGRESS,
+    JWT_SECRET,
+    NOT_STARTED,
+    PD_ROUTING_KEY,
+    SUCCESS,
+    USERS,
+    WITH_ERRORS,
+    StatsRecorder,
+)
+
+
+@pytest.fixture(scope="session")
+def api_app(tmp_path_factory):
+    """The Airflow API server app (core API, auth manager, plugins) as `airflow api-server` builds it."""
+    passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
+    passwords.write_text(json.dumps({user: pw for user, (pw, _role) in USERS.items()}))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{role}" for u, (_pw, role) in USERS.items()))
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+
+    purge_cached_app()
+    app = create_app(apps="core")
+    yield app
+    purge_cached_app()
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def client(api_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(api_app, base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def _token(client, user: str) -> str:
+    resp = client.post("/auth/token", json={"username": user, "password": USERS[user][0]})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["access_token"]
+
+
+@pytest.fixture(scope="session")
+def ops_token(client) -> str:
+    return _token(client, "ops")
+
+
+@pytest.fixture(scope="session")
+def viewer_token(client) -> str:
+    return _token(client, "viewer")
+
+
+@pytest.fixture(scope="session")
+def auth(ops_token) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ops_token}"}
+
+
+# --------------------------------------------------------------------------- the SaaS edges
+
+
+@dataclass
+class PagerDutyEdge:
+    """Stands in for events.pagerduty.com: the provider's client sends real HTTP requests to this transport."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    status_code: int = 202
+
+    def handler(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.requests.append({"url": str(request.url), "json": body})
+        if self.status_code >= 400:
+            return httpx2.Response(self.status_code, json={"status": "invalid event", "errors": ["test"]})
+        return httpx2.Response(202, json={"status": "success", "dedup_key": body.get("dedup_key") or "generated"})
+
+    def for_cid(self, cid: int) -> list[dict[str, Any]]:
+        return [r["json"] for r in self.requests if r["json"]["payload"]["custom_details"]["cid"] == cid]
+
+
+@pytest.fixture
+def pagerduty_edge(monkeypatch) -> PagerDutyEdge:
+    """Intercept PagerDuty at the network edge: the hook, client, auth and JSON body are all real."""
+    import pagerduty
+
+    edge = PagerDutyEdge()
+    original = pagerduty.EventsApiV2Client.__init__
+
+    def init(self, routing_key, *args, **kwargs):
+        kwargs["transport"] = httpx2.MockTransport(edge.handler)
+        original(self, routing_key, *args, **kwargs)
+
+    monkeypatch.setattr(pagerduty.EventsApiV2Client, "__init__", init)
+    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS",
+                       json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    return edge
+
+
+class _SlackHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        length = int(self.headers.get("Content-Length", 0))
+        self.server.received.append({"path": self.path, "json": json.loads(self.rfile.read(length))})  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slack_webhook(monkeypatch) -> Iterator[list[dict[str, Any]]]:
+    """A local Slack incoming-webhook server on 127.0.0.1; the `slack_alerts` connection points at it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlackHandler)
+    server.received = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/local"
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    yield server.received  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+# --------------------------------------------------------------------------- CIDs in each state, by real runs
+
+
+def run_migration(migration_dag, monkeypatch, conf: dict, *, settings: dict | None = None,
+                  flag: list[int] | None = None, **test_kwargs: Any):
+    monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]]))
+    monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings or {}))
+    return migration_dag.test(run_conf=conf, **test_kwargs)
+
+
+@dataclass
+class Fleet:
+    runs: dict[int, Any]
+    seeded: dict[int, dict]
+    pagerduty: PagerDutyEdge
+    stats: StatsRecorder
+
+
+@pytest.fixture(scope="session")
+def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
+    """Five CIDs, one per PRD §8 state, each put there by a real run of the DAG (dag.test()).
+
+    The runs alert through the real providers' hooks: PagerDuty is intercepted at
+    its HTTP edge (the halted run's P1 is delivered; the completed_with_errors
+    run's P2 gets an HTTP 400, so it is undeliverable), and Airflow Stats go to a
+    recorder."""
+    import pagerduty
+
+    from crm_notes_migration import metrics
+    from crm_notes_migration.seed import SeedSpec
+
+    mp = pytest.MonkeyPatch()
+    edge = PagerDutyEdge()
+    original = pagerduty.EventsApiV2Client.__init__
+
+    def init(self, routing_key, *args, **kwargs):
+        kwargs["transport"] = httpx2.MockTransport(edge.handler)
+        original(self, routing_key, *args, **kwargs)
+
+    mp.setattr(pagerduty.EventsApiV2Client, "__init__", init)
+    mp.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    stats = StatsRecorder()
+    mp.setattr(metrics, "_stats", lambda: stats)
+
+    try:
+        specs = {
+            NOT_STARTED: SeedSpec(cid=NOT_STARTED, notes=20),
+            IN_PROGRESS: SeedSpec(cid=IN_PROGRESS, notes=40),
+            HALTED: SeedSpec(cid=HALTED, notes=60, unmapped_person_share=0.15),
+            SUCCESS: SeedSpec(cid=SUCCESS, notes=40),
+            WITH_ERRORS: SeedSpec(cid=WITH_ERRORS, notes=60, unmapped_person_share=0.15),
+        }
+        seeded = {cid: seed_cid(spec) for cid, spec in specs.items()}
+
+        def conf(cid: int, **extra: Any) -> dict:
+            return {"cid": cid, "company_sso_id": specs[cid].company_sso_id, "batch_size": 20, **extra}
+
+        runs: dict[int, Any] = {}
+        # validate and what follows never run: the job stays in_progress with every page migrated
+        runs[IN_PROGRESS] = run_migration(migration_dag, mp, conf(IN_PROGRESS),
+                                          mark_success_pattern="^(validate|choose_outcome|send_alerts|no_alert|finalise)$")
+        # coverage passes a lowered gate, then the first page's CONTACT_NOT_MAPPED failures exceed 1%: halted
+        runs[HALTED] = run_migration(migration_dag, mp, conf(HALTED), settings={"coverage_gate": 0.5})
+        runs[SUCCESS] = run_migration(migration_dag, mp, conf(SUCCESS))
+        # failures tolerated by a raised threshold, but validation finds < 99% of the notes: completed_with_errors
+        edge.status_code = 400
+        runs[WITH_ERRORS] = run_migration(migration_dag, mp, conf(WITH_ERRORS),
+                                          settings={"coverage_gate": 0.5, "max_failure_rate": 0.5})
+        edge.status_code = 202
+    finally:
+        mp.undo()
+    yield Fleet(runs=runs, seeded=seeded, pagerduty=edge, stats=stats)
+
+
+@pytest.fixture(scope="session")
+def dag_in_db(migration_dag) -> None:
+    """The DAG serialized into this session's metadata DB, as the DAG processor would (needed to trigger)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.models.dag import DagModel
+
+    if DagModel.get_current("crm_notes_migration") is not None:
+        return
+    manager = DagBundlesManager()
+    manager.sync_bundles_to_db()
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+    assert DagModel.get_current("crm_notes_migration") is not None
+
+

@@ -1,0 +1,56 @@
+"""The seven PRD §12 events: persisted per job (and logged as JSON lines) by real runs, with their properties."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from plugin_support import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
+
+from crm_notes_migration import cdp_store as store
+from crm_notes_migration.codes import Event
+
+
+def _events(cdp, cid: int) -> list[dict]:
+    job = store.latest_job(cdp, cid)
+    return store.events(cdp, job["_id"], limit=0)
+
+
+def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
+    by_name: dict[str, list[dict]] = {}
+    for cid in (IN_PROGRESS, HALTED, SUCCESS, WITH_ERRORS):
+        for e in _events(cdp, cid):
+            by_name.setdefault(e["event"], []).append(e)
+    core = {Event.STARTED, Event.BATCH_COMPLETED, Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.HALTED,
+            Event.COMPLETED}
+    assert core <= set(by_name)
+    expected_props = {
+        Event.STARTED: {"company_sso_id", "triggered_by", "config"},
+        Event.BATCH_COMPLETED: {"page_no", "rows", "migrated", "already_migrated", "failed", "skipped", "duration_s"},
+        Event.NOTE_FAILED: {"legacy_crm_note_id", "reason_code", "details"},
+        Event.OWNER_NOT_RESOLVED: {"legacy_crm_note_id", "legacy_owner_label"},
+        Event.HALTED: {"reason", "failure_rate"},
+        Event.COMPLETED: {"status", "match_pct", "failure_rate", "notes_migrated"},
+    }
+    for name, props in expected_props.items():
+        for e in by_name[name]:
+            assert props <= set(e["properties"]), (name, e["properties"])
+            assert e["job_id"] and e["cid"] and e["at"]
+    assert [e["properties"]["reason"] for e in by_name[Event.HALTED]] == ["FAILURE_RATE_EXCEEDED"]
+    # the relink step's event, wherever a file could not be copied
+    failed_files = sum((store.latest_job(cdp, c).get("attachments") or {}).get("failed", 0)
+                       for c in (IN_PROGRESS, SUCCESS, WITH_ERRORS))
+    assert len(by_name.get(Event.ATTACHMENT_FAILED, [])) == failed_files
+    for e in by_name.get(Event.ATTACHMENT_FAILED, []):
+        assert {"legacy_crm_note_id", "reason_code"} <= set(e["properties"])
+
+
+def test_events_are_structured_log_lines(caplog):
+    from crm_notes_migration.events import event
+
+    with caplog.at_level(logging.INFO, logger="crm_notes_migration.events"):
+        record = event(Event.HALTED, job_id="j", cid=3001, reason="COVERAGE_BELOW_GATE", failure_rate=0.0)
+    line = json.loads(caplog.records[-1].getMessage())
+    assert line == {"event": "crm_notes_migration_halted", "job_id": "j", "cid": 3001,
+                    "reason": "COVERAGE_BELOW_GATE", "failure_rate": 0.0}
+    assert record["_id"] == "j:crm_notes_migration_halted:"
