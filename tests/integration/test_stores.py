@@ -1,0 +1,135 @@
+"""The I/O modules against the real servers: the writer seam, the per-CID lock, UTC reads.
+
+CIDs used here: 1100–1109.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from crm_notes_migration import cdp_store as store
+from crm_notes_migration import crm_source, migration
+from crm_notes_migration.config import CONTACT_NOTES, RunConfig
+from crm_notes_migration.seed import SeedSpec, company_for
+
+pytestmark = pytest.mark.integration
+COMPANY = company_for(1100)
+
+
+def note(legacy, **extra):
+    return {"company_sso_id": COMPANY, "contact_id": "c", "owner_id": None, "note": "<div>x</div>", "attachments": [],
+            "created_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC), "updated_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+            "legacy_crm_note_id": legacy, **extra}
+
+
+@pytest.fixture
+def clean_company(cdp):
+    store.ensure_indexes(cdp)
+    cdp[CONTACT_NOTES].delete_many({"company_sso_id": COMPANY})
+    yield
+    cdp[CONTACT_NOTES].delete_many({"company_sso_id": COMPANY})
+
+
+def test_duplicate_key_is_already_migrated_and_other_errors_retry_once_then_fail(cdp, clean_company):
+    writer = store.MongoNoteWriter(cdp)
+    first = writer.write([note(1), note(2)])
+    assert set(first.inserted) == {1, 2} and not first.errors
+    calls = []
+    original = writer.collection.insert_many
+
+    def counting(docs, **kw):
+        calls.append([d["legacy_crm_note_id"] for d in docs])
+        return original(docs, **kw)
+
+    writer.collection.insert_many = counting
+    # a field name the server refuses: a write error that is not a duplicate key
+    second = writer.write([note(1), note(3), note(4, **{"$bad": 1})])
+    assert second.already_migrated == {1}
+    assert set(second.inserted) == {3}
+    assert list(second.errors) == [4] and not second.errors[4].startswith("11000")
+    assert calls == [[1, 3, 4], [4]]  # the failed note was retried exactly once, alone
+    assert cdp[CONTACT_NOTES].count_documents({"company_sso_id": COMPANY}) == 3
+
+
+def test_a_null_legacy_id_is_never_written(cdp, clean_company):
+    with pytest.raises(ValueError, match="legacy_crm_note_id"):
+        store.MongoNoteWriter(cdp).write([note(None)])
+    assert cdp[CONTACT_NOTES].count_documents({"company_sso_id": COMPANY}) == 0
+
+
+def test_write_errors_become_batch_insert_failed_in_the_page_accounting(seed_cid, crm, cdp):
+    seed_cid(SeedSpec(cid=1101, notes=40))
+    cfg = RunConfig(cid=1101, company_sso_id=company_for(1101), force_rerun=True)
+    job = migration.start_job(crm, cdp, cfg, run_id="writer-test", triggered_by="test", flag_cids=[1101])
+    try:
+        migration.run_coverage(crm, cdp, job["job_id"])
+        page = migration.plan(crm, cdp, job["job_id"])[0]
+
+        class Poisoning(store.MongoNoteWriter):
+            def write(self, docs):
+                docs[0]["$bad"] = 1  # the server refuses this one document
+                return super().write(docs)
+
+        with pytest.raises(migration.Halted, match="FAILURE_RATE_EXCEEDED"):  # 1 of ~30 notes is > 1%
+            migration.migrate_page(crm, cdp, job["job_id"], page, writer=Poisoning(cdp))
+        (result,) = store.page_results(cdp, job["job_id"])
+        failed = store.note_log(cdp, job["job_id"], outcome="failed")
+        assert result["failed"] == 1 and [f["reason_code"] for f in failed] == ["BATCH_INSERT_FAILED"]
+        assert result["migrated"] + result["skipped"] + result["failed"] == result["rows"]
+    finally:
+        store.release_lock(cdp, 1101, "writer-test")
+
+
+def test_exactly_one_of_many_concurrent_runs_gets_the_lock(cdp):
+    store.release_lock(cdp, 1102)
+    winners, losers = [], []
+    barrier = threading.Barrier(8)
+
+    def contend(i):
+        barrier.wait()
+        try:
+            store.acquire_lock(cdp, 1102, job_id=f"j{i}", run_id=f"r{i}", lease_seconds=3600)
+            winners.append(i)
+        except store.LockHeld:
+            losers.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(losers) == 7
+    assert store.get_lock(cdp, 1102)["run_id"] == f"r{winners[0]}"
+    assert not store.release_lock(cdp, 1102, "someone-else")  # only the holder releases
+    assert store.release_lock(cdp, 1102, f"r{winners[0]}")
+
+
+def test_crm_timestamps_are_read_as_utc_whatever_the_session_time_zone(seed_cid, crm_rw):
+    seed_cid(SeedSpec(cid=1103, notes=5))
+    with crm_rw.cursor() as cur:
+        cur.execute("SELECT id, created_at FROM crm_notes WHERE organization_id = 1103 AND crm_person_id IS NOT NULL "
+                    "ORDER BY id LIMIT 1")
+        note_id, naive = cur.fetchone()
+        cur.execute("SET TIME ZONE 'Asia/Tokyo'")
+    try:
+        row = next(r for r in crm_source.read_page(crm_rw, 1103, note_id, note_id))
+        assert row.created_at == naive.replace(tzinfo=dt.UTC)
+    finally:
+        with crm_rw.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        crm_rw.commit()
+
+
+def test_partial_index_or_its_logged_fallback(cdp, caplog):
+    if store.NOTE_KEY_NAME in cdp[CONTACT_NOTES].index_information():
+        cdp[CONTACT_NOTES].drop_index(store.NOTE_KEY_NAME)  # so this test sees the creation and its log line
+    report = store.ensure_indexes(cdp)
+    info = cdp[CONTACT_NOTES].index_information()[store.NOTE_KEY_NAME]
+    assert info.get("unique")
+    if report["contact_notes"] == "plain unique":  # FerretDB v1 refuses partialFilterExpression
+        assert "refused a partial index" in caplog.text
+    else:
+        assert info.get("partialFilterExpression") == {"legacy_crm_note_id": {"$exists": True}}
