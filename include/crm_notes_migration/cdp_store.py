@@ -312,10 +312,13 @@ def replace_note_log(db: Database, job_page: str, entries: list[dict], outcomes:
     _insert_all(db[C.NOTE_LOG], entries)
 
 
-def note_log(db: Database, job_id: str, outcome: str | None = None, limit: int = 0) -> list[dict]:
+def note_log(db: Database, job_id: str, outcome: str | Iterable[str] | None = None, limit: int = 0) -> list[dict]:
+    """A job's reason-coded note-log entries (all, one outcome, or any of several), by legacy note id."""
     query: dict[str, Any] = {"job_id": job_id}
-    if outcome:
+    if isinstance(outcome, str):
         query["outcome"] = outcome
+    elif outcome is not None:
+        query["outcome"] = {"$in": list(outcome)}
     return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
 
 
@@ -421,14 +424,6 @@ def event_counts(db: Database, job_id: str) -> dict[str, int]:
 def count_jobs(db: Database, cid: int) -> int:
     """How many job records a CID has (the trigger endpoint's tests prove a refusal wrote none)."""
     return db[C.JOBS].count_documents({"cid": cid})
-
-
-def note_log_entries(db: Database, job_id: str, outcomes: Iterable[str] | None = None, limit: int = 0) -> list[dict]:
-    """A job's note-log entries of any of `outcomes` (None: all), by legacy note id (the error log endpoint)."""
-    query: dict[str, Any] = {"job_id": job_id}
-    if outcomes is not None:
-        query["outcome"] = {"$in": list(outcomes)}
-    return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
 
 
 # --------------------------------------------------------------------------- attachment relink (design step 5)

@@ -36,17 +36,6 @@ class Reason(StrEnum):
     ATTACHMENT_UPLOAD_FAILED = "ATTACHMENT_UPLOAD_FAILED"
 
 
-# Hard failures count towards failure_rate; everything else does not.
-HARD_FAILURES = frozenset(
-    {
-        Reason.CONTACT_NOT_MAPPED,
-        Reason.NOTE_TOO_LARGE,
-        Reason.HTML_NORMALISATION_FAILED,
-        Reason.BATCH_INSERT_FAILED,
-    }
-)
-
-
 class Outcome(StrEnum):
     """What became of one CRM note in one run."""
 

@@ -87,11 +87,6 @@ def scope_counts(conn, cid: int) -> dict[str, int]:
     return {"person_notes": notes, "person_activities": activities, "no_person": no_person, "total": total}
 
 
-def in_scope_count(conn, cid: int, include_activities: bool) -> int:
-    counts = scope_counts(conn, cid)
-    return counts["person_notes"] + (counts["person_activities"] if include_activities else 0)
-
-
 def notes_per_person(conn, cid: int, include_activities: bool) -> dict[int, int]:
     """In-scope note counts by crm_person_id: the input of the coverage preflight."""
     activity_filter = "" if include_activities else f"AND NOT {_ACTIVITY}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import tracemalloc
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -395,12 +394,3 @@ def release(db: Database, cid: int, run_id: str) -> bool:
     released = store.release_lock(db, cid, run_id)
     log.info("lock of CID %s %s", cid, "released" if released else "was not held by this run")
     return released
-
-
-def peak_memory_of(fn, *args, **kwargs) -> tuple[Any, int]:
-    """Run fn under tracemalloc; returns (result, peak bytes). Used by the benchmark."""
-    tracemalloc.start()
-    try:
-        return fn(*args, **kwargs), tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()

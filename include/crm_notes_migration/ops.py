@@ -165,7 +165,7 @@ def error_log(db: Database, job_id: str, outcome: str = "errors", limit: int = 0
     if store.get_job(db, job_id) is None:
         return None
     outcomes = OUTCOME_FILTERS[outcome]
-    entries = store.note_log_entries(db, job_id, outcomes, limit=limit)
+    entries = store.note_log(db, job_id, outcomes, limit=limit)
     return [{k: v for k, v in (store.as_plain(e) or {}).items() if k in ERROR_LOG_FIELDS} for e in entries]
 
 
