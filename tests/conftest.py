@@ -48,6 +48,7 @@ for p in (ROOT / "plugins", ROOT / "include"):
 import json  # noqa: E402
 
 import pytest  # noqa: E402
+from tests.helpers import PARAM_DEFAULTS  # noqa: E402
 
 if not _template.exists():
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
@@ -96,9 +97,6 @@ def migration_dag():
     return bag.get_dag("crm_notes_migration")
 
 
-PARAM_DEFAULTS = {"batch_size": 500, "include_activities": False, "dry_run": False, "force_rerun": False}
-
-
 @pytest.fixture
 def run_dag(migration_dag, monkeypatch):
     """Run the DAG with dag.test(); returns the DagRun. `flag` is the list of enabled CIDs.
@@ -117,11 +115,3 @@ def run_dag(migration_dag, monkeypatch):
         return migration_dag.test(run_conf=conf)
 
     return _run
-
-
-def task_states(dag_run) -> dict[str, list[str]]:
-    """{task_id: [state per map index]} of a finished run."""
-    out: dict[str, list[str]] = {}
-    for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
-        out.setdefault(ti.task_id, []).append(str(ti.state))
-    return out

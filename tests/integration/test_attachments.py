@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from tests.conftest import task_states
+from tests.helpers import task_states
 
 from crm_notes_migration import attachments, migration, seed_files
 from crm_notes_migration import cdp_store as store

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from tests.conftest import PARAM_DEFAULTS, task_states
+from tests.helpers import PARAM_DEFAULTS, task_states
 
 from crm_notes_migration import cdp_store as store
 from crm_notes_migration.codes import Reason

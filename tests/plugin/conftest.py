@@ -26,6 +26,7 @@ from plugin_support import (
     WITH_ERRORS,
     StatsRecorder,
 )
+from tests.helpers import PARAM_DEFAULTS
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +99,8 @@ class PagerDutyEdge:
         return [r["json"] for r in self.requests if r["json"]["payload"]["custom_details"]["cid"] == cid]
 
 
-@pytest.fixture
-def pagerduty_edge(monkeypatch) -> PagerDutyEdge:
-    """Intercept PagerDuty at the network edge: the hook, client, auth and JSON body are all real."""
+def install_pagerduty_edge(mp: pytest.MonkeyPatch) -> PagerDutyEdge:
+    """Route the real PagerDuty client's HTTP through a mock transport that records the events."""
     import pagerduty
 
     edge = PagerDutyEdge()
@@ -110,9 +110,15 @@ def pagerduty_edge(monkeypatch) -> PagerDutyEdge:
         kwargs["transport"] = httpx2.MockTransport(edge.handler)
         original(self, routing_key, *args, **kwargs)
 
-    monkeypatch.setattr(pagerduty.EventsApiV2Client, "__init__", init)
-    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS",
-                       json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    mp.setattr(pagerduty.EventsApiV2Client, "__init__", init)
+    mp.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    return edge
+
+
+@pytest.fixture
+def pagerduty_edge(monkeypatch) -> PagerDutyEdge:
+    """Intercept PagerDuty at the network edge: the hook, client, auth and JSON body are all real."""
+    edge = install_pagerduty_edge(monkeypatch)
     return edge
 
 
@@ -143,9 +149,6 @@ def slack_webhook(monkeypatch) -> Iterator[list[dict[str, Any]]]:
     server.server_close()
 
 
-# --------------------------------------------------------------------------- metrics
-
-
 # --------------------------------------------------------------------------- CIDs in each state, by real runs
 
 
@@ -153,7 +156,7 @@ def run_migration(migration_dag, monkeypatch, conf: dict, *, settings: dict | No
                   flag: list[int] | None = None, **test_kwargs: Any):
     monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]]))
     monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings or {}))
-    return migration_dag.test(run_conf=conf, **test_kwargs)
+    return migration_dag.test(run_conf={**PARAM_DEFAULTS, **conf}, **test_kwargs)
 
 
 @dataclass
@@ -172,21 +175,11 @@ def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
     its HTTP edge (the halted run's P1 is delivered; the completed_with_errors
     run's P2 gets an HTTP 400, so it is undeliverable), and Airflow Stats go to a
     recorder."""
-    import pagerduty
-
     from crm_notes_migration import metrics
     from crm_notes_migration.seed import SeedSpec
 
     mp = pytest.MonkeyPatch()
-    edge = PagerDutyEdge()
-    original = pagerduty.EventsApiV2Client.__init__
-
-    def init(self, routing_key, *args, **kwargs):
-        kwargs["transport"] = httpx2.MockTransport(edge.handler)
-        original(self, routing_key, *args, **kwargs)
-
-    mp.setattr(pagerduty.EventsApiV2Client, "__init__", init)
-    mp.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    edge = install_pagerduty_edge(mp)
     stats = StatsRecorder()
     mp.setattr(metrics, "_stats", lambda: stats)
 
