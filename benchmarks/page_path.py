@@ -22,7 +22,7 @@ import uuid
 from crm_notes_migration import cdp_store as store
 from crm_notes_migration import crm_source, migration
 from crm_notes_migration.config import RunConfig
-from crm_notes_migration.connections import cdp_database, crm_connection, crm_connection_rw
+from crm_notes_migration.connections import cdp_database, crm_connection
 from crm_notes_migration.html import _bleach_fixpoint, _fast_path, normalise
 from crm_notes_migration.seed import SeedSpec, company_for, seed
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     db = cdp_database()
     if not args.no_seed:
-        with crm_connection_rw() as rw:
+        with crm_connection(read_only=False) as rw:
             for spec in (SeedSpec(cid=5000, notes=5000), SeedSpec(cid=20000, notes=args.large_notes)):
                 seed(spec, rw, db)
     with crm_connection() as crm:

@@ -63,9 +63,9 @@ def cdp():
 
 @pytest.fixture(scope="session")
 def crm_rw():
-    from crm_notes_migration.connections import crm_connection_rw
+    from crm_notes_migration.connections import crm_connection
 
-    with crm_connection_rw() as conn:
+    with crm_connection(read_only=False) as conn:
         yield conn
 
 

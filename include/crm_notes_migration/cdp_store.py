@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
@@ -126,7 +127,7 @@ class MongoNoteWriter:
         for doc in docs:
             if doc.get("legacy_crm_note_id") is None:  # never write a null legacy id
                 raise ValueError("refusing to write a contact_notes document without legacy_crm_note_id")
-            doc.setdefault("_id", _object_id())
+            doc.setdefault("_id", ObjectId())
         failed: dict[int, str] = {}
         try:
             self.collection.insert_many(docs, ordered=False)
@@ -153,12 +154,6 @@ class MongoNoteWriter:
             self._write_batch(again, result, retry=False)
         else:
             result.errors.update(failed)
-
-
-def _object_id():
-    from bson import ObjectId
-
-    return ObjectId()
 
 
 def migrated_notes(db: Database, company_sso_id: str, projection: dict | None = None):

@@ -13,8 +13,9 @@ from crm_notes_migration.config import CDP_MONGO_CONN_ID, CRM_POSTGRES_CONN_ID, 
 
 
 @contextmanager
-def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID) -> Iterator:
-    """A read-only connection to the CRM (the migration never writes there).
+def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID, *, read_only: bool = True) -> Iterator:
+    """A read-only connection to the CRM: the migration never writes there. Only the
+    synthetic-data seeder (and its tests) asks for `read_only=False`.
 
     The Postgres provider hands out a psycopg 3 connection here (psycopg2 only
     when psycopg 3 is absent); both accept these session settings."""
@@ -22,8 +23,9 @@ def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID) -> Iterator:
 
     conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
     try:
-        conn.autocommit = True
-        conn.read_only = True
+        if read_only:
+            conn.autocommit = True
+            conn.read_only = True
         yield conn
     finally:
         conn.close()
@@ -41,15 +43,3 @@ def cdp_database(conn_id: str = CDP_MONGO_CONN_ID):
     """The CDP database, reading dates as timezone-aware UTC."""
     client, name = _mongo_client(conn_id)
     return client.get_database(name, codec_options=CodecOptions(tz_aware=True, tzinfo=dt.UTC))
-
-
-@contextmanager
-def crm_connection_rw(conn_id: str = CRM_POSTGRES_CONN_ID) -> Iterator:
-    """A writable CRM connection: only the synthetic-data seeder uses it, never the migration."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
-    try:
-        yield conn
-    finally:
-        conn.close()

@@ -344,10 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes", type=int, default=100)
     parser.add_argument("--unmapped-person-share", type=float, default=0.0)
     args = parser.parse_args(argv)
-    from crm_notes_migration.connections import cdp_database, crm_connection_rw
+    from crm_notes_migration.connections import cdp_database, crm_connection
 
     specs = DEMO_SPECS if args.demo else [SeedSpec(cid=args.cid, notes=args.notes, unmapped_person_share=args.unmapped_person_share)]
-    with crm_connection_rw() as conn:
+    with crm_connection(read_only=False) as conn:
         for spec in specs:
             out = seed(spec, conn, cdp_database())
             out.pop("unmapped_person_ids", None)
