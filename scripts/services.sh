@@ -15,8 +15,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-PGDATA="$BUILD_DIR/pgdata"
-PGRUN="$BUILD_DIR/pgrun"
+# PostgreSQL runs as the `postgres` user, which may not be able to enter the checkout
+# (a clone under a 0700 temp dir, say): its data, socket and log live outside it, in a
+# directory of their own per checkout.
+PG_STATE="${PG_STATE_DIR:-/var/tmp/crm-notes-migration-pg-$(printf %s "$ROOT" | sha1sum | cut -c1-12)}"
+PGDATA="$PG_STATE/data"
+PGRUN="$PG_STATE/run"
 FERRET_BIN="$BUILD_DIR/ferretdb"
 LOG_DIR="$BUILD_DIR/logs"
 
@@ -41,18 +45,18 @@ pg_up() {
     log "PostgreSQL 15 binaries missing: installing postgresql-15"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
   fi
-  mkdir -p "$PGRUN" "$LOG_DIR"
-  chown postgres "$PGRUN"
+  mkdir -p "$PG_STATE" "$LOG_DIR"
+  chown postgres "$PG_STATE" && chmod 700 "$PG_STATE"
+  runuser -u postgres -- mkdir -p "$PGRUN"
   if [ ! -s "$PGDATA/PG_VERSION" ]; then
     log "initdb $PGDATA"
-    mkdir -p "$PGDATA" && chown postgres "$PGDATA" && chmod 700 "$PGDATA"
+    runuser -u postgres -- mkdir -p -m 700 "$PGDATA"
     as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
     log "postgres already running on $CRM_PG_PORT"
   else
-    touch "$LOG_DIR/postgres.log" && chown postgres "$LOG_DIR/postgres.log"
-    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOG_DIR/postgres.log" -w -t 60 start \
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PG_STATE/postgres.log" -w -t 60 start \
       -o "-c listen_addresses=127.0.0.1 -p $CRM_PG_PORT -k $PGRUN -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c TimeZone=UTC" >/dev/null
     log "postgres started on 127.0.0.1:$CRM_PG_PORT"
   fi
