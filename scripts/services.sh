@@ -38,7 +38,7 @@ wait_port() { # port name seconds
   return 1
 }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }  # from /: it may not enter the checkout
 
 pg_up() {
   if [ ! -x "$PG_BIN/pg_ctl" ]; then
@@ -47,10 +47,10 @@ pg_up() {
   fi
   mkdir -p "$PG_STATE" "$LOG_DIR"
   chown postgres "$PG_STATE" && chmod 700 "$PG_STATE"
-  runuser -u postgres -- mkdir -p "$PGRUN"
+  as_postgres mkdir -p "$PGRUN"
   if [ ! -s "$PGDATA/PG_VERSION" ]; then
     log "initdb $PGDATA"
-    runuser -u postgres -- mkdir -p -m 700 "$PGDATA"
+    as_postgres mkdir -p -m 700 "$PGDATA"
     as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   if as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
