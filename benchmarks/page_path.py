@@ -19,12 +19,13 @@ import time
 import tracemalloc
 import uuid
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source, migration
-from crm_notes_migration.config import RunConfig
-from crm_notes_migration.connections import cdp_database, crm_connection
-from crm_notes_migration.html import _bleach_fixpoint, _fast_path, normalise
-from crm_notes_migration.seed import SeedSpec, company_for, seed
+from tests.support.seed import SeedSpec, company_for, seed
+
+from notes_migration import cdp_store as store
+from notes_migration import crm_source, migration
+from notes_migration.config import RunConfig
+from notes_migration.connections import cdp_database, crm_connection
+from notes_migration.html import _bleach_fixpoint, _fast_path, normalise
 
 
 def p95(values: list[float]) -> float:
@@ -64,9 +65,18 @@ def page_path(crm, db, cid: int, batch_size: int, *, trace_memory: bool = False,
     phases["bookkeeping"] = sum(walls) - phases["read"] - phases["transform"] - phases["write"]
     job = store.get_job(db, job_id)
     store.release_lock(db, cid, job["run_id"])
-    return {"job_id": job_id, "pages": len(pages), "notes": written, "seconds": sum(walls) + per_run_s,
-            "notes_per_s": written / (sum(walls) + per_run_s), "coverage_and_plan_s": round(per_run_s, 3), "p95_page_s": p95(walls), "p95_insert_s": p95(inserts),
-            "peak_page_bytes": max(peaks), "phase_seconds": {k: round(v, 3) for k, v in phases.items()}}
+    return {
+        "job_id": job_id,
+        "pages": len(pages),
+        "notes": written,
+        "seconds": sum(walls) + per_run_s,
+        "notes_per_s": written / (sum(walls) + per_run_s),
+        "coverage_and_plan_s": round(per_run_s, 3),
+        "p95_page_s": p95(walls),
+        "p95_insert_s": p95(inserts),
+        "peak_page_bytes": max(peaks),
+        "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
+    }
 
 
 def raw_ceiling(crm, db, cid: int, batch_size: int) -> dict:
@@ -101,11 +111,19 @@ def raw_ceiling(crm, db, cid: int, batch_size: int) -> dict:
         if x:
             _bleach_fixpoint(x)
     bleach_s = time.perf_counter() - t
-    return {"extract_rows": rows, "extract_s": extract_s, "extract_rows_per_s": rows / extract_s,
-            "insert_docs": n, "insert_s": sum(batch_times), "insert_notes_per_s": n / sum(batch_times),
-            "p95_raw_insert_s": p95(batch_times), "normalise_ms_per_note": 1000 * normalise_s / len(notes),
-            "bleach_ms_per_note": 1000 * bleach_s / len(notes), "fast_path_ms_per_note": 1000 * fast_s / len(notes),
-            "fast_path_share": fast_hits / len(notes)}
+    return {
+        "extract_rows": rows,
+        "extract_s": extract_s,
+        "extract_rows_per_s": rows / extract_s,
+        "insert_docs": n,
+        "insert_s": sum(batch_times),
+        "insert_notes_per_s": n / sum(batch_times),
+        "p95_raw_insert_s": p95(batch_times),
+        "normalise_ms_per_note": 1000 * normalise_s / len(notes),
+        "bleach_ms_per_note": 1000 * bleach_s / len(notes),
+        "fast_path_ms_per_note": 1000 * fast_s / len(notes),
+        "fast_path_share": fast_hits / len(notes),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         large_mem = page_path(crm, db, 20000, args.batch_size, trace_memory=True, max_pages=4)
     serial_ceiling = 1.0 / (1.0 / raw["extract_rows_per_s"] + 1.0 / raw["insert_notes_per_s"])
     report = {
-        "cid": 5000, "batch_size": args.batch_size,
+        "cid": 5000,
+        "batch_size": args.batch_size,
         "page_path_notes_per_s": round(page["notes_per_s"], 1),
         "raw_insert_notes_per_s": round(raw["insert_notes_per_s"], 1),
         "raw_extract_rows_per_s": round(raw["extract_rows_per_s"], 1),

@@ -33,11 +33,11 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task, teardown
 
-from crm_notes_migration.config import DAG_ID
-from crm_notes_migration.lazy import lazy_import
-from crm_notes_migration.operators.attachment_relink import AttachmentRelinkOperator
+from notes_migration.config import DAG_ID
+from notes_migration.lazy import lazy_import
+from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
 
-tasks = lazy_import("crm_notes_migration.tasks")  # loaded when a task runs, not at parse time
+tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at parse time
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -50,8 +50,12 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
     max_active_tasks=4,
     doc_md=__doc__,
     tags=["crm-migration", "cdp", "notes"],
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(seconds=30),
-                  "retry_exponential_backoff": True},
+    default_args={
+        "owner": "data-platform",
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+    },
     params={
         "cid": Param(type="integer", minimum=1, description="CRM organization id (CID)"),
         "company_sso_id": Param(type="string", pattern=UUID_PATTERN, description="CDP company UUID"),
@@ -111,7 +115,9 @@ def crm_notes_migration():
     # pages' files); it skips itself on a dry run or a halted job, and pulls the job from preconditions'
     # XCom (a setup task may only feed all_success tasks directly).
     relinked = AttachmentRelinkOperator.partial(
-        task_id="relink_attachments", trigger_rule="all_done", map_index_template="{{ page_label }}",
+        task_id="relink_attachments",
+        trigger_rule="all_done",
+        map_index_template="{{ page_label }}",
         max_active_tis_per_dagrun=2,
     ).expand(page=pages)
     migrated >> relinked

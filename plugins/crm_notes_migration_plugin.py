@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from crm_notes_migration.api import URL_PREFIX, app
+from notes_migration.api import URL_PREFIX, app
 
 
 class CrmNotesMigrationPlugin(AirflowPlugin):

@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 "$VENV/bin/python" -m benchmarks.page_path "$@"
-"$VENV/bin/python" -m crm_notes_migration.relink_benchmark
+"$VENV/bin/python" -m benchmarks.relink

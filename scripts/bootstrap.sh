@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the pinned requirements (again only when
-# requirements.txt or constraints.txt changed), then migrates the project-local
+# Creates .venv and installs the pinned dev requirements and the logic package (again only
+# when a requirements file, constraints.txt or pyproject.toml changed), then migrates the project-local
 # Airflow metadata DB. Idempotent; safe to call before every command.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +11,7 @@ mkdir -p "$BUILD_DIR" "$AIRFLOW_HOME"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/constraints.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[bootstrap] creating $VENV" >&2
   "$PY" -m venv "$VENV"
@@ -19,7 +19,9 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[bootstrap] installing requirements (about a minute or two on a fresh machine)" >&2
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt" -c "$ROOT/constraints.txt"
+  # the logic package itself, editable: tests, scripts and Airflow import it as `notes_migration`
+  "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
   echo "$want" >"$stamp"
 fi
 if [ ! -s "$AIRFLOW_HOME/airflow.db" ] || [ "$ROOT/constraints.txt" -nt "$AIRFLOW_HOME/airflow.db" ]; then

@@ -22,7 +22,9 @@ export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
 export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
-export PYTHONPATH="$ROOT:$ROOT/include:$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
+# the logic package `notes_migration` is installed (editable) into .venv by bootstrap.sh; the
+# checkout root makes the dev-only tests.support and benchmarks importable by the scripts
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # Local connections (the same values as airflow_settings.yaml; a test keeps
 # them in step). Export your own AIRFLOW_CONN_* before calling a script to use

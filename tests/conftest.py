@@ -38,16 +38,10 @@ os.environ["AIRFLOW_HOME"] = str(_home)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_home}/airflow.db"
 os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", None)
 os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", None)
-# include/ first: the package `crm_notes_migration` shares its name with the DAG file
-# (file stem == dag_id), so dags/ must never come before it (Airflow appends dags/).
-for p in (ROOT / "plugins", ROOT / "include"):
-    if str(p) in sys.path:
-        sys.path.remove(str(p))
-    sys.path.insert(0, str(p))
-
 import json  # noqa: E402
 
 import pytest  # noqa: E402
+
 from tests.helpers import PARAM_DEFAULTS  # noqa: E402
 
 if not _template.exists():
@@ -56,14 +50,14 @@ if not _template.exists():
 
 @pytest.fixture(scope="session")
 def cdp():
-    from crm_notes_migration.connections import cdp_database
+    from notes_migration.connections import cdp_database
 
     return cdp_database()
 
 
 @pytest.fixture(scope="session")
 def crm_rw():
-    from crm_notes_migration.connections import crm_connection
+    from notes_migration.connections import crm_connection
 
     with crm_connection(read_only=False) as conn:
         yield conn
@@ -71,7 +65,7 @@ def crm_rw():
 
 @pytest.fixture(scope="session")
 def crm():
-    from crm_notes_migration.connections import crm_connection
+    from notes_migration.connections import crm_connection
 
     with crm_connection() as conn:
         yield conn
@@ -80,7 +74,7 @@ def crm():
 @pytest.fixture(scope="session")
 def seed_cid(crm_rw, cdp):
     """Seed (or reseed, wiping its CDP notes and bookkeeping) a CID from a SeedSpec."""
-    from crm_notes_migration.seed import seed
+    from tests.support.seed import seed
 
     def _seed(spec):
         return seed(spec, crm_rw, cdp)

@@ -11,16 +11,16 @@ import json
 import os
 
 import pytest
-from tests.helpers import task_states
 
-from crm_notes_migration import attachments, migration, seed_files
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import s3_store as s3
-from crm_notes_migration.attachments import SAFE_KEY_RE, UNAVAILABLE_MESSAGE, RetryPolicy
-from crm_notes_migration.codes import AttachmentOutcome, Event, Reason
-from crm_notes_migration.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
-from crm_notes_migration.seed import SeedSpec, company_for
-from crm_notes_migration.status import cid_status
+from notes_migration import attachments, migration, seed_files
+from notes_migration import cdp_store as store
+from notes_migration import s3_store as s3
+from notes_migration.attachments import SAFE_KEY_RE, UNAVAILABLE_MESSAGE, RetryPolicy
+from notes_migration.codes import AttachmentOutcome, Event, Reason
+from notes_migration.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
+from notes_migration.status import cid_status
+from tests.helpers import task_states
+from tests.support.seed import SeedSpec, company_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -43,10 +43,17 @@ def cdp_bucket() -> s3.Bucket:
     return bucket
 
 
-def run_migration(crm, cdp, cid: int, run_id: str, thresholds: Thresholds | None = None, **cfg) -> tuple[dict, list[dict]]:
+def run_migration(
+    crm, cdp, cid: int, run_id: str, thresholds: Thresholds | None = None, **cfg
+) -> tuple[dict, list[dict]]:
     """Steps 1–4 in-process (no Airflow): job, coverage, pages, migrated notes. Leaves the lock held."""
-    config = RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=cfg.pop("batch_size", 20),
-                       thresholds=thresholds or Thresholds(), **cfg)
+    config = RunConfig(
+        cid=cid,
+        company_sso_id=company_for(cid),
+        batch_size=cfg.pop("batch_size", 20),
+        thresholds=thresholds or Thresholds(),
+        **cfg,
+    )
     job = migration.start_job(crm, cdp, config, run_id=run_id, triggered_by="test", flag_cids=[cid])
     migration.run_coverage(crm, cdp, job["job_id"])
     pages = migration.plan(crm, cdp, job["job_id"])
@@ -60,9 +67,19 @@ def notes_of(cdp, cid: int) -> dict[int, dict]:
     return {d["legacy_crm_note_id"]: d for d in cdp[CONTACT_NOTES].find(q)}
 
 
-def add_file(crm_rw, bucket: s3.Bucket, *, kind: str, file_id: int, note_id: int, name: str, body: bytes | None,
-             declared_type: str | None = None, declared_size: int | None = None,
-             asset_type: str = "Crm::NoteImage") -> str:
+def add_file(
+    crm_rw,
+    bucket: s3.Bucket,
+    *,
+    kind: str,
+    file_id: int,
+    note_id: int,
+    name: str,
+    body: bytes | None,
+    declared_type: str | None = None,
+    declared_size: int | None = None,
+    asset_type: str = "Crm::NoteImage",
+) -> str:
     """A CRM file row (assets or crm_note_attachments) and, unless body is None, its object in the CRM bucket.
     The declared content type defaults to the right one for the extension."""
     key = f"crm/{note_id // 1_000_000}/{kind}s/{file_id}/{name}"
@@ -70,13 +87,17 @@ def add_file(crm_rw, bucket: s3.Bucket, *, kind: str, file_id: int, note_id: int
     size = declared_size if declared_size is not None else len(body or b"")
     with crm_rw.cursor() as cur:
         if kind == "asset":
-            cur.execute("INSERT INTO assets (id, type, assetable_type, assetable_id, file_file_name, file_content_type,"
-                        " file_file_size, s3_key, created_at, updated_at) VALUES (%s,%s,'Crm::Note',%s,%s,%s,%s,%s,now(),now())",
-                        (file_id, asset_type, note_id, name, declared_type, size, key))
+            cur.execute(
+                "INSERT INTO assets (id, type, assetable_type, assetable_id, file_file_name, file_content_type,"
+                " file_file_size, s3_key, created_at, updated_at) VALUES (%s,%s,'Crm::Note',%s,%s,%s,%s,%s,now(),now())",
+                (file_id, asset_type, note_id, name, declared_type, size, key),
+            )
         else:
-            cur.execute("INSERT INTO crm_note_attachments (id, crm_note_id, file_file_name, file_content_type, file_file_size,"
-                        " s3_key, created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,now(),now())",
-                        (file_id, note_id, name, declared_type, size, key))
+            cur.execute(
+                "INSERT INTO crm_note_attachments (id, crm_note_id, file_file_name, file_content_type, file_file_size,"
+                " s3_key, created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,now(),now())",
+                (file_id, note_id, name, declared_type, size, key),
+            )
     crm_rw.commit()
     if body is not None:
         s3.put(bucket, key, body, declared_type)
@@ -108,8 +129,11 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
     notes = sorted(notes_of(cdp, cid))
     n = {k: notes[i] for i, k in enumerate(["media", "refused", "missing", "hostile", "mislabelled"])}
     with crm.cursor() as cur:  # a Person note that is not migrated (an activity): its file must be ignored
-        cur.execute("SELECT n.id FROM crm_notes n JOIN crm_note_types t ON t.id = n.crm_note_type_id "
-                    "WHERE n.organization_id = %s AND n.crm_person_id IS NOT NULL AND t.name = 'Calls' LIMIT 1", (cid,))
+        cur.execute(
+            "SELECT n.id FROM crm_notes n JOIN crm_note_types t ON t.id = n.crm_note_type_id "
+            "WHERE n.organization_id = %s AND n.crm_person_id IS NOT NULL AND t.name = 'Calls' LIMIT 1",
+            (cid,),
+        )
         n["activity"] = cur.fetchone()[0]
     f = {}
 
@@ -121,12 +145,36 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
 
     put("photo", "media", 1, kind="asset", name="photo.jpg", body=seed_files.jpeg(1), declared_type="image/jpeg")
     put("board", "media", 2, kind="asset", name="Whiteboard.PNG", body=seed_files.png(2), declared_type="image/png")
-    put("memo", "media", 3, kind="asset", name="memo.mp3", body=seed_files.mp3(3), declared_type="audio/mpeg",
-        asset_type="Crm::NoteAudio")
-    put("voice", "media", 4, kind="asset", name="voice.m4a", body=seed_files.m4a(4), declared_type="audio/mp4",
-        asset_type="Crm::NoteAudio")
-    put("call", "media", 5, kind="asset", name="call.ogg", body=seed_files.ogg(5), declared_type="audio/ogg",
-        asset_type="Crm::NoteAudio")
+    put(
+        "memo",
+        "media",
+        3,
+        kind="asset",
+        name="memo.mp3",
+        body=seed_files.mp3(3),
+        declared_type="audio/mpeg",
+        asset_type="Crm::NoteAudio",
+    )
+    put(
+        "voice",
+        "media",
+        4,
+        kind="asset",
+        name="voice.m4a",
+        body=seed_files.m4a(4),
+        declared_type="audio/mp4",
+        asset_type="Crm::NoteAudio",
+    )
+    put(
+        "call",
+        "media",
+        5,
+        kind="asset",
+        name="call.ogg",
+        body=seed_files.ogg(5),
+        declared_type="audio/ogg",
+        asset_type="Crm::NoteAudio",
+    )
     put("pdf", "media", 1, kind="document", name="quote.pdf", body=seed_files.pdf(1), declared_type="application/pdf")
     put("docx", "media", 2, kind="document", name="contract.docx", body=seed_files.docx(2))
     put("xlsx", "media", 3, kind="document", name="prices.xlsx", body=seed_files.xlsx(3))
@@ -141,29 +189,57 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
     put("dotdot", "hostile", 1, kind="document", name="../../x.pdf", body=seed_files.pdf(11))
     put("unicode", "hostile", 2, kind="document", name="Relatório final 日本語 ☃.pdf", body=seed_files.pdf(12))
     put("long", "hostile", 3, kind="document", name=LONG, body=seed_files.pdf(13))
-    put("wrongtype", "mislabelled", 1, kind="asset", name="site.jpg", body=seed_files.jpeg(7),
-        declared_type="application/pdf")
+    put(
+        "wrongtype",
+        "mislabelled",
+        1,
+        kind="asset",
+        name="site.jpg",
+        body=seed_files.jpeg(7),
+        declared_type="application/pdf",
+    )
     put("ignored", "activity", 1, kind="document", name="call-notes.pdf", body=seed_files.pdf(14))
 
     before = set(s3.list_objects(cdp_bucket))
     # a new run (notes already there, so only its relink step matters): the files must still arrive
-    job2 = migration.start_job(crm, cdp, RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=20,
-                                                   thresholds=thresholds),
-                               run_id="att-2001-second", triggered_by="test", flag_cids=[cid])
+    job2 = migration.start_job(
+        crm,
+        cdp,
+        RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=20, thresholds=thresholds),
+        run_id="att-2001-second",
+        triggered_by="test",
+        flag_cids=[cid],
+    )
     pages2 = migration.plan(crm, cdp, job2["job_id"])
     attachments_before = {k: d.get("attachments") for k, d in notes_of(cdp, cid).items()}
     first = relink_all(crm, cdp, job2, pages2, crm_bucket, cdp_bucket)
     after_first = notes_of(cdp, cid)
     objects_first = s3.list_objects(cdp_bucket)
-    heads_first = {k: cdp_bucket.client.head_object(Bucket=cdp_bucket.name, Key=k)["LastModified"]
-                   for k in objects_first if k.startswith(company_for(cid) + "/")}
+    heads_first = {
+        k: cdp_bucket.client.head_object(Bucket=cdp_bucket.name, Key=k)["LastModified"]
+        for k in objects_first
+        if k.startswith(company_for(cid) + "/")
+    }
     second = relink_all(crm, cdp, job2, pages2, crm_bucket, cdp_bucket)
     verdict = migration.validate(crm, cdp, job2["job_id"])
     migration.release(cdp, cid, "att-2001-second")
-    yield {"cid": cid, "company": company_for(cid), "job": job2, "job1": job1, "n": n, "f": f, "first": first,
-           "second": second, "notes": after_first, "notes_after_second": notes_of(cdp, cid), "before": before,
-           "objects": objects_first, "heads": heads_first, "verdict": verdict,
-           "attachments_before": attachments_before}
+    yield {
+        "cid": cid,
+        "company": company_for(cid),
+        "job": job2,
+        "job1": job1,
+        "n": n,
+        "f": f,
+        "first": first,
+        "second": second,
+        "notes": after_first,
+        "notes_after_second": notes_of(cdp, cid),
+        "before": before,
+        "objects": objects_first,
+        "heads": heads_first,
+        "verdict": verdict,
+        "attachments_before": attachments_before,
+    }
 
 
 def test_interrupted_run_notes_get_their_files_from_the_next_run(case, cdp):
@@ -214,9 +290,13 @@ def test_unsupported_and_oversized_files_are_skipped_with_reasons(case, cdp, cdp
     f, note_id = case["f"], case["n"]["refused"]
     assert case["notes"][note_id]["attachments"] == []  # nothing of this note is allowlisted and under the cap
     log = {e["file"]["ref"]: e for e in store.note_log(cdp, case["job"]["job_id"], AttachmentOutcome.SKIPPED.value)}
-    assert {ref: log[ref]["reason_code"] for ref in (f["exe"], f["heic"], f["declared_big"], f["real_big"], f["disguised"])} == {
-        f["exe"]: Reason.ATTACHMENT_UNSUPPORTED_TYPE, f["heic"]: Reason.ATTACHMENT_UNSUPPORTED_TYPE,
-        f["declared_big"]: Reason.ATTACHMENT_TOO_LARGE, f["real_big"]: Reason.ATTACHMENT_TOO_LARGE,
+    assert {
+        ref: log[ref]["reason_code"] for ref in (f["exe"], f["heic"], f["declared_big"], f["real_big"], f["disguised"])
+    } == {
+        f["exe"]: Reason.ATTACHMENT_UNSUPPORTED_TYPE,
+        f["heic"]: Reason.ATTACHMENT_UNSUPPORTED_TYPE,
+        f["declared_big"]: Reason.ATTACHMENT_TOO_LARGE,
+        f["real_big"]: Reason.ATTACHMENT_TOO_LARGE,
         f["disguised"]: Reason.ATTACHMENT_UNSUPPORTED_TYPE,
     }
     assert "executable" in log[f["disguised"]]["details"] and str(CAP) in log[f["real_big"]]["details"]
@@ -231,7 +311,9 @@ def test_missing_source_gives_download_failed_an_unavailable_entry_and_the_note_
     assert lost["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED and lost["message"] == UNAVAILABLE_MESSAGE
     assert kept["url"].startswith(PROXY) and "unavailable" not in kept
     failed = store.note_log(cdp, job_id, AttachmentOutcome.FAILED.value)
-    assert [(e["legacy_crm_note_id"], e["reason_code"]) for e in failed] == [(note_id, Reason.ATTACHMENT_DOWNLOAD_FAILED)]
+    assert [(e["legacy_crm_note_id"], e["reason_code"]) for e in failed] == [
+        (note_id, Reason.ATTACHMENT_DOWNLOAD_FAILED)
+    ]
     event = cdp[EVENTS].find_one({"job_id": job_id, "event": Event.ATTACHMENT_FAILED.value})
     assert event["properties"]["legacy_crm_note_id"] == note_id
     assert event["properties"]["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED
@@ -275,8 +357,9 @@ def test_second_run_copies_nothing_new_and_leaves_attachments_unchanged(case, cd
     first, second = case["first"], case["second"]
     assert sum(p["copied"] for p in first) == 14 and sum(p["copied"] for p in second) == 0
     assert sum(p["reused"] for p in second) == 14 and sum(p["notes_updated"] for p in second) == 0
-    assert {k: d.get("attachments") for k, d in case["notes_after_second"].items()} == \
-        {k: d.get("attachments") for k, d in case["notes"].items()}
+    assert {k: d.get("attachments") for k, d in case["notes_after_second"].items()} == {
+        k: d.get("attachments") for k, d in case["notes"].items()
+    }
     for key, modified in case["heads"].items():  # not re-uploaded
         assert cdp_bucket.client.head_object(Bucket=cdp_bucket.name, Key=key)["LastModified"] == modified
 
@@ -299,12 +382,23 @@ def test_job_figures_and_status(case, cdp):
 
 
 def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, crm, cdp, cdp_bucket, monkeypatch):
-    from crm_notes_migration.operators.attachment_relink import AttachmentRelinkOperator
+    from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
 
     cid = 2002
-    seeded = seed_cid(SeedSpec(cid=cid, notes=40, image_share=0.5, audio_share=0.3, document_share=0.3,
-                               missing_file_share=0, mislabelled_file_share=0, disguised_file_share=0,
-                               oversized_file_share=0, unsupported_file_share=0))
+    seeded = seed_cid(
+        SeedSpec(
+            cid=cid,
+            notes=40,
+            image_share=0.5,
+            audio_share=0.3,
+            document_share=0.3,
+            missing_file_share=0,
+            mislabelled_file_share=0,
+            disguised_file_share=0,
+            oversized_file_share=0,
+            unsupported_file_share=0,
+        )
+    )
     job, pages = run_migration(crm, cdp, cid, "att-2002")
     try:
         conn = json.loads(os.environ["AIRFLOW_CONN_CDP_S3"])
@@ -320,7 +414,9 @@ def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, cr
     assert len(notes) == sum(r["migrated"] for r in store.page_results(cdp, job["job_id"]))  # every note is there
     entries = [e for d in notes.values() for e in d["attachments"]]
     assert len(entries) == files
-    assert all(e["unavailable"] and e["reason_code"] == Reason.ATTACHMENT_UPLOAD_FAILED and "url" not in e for e in entries)
+    assert all(
+        e["unavailable"] and e["reason_code"] == Reason.ATTACHMENT_UPLOAD_FAILED and "url" not in e for e in entries
+    )
     assert store.note_log(cdp, job["job_id"], "failed") == []  # no failed note
     assert cdp[EVENTS].count_documents({"job_id": job["job_id"], "event": Event.ATTACHMENT_FAILED.value}) == files
     figures = attachments.summarise_job(cdp, job["job_id"])
@@ -335,19 +431,45 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
     from botocore.config import Config
 
     cid = 2003
-    seed_cid(SeedSpec(cid=cid, notes=30, image_share=0.4, document_share=0.2, missing_file_share=0,
-                      mislabelled_file_share=0, disguised_file_share=0, oversized_file_share=0, unsupported_file_share=0))
+    seed_cid(
+        SeedSpec(
+            cid=cid,
+            notes=30,
+            image_share=0.4,
+            document_share=0.2,
+            missing_file_share=0,
+            mislabelled_file_share=0,
+            disguised_file_share=0,
+            oversized_file_share=0,
+            unsupported_file_share=0,
+        )
+    )
     job, pages = run_migration(crm, cdp, cid, "att-2003")
     real = s3.bucket_for("crm_s3")
     import boto3
 
-    unreachable = s3.Bucket(boto3.client("s3", endpoint_url="http://127.0.0.1:9", aws_access_key_id="x",
-                                         aws_secret_access_key="y", region_name="us-east-1",
-                                         config=Config(retries={"max_attempts": 1}, connect_timeout=1)), real.name)
+    unreachable = s3.Bucket(
+        boto3.client(
+            "s3",
+            endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+        ),
+        real.name,
+    )
     sleeps: list[float] = []
     try:
-        out = relink_all(crm, cdp, job, pages, unreachable, cdp_bucket,
-                         retry=RetryPolicy(attempts=3, base_delay_s=0.01, sleep=sleeps.append))
+        out = relink_all(
+            crm,
+            cdp,
+            job,
+            pages,
+            unreachable,
+            cdp_bucket,
+            retry=RetryPolicy(attempts=3, base_delay_s=0.01, sleep=sleeps.append),
+        )
         failed = store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value)
         assert failed and len(failed) == sum(p["failed"] for p in out) == sum(p["files"] for p in out)
         assert all(e["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED and e["file"]["attempts"] == 3 for e in failed)
@@ -369,8 +491,9 @@ def test_dry_run_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, 
     migration.release(cdp, cid, "att-2003-dry")
     with pytest.raises(attachments.RelinkSkipped, match="dry run"):
         attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
-    store.update_job(cdp, dry["job_id"], state="halted", halted={"reason": "FAILURE_RATE_EXCEEDED"},
-                     **{"config.dry_run": False})
+    store.update_job(
+        cdp, dry["job_id"], state="halted", halted={"reason": "FAILURE_RATE_EXCEEDED"}, **{"config.dry_run": False}
+    )
     with pytest.raises(attachments.RelinkSkipped, match="halted"):
         attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
     assert store.attachment_page_results(cdp, dry["job_id"]) == []
@@ -382,22 +505,36 @@ def test_dry_run_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, 
 def _files_of_migrated_notes(crm, cdp, cid: int) -> list[tuple]:
     migrated = set(notes_of(cdp, cid))
     with crm.cursor() as cur:
-        cur.execute("SELECT 'asset', id, assetable_id, file_file_size, s3_key FROM assets WHERE assetable_id = ANY(%s)"
-                    " UNION ALL SELECT 'document', id, crm_note_id, file_file_size, s3_key FROM crm_note_attachments"
-                    " WHERE crm_note_id = ANY(%s)", (sorted(migrated), sorted(migrated)))
+        cur.execute(
+            "SELECT 'asset', id, assetable_id, file_file_size, s3_key FROM assets WHERE assetable_id = ANY(%s)"
+            " UNION ALL SELECT 'document', id, crm_note_id, file_file_size, s3_key FROM crm_note_attachments"
+            " WHERE crm_note_id = ANY(%s)",
+            (sorted(migrated), sorted(migrated)),
+        )
         return cur.fetchall()
 
 
 @pytest.mark.e2e
 def test_dag_run_relinks_every_migrated_note(seed_cid, run_dag, crm, cdp, crm_bucket, cdp_bucket):
     cid = 2050
-    spec = SeedSpec(cid=cid, notes=100, image_share=0.3, audio_share=0.3, document_share=0.3, missing_file_share=0.05,
-                    mislabelled_file_share=0.05, disguised_file_share=0.03, oversized_file_share=0.03)
+    spec = SeedSpec(
+        cid=cid,
+        notes=100,
+        image_share=0.3,
+        audio_share=0.3,
+        document_share=0.3,
+        missing_file_share=0.05,
+        mislabelled_file_share=0.05,
+        disguised_file_share=0.03,
+        oversized_file_share=0.03,
+    )
     seed_cid(spec)
     dag_run = run_dag({"cid": cid, "company_sso_id": spec.company_sso_id, "batch_size": 50})
     states = task_states(dag_run)
     assert str(dag_run.state) == "success", states
-    assert states["relink_attachments"] == ["success"] * len(states["migrate_page"]) and len(states["migrate_page"]) >= 2
+    assert (
+        states["relink_attachments"] == ["success"] * len(states["migrate_page"]) and len(states["migrate_page"]) >= 2
+    )
     assert states["no_alert"] == ["success"] and states["send_alerts"] == ["skipped"]
     status = cid_status(cdp, cid)
     figures = status["attachments"]
@@ -406,8 +543,11 @@ def test_dag_run_relinks_every_migrated_note(seed_cid, run_dag, crm, cdp, crm_bu
     present = s3.list_objects(crm_bucket, f"crm/{cid}/")
     missing = [f for f in files if f[4] not in present]
     assert figures["total"] == len(files) and missing
-    assert figures["failed_by_reason"] == {"ATTACHMENT_DOWNLOAD_FAILED": len(missing)} == {
-        "ATTACHMENT_DOWNLOAD_FAILED": figures["source_missing"]}
+    assert (
+        figures["failed_by_reason"]
+        == {"ATTACHMENT_DOWNLOAD_FAILED": len(missing)}
+        == {"ATTACHMENT_DOWNLOAD_FAILED": figures["source_missing"]}
+    )
     assert figures["skipped_by_reason"]["ATTACHMENT_TOO_LARGE"] == sum(1 for f in files if f[3] > 25 * 1024 * 1024)
     assert figures["success_rate_where_source_exists"] >= 0.95 and figures["gate_met"]  # PRD Stage-1 gate
     assert figures["relinked"] + figures["failed"] + figures["skipped"] == figures["total"]
@@ -423,8 +563,17 @@ def test_dag_run_relinks_every_migrated_note(seed_cid, run_dag, crm, cdp, crm_bu
 @pytest.mark.e2e
 def test_dag_run_with_an_unwritable_target_alerts_and_keeps_every_note(seed_cid, run_dag, cdp, monkeypatch):
     cid = 2051
-    spec = SeedSpec(cid=cid, notes=40, image_share=0.4, document_share=0.3, missing_file_share=0,
-                    mislabelled_file_share=0, disguised_file_share=0, oversized_file_share=0, unsupported_file_share=0)
+    spec = SeedSpec(
+        cid=cid,
+        notes=40,
+        image_share=0.4,
+        document_share=0.3,
+        missing_file_share=0,
+        mislabelled_file_share=0,
+        disguised_file_share=0,
+        oversized_file_share=0,
+        unsupported_file_share=0,
+    )
     seed_cid(spec)
     conn = json.loads(os.environ["AIRFLOW_CONN_CDP_S3"])
     conn["extra"]["bucket"] = "cdp-files-missing-2051"

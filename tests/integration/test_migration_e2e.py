@@ -8,13 +8,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from tests.helpers import PARAM_DEFAULTS, task_states
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration.codes import Reason
-from crm_notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
-from crm_notes_migration.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
-from crm_notes_migration.status import cid_status
+from notes_migration import cdp_store as store
+from notes_migration.codes import Reason
+from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
+from notes_migration.status import cid_status
+from tests.helpers import PARAM_DEFAULTS, task_states
+from tests.support.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -76,7 +76,8 @@ def test_stage1_cids_complete_with_full_match(stage1, cdp, crm, cid):
     counts = status["counts"]
     assert counts["migrated"] == len(in_scope) and counts["failed"] == {}
     assert counts["out_of_scope"]["ACTIVITY_OUT_OF_SCOPE"] == sum(
-        1 for r in src.values() if r[2] is not None and r[5] in ACTIVITIES)
+        1 for r in src.values() if r[2] is not None and r[5] in ACTIVITIES
+    )
     assert counts["out_of_scope"]["NOT_A_PERSON_NOTE"] == sum(1 for r in src.values() if r[2] is None)
     pages = task_states(dag_run)["migrate_page"]
     assert len(pages) == -(-sum(1 for r in src.values() if r[2] is not None) // 500)
@@ -110,7 +111,9 @@ def test_migrated_content_matches_the_source(stage1, cdp, crm):
     assert mentions > 50 and labelled > 50 and multi_fk > 50
     assert any(d["legacy_owner_label"] == UNKNOWN_OWNER_LABEL for d in docs.values() if d["owner_id"] is None)
     # human-written notes of the company are untouched and not counted
-    humans = cdp[CONTACT_NOTES].count_documents({"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": False}})
+    humans = cdp[CONTACT_NOTES].count_documents(
+        {"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": False}}
+    )
     assert humans == 3
     # audit map: every migrated note, legacy id → CDP id
     assert store.audit_entries(cdp, cid) == {k: d["_id"] for k, d in docs.items()}
@@ -124,8 +127,10 @@ def test_every_skip_and_drop_is_reason_coded(stage1, cdp, crm):
     src = source_rows(crm, 100)
     assert skipped == {i for i, r in src.items() if r[2] is not None and r[5] in ACTIVITIES}
     with crm.cursor() as cur:
-        cur.execute("SELECT crm_note_id FROM crm_checkins c JOIN crm_notes n ON n.id = c.crm_note_id "
-                    "WHERE n.organization_id = 100 AND n.crm_person_id IS NOT NULL")
+        cur.execute(
+            "SELECT crm_note_id FROM crm_checkins c JOIN crm_notes n ON n.id = c.crm_note_id "
+            "WHERE n.organization_id = 100 AND n.crm_person_id IS NOT NULL"
+        )
         checkin_notes = {r[0] for r in cur.fetchall()}
     dropped = {e["legacy_crm_note_id"] for e in log if e["reason_code"] == "CHECKIN_DROPPED"}
     migrated = set(migrated_docs(cdp, 100))
@@ -155,8 +160,14 @@ def small(seed_cid):
 
 
 def _nothing_written(cdp, cid):
-    return (cdp[CONTACT_NOTES].count_documents({"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": True}}) == 0
-            and cdp[JOBS].count_documents({"cid": cid}) == 0 and cdp[NOTE_LOG].count_documents({"cid": cid}) == 0)
+    return (
+        cdp[CONTACT_NOTES].count_documents(
+            {"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": True}}
+        )
+        == 0
+        and cdp[JOBS].count_documents({"cid": cid}) == 0
+        and cdp[NOTE_LOG].count_documents({"cid": cid}) == 0
+    )
 
 
 def test_flag_off_writes_nothing(small, cdp, run_dag, caplog):
@@ -188,8 +199,9 @@ def test_second_concurrent_run_is_refused_and_touches_nothing(small, cdp, run_da
 def test_lock_left_by_a_dead_run_is_recovered(small, seed_cid, cdp, run_dag):
     seed_cid(small[0])
     stale = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    cdp["crm_migration_locks"].insert_one({"_id": 1001, "job_id": "dead", "run_id": "dead-run",
-                                            "acquired_at": stale, "heartbeat_at": stale})
+    cdp["crm_migration_locks"].insert_one(
+        {"_id": 1001, "job_id": "dead", "run_id": "dead-run", "acquired_at": stale, "heartbeat_at": stale}
+    )
     dag_run = run_dag(conf(1001))
     assert str(dag_run.state) == "success"
     assert cid_status(cdp, 1001)["status"] == "completed_success"

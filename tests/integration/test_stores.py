@@ -10,19 +10,27 @@ import threading
 
 import pytest
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source, migration
-from crm_notes_migration.config import CONTACT_NOTES, RunConfig
-from crm_notes_migration.seed import SeedSpec, company_for
+from notes_migration import cdp_store as store
+from notes_migration import crm_source, migration
+from notes_migration.config import CONTACT_NOTES, RunConfig
+from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
 COMPANY = company_for(1100)
 
 
 def note(legacy, **extra):
-    return {"company_sso_id": COMPANY, "contact_id": "c", "owner_id": None, "note": "<div>x</div>", "attachments": [],
-            "created_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC), "updated_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
-            "legacy_crm_note_id": legacy, **extra}
+    return {
+        "company_sso_id": COMPANY,
+        "contact_id": "c",
+        "owner_id": None,
+        "note": "<div>x</div>",
+        "attachments": [],
+        "created_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+        "updated_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC),
+        "legacy_crm_note_id": legacy,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -110,8 +118,10 @@ def test_exactly_one_of_many_concurrent_runs_gets_the_lock(cdp):
 def test_crm_timestamps_are_read_as_utc_whatever_the_session_time_zone(seed_cid, crm_rw):
     seed_cid(SeedSpec(cid=1103, notes=5))
     with crm_rw.cursor() as cur:
-        cur.execute("SELECT id, created_at FROM crm_notes WHERE organization_id = 1103 AND crm_person_id IS NOT NULL "
-                    "ORDER BY id LIMIT 1")
+        cur.execute(
+            "SELECT id, created_at FROM crm_notes WHERE organization_id = 1103 AND crm_person_id IS NOT NULL "
+            "ORDER BY id LIMIT 1"
+        )
         note_id, naive = cur.fetchone()
         cur.execute("SET TIME ZONE 'Asia/Tokyo'")
     try:

@@ -35,7 +35,9 @@ def api_app(tmp_path_factory):
     passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
     passwords.write_text(json.dumps({user: pw for user, (pw, _role) in USERS.items()}))
     mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
+    mp.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    )
     mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{role}" for u, (_pw, role) in USERS.items()))
     mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
     mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
@@ -111,7 +113,9 @@ def install_pagerduty_edge(mp: pytest.MonkeyPatch) -> PagerDutyEdge:
         original(self, routing_key, *args, **kwargs)
 
     mp.setattr(pagerduty.EventsApiV2Client, "__init__", init)
-    mp.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY}))
+    mp.setenv(
+        "AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps({"conn_type": "pagerduty_events", "password": PD_ROUTING_KEY})
+    )
     return edge
 
 
@@ -152,9 +156,18 @@ def slack_webhook(monkeypatch) -> Iterator[list[dict[str, Any]]]:
 # --------------------------------------------------------------------------- CIDs in each state, by real runs
 
 
-def run_migration(migration_dag, monkeypatch, conf: dict, *, settings: dict | None = None,
-                  flag: list[int] | None = None, **test_kwargs: Any):
-    monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]]))
+def run_migration(
+    migration_dag,
+    monkeypatch,
+    conf: dict,
+    *,
+    settings: dict | None = None,
+    flag: list[int] | None = None,
+    **test_kwargs: Any,
+):
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]])
+    )
     monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings or {}))
     return migration_dag.test(run_conf={**PARAM_DEFAULTS, **conf}, **test_kwargs)
 
@@ -175,8 +188,9 @@ def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
     its HTTP edge (the halted run's P1 is delivered; the completed_with_errors
     run's P2 gets an HTTP 400, so it is undeliverable), and Airflow Stats go to a
     recorder."""
-    from crm_notes_migration import metrics
-    from crm_notes_migration.seed import SeedSpec
+    from tests.support.seed import SeedSpec
+
+    from notes_migration import metrics
 
     mp = pytest.MonkeyPatch()
     edge = install_pagerduty_edge(mp)
@@ -198,15 +212,20 @@ def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
 
         runs: dict[int, Any] = {}
         # validate and what follows never run: the job stays in_progress with every page migrated
-        runs[IN_PROGRESS] = run_migration(migration_dag, mp, conf(IN_PROGRESS),
-                                          mark_success_pattern="^(validate|choose_outcome|send_alerts|no_alert|finalise)$")
+        runs[IN_PROGRESS] = run_migration(
+            migration_dag,
+            mp,
+            conf(IN_PROGRESS),
+            mark_success_pattern="^(validate|choose_outcome|send_alerts|no_alert|finalise)$",
+        )
         # coverage passes a lowered gate, then the first page's CONTACT_NOT_MAPPED failures exceed 1%: halted
         runs[HALTED] = run_migration(migration_dag, mp, conf(HALTED), settings={"coverage_gate": 0.5})
         runs[SUCCESS] = run_migration(migration_dag, mp, conf(SUCCESS))
         # failures tolerated by a raised threshold, but validation finds < 99% of the notes: completed_with_errors
         edge.status_code = 400
-        runs[WITH_ERRORS] = run_migration(migration_dag, mp, conf(WITH_ERRORS),
-                                          settings={"coverage_gate": 0.5, "max_failure_rate": 0.5})
+        runs[WITH_ERRORS] = run_migration(
+            migration_dag, mp, conf(WITH_ERRORS), settings={"coverage_gate": 0.5, "max_failure_rate": 0.5}
+        )
         edge.status_code = 202
     finally:
         mp.undo()
@@ -230,5 +249,3 @@ def dag_in_db(migration_dag) -> None:
         bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
         sync_bag_to_db(bag, bundle.name, bundle.version)
     assert DagModel.get_current("crm_notes_migration") is not None
-
-

@@ -43,9 +43,13 @@ class StatsRecorder:
         self.calls.append(("timing", stat, dt, tags or {}))
 
     def total(self, stat: str, cid: int | None = None) -> int:
-        return sum(c[2] for c in self.calls if c[0] == "incr" and c[1] == stat
-                   and (cid is None or c[3].get("cid") == str(cid)))
+        return sum(
+            c[2] for c in self.calls if c[0] == "incr" and c[1] == stat and (cid is None or c[3].get("cid") == str(cid))
+        )
 
     def timings(self, stat: str, cid: int | None = None) -> list[Any]:
-        return [c[2] for c in self.calls if c[0] == "timing" and c[1] == stat
-                and (cid is None or c[3].get("cid") == str(cid))]
+        return [
+            c[2]
+            for c in self.calls
+            if c[0] == "timing" and c[1] == stat and (cid is None or c[3].get("cid") == str(cid))
+        ]

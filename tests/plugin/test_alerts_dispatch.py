@@ -9,30 +9,45 @@ import socket
 import pytest
 from plugin_support import HALTED, IN_PROGRESS, PD_ROUTING_KEY, SUCCESS, WITH_ERRORS, task_state
 
-from crm_notes_migration import alerts
-from crm_notes_migration.codes import State
-from crm_notes_migration.config import Thresholds
+from notes_migration import alerts
+from notes_migration.codes import State
+from notes_migration.config import Thresholds
 
-JOB = {"job_id": "job-3003", "cid": 3003, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
-       "run_id": "manual__x"}
+JOB = {
+    "job_id": "job-3003",
+    "cid": 3003,
+    "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "run_id": "manual__x",
+}
 
 
 def verdict(state: State, match=None, failure_rate=0.0, attachments=0.0, reason=None) -> dict:
-    return {"state": state.value, "match_pct": match, "failure_rate": failure_rate, "content_mismatches": 0,
-            "attachment_failure_share": attachments, "halted_reason": reason}
+    return {
+        "state": state.value,
+        "match_pct": match,
+        "failure_rate": failure_rate,
+        "content_mismatches": 0,
+        "attachment_failure_share": attachments,
+        "halted_reason": reason,
+    }
 
 
 @pytest.mark.parametrize(
     ("v", "expected"),
     [
-        (verdict(State.HALTED, failure_rate=0.08, reason="FAILURE_RATE_EXCEEDED"), [("pagerduty", "critical", "halted")]),
+        (
+            verdict(State.HALTED, failure_rate=0.08, reason="FAILURE_RATE_EXCEEDED"),
+            [("pagerduty", "critical", "halted")],
+        ),
         (verdict(State.HALTED, reason="COVERAGE_BELOW_GATE", attachments=0.5), [("pagerduty", "critical", "halted")]),
         (verdict(State.COMPLETED_WITH_ERRORS, match=97.5), [("pagerduty", "error", "validation")]),
         (verdict(State.COMPLETED_SUCCESS, match=100.0), []),
         (verdict(State.COMPLETED_SUCCESS, match=99.0, attachments=0.2), []),  # 20% is not "> 20%"
         (verdict(State.COMPLETED_SUCCESS, match=100.0, attachments=0.21), [("slack", "warning", "attachments")]),
-        (verdict(State.COMPLETED_WITH_ERRORS, match=90.0, attachments=0.4),
-         [("pagerduty", "error", "validation"), ("slack", "warning", "attachments")]),
+        (
+            verdict(State.COMPLETED_WITH_ERRORS, match=90.0, attachments=0.4),
+            [("pagerduty", "error", "validation"), ("slack", "warning", "attachments")],
+        ),
         (verdict(State.COMPLETED_WITH_ERRORS, match=100.0, failure_rate=0.02), []),
     ],
 )
@@ -87,7 +102,7 @@ def test_undeliverable_alerts_are_logged_not_raised(pagerduty_edge, monkeypatch,
     pagerduty_edge.status_code = 400  # PagerDuty refuses the event
     url = f"http://127.0.0.1:{_closed_port()}/services/down"
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
-    with caplog.at_level(logging.ERROR, logger="crm_notes_migration.alerts"):
+    with caplog.at_level(logging.ERROR, logger="notes_migration.alerts"):
         sent = alerts.dispatch(JOB, verdict(State.COMPLETED_WITH_ERRORS, match=90.0, attachments=0.5))
     assert sent == []
     assert len(pagerduty_edge.requests) == 1
@@ -98,15 +113,17 @@ def test_undeliverable_alerts_are_logged_not_raised(pagerduty_edge, monkeypatch,
 
 def test_a_missing_connection_is_undeliverable_too(monkeypatch, caplog):
     monkeypatch.delenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", raising=False)
-    with caplog.at_level(logging.ERROR, logger="crm_notes_migration.alerts"):
+    with caplog.at_level(logging.ERROR, logger="notes_migration.alerts"):
         assert alerts.dispatch(JOB, verdict(State.HALTED, reason="COVERAGE_BELOW_GATE")) == []
     assert "could not deliver pagerduty alert halted" in caplog.text
 
 
 def test_the_local_connection_logs_instead_of_calling_the_saas(pagerduty_edge, monkeypatch, caplog):
-    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", json.dumps(
-        {"conn_type": "pagerduty_events", "password": "local-dev-routing-key", "extra": {"deliver": False}}))
-    with caplog.at_level(logging.WARNING, logger="crm_notes_migration.alerts"):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PAGERDUTY_EVENTS",
+        json.dumps({"conn_type": "pagerduty_events", "password": "local-dev-routing-key", "extra": {"deliver": False}}),
+    )
+    with caplog.at_level(logging.WARNING, logger="notes_migration.alerts"):
         assert alerts.dispatch(JOB, verdict(State.HALTED, reason="COVERAGE_BELOW_GATE")) == []
     assert pagerduty_edge.requests == []
     assert "PagerDuty delivery disabled" in caplog.text and "local-dev-routing-key" not in caplog.text

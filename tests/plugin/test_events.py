@@ -7,8 +7,8 @@ import logging
 
 from plugin_support import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration.codes import Event
+from notes_migration import cdp_store as store
+from notes_migration.codes import Event
 
 
 def _events(cdp, cid: int) -> list[dict]:
@@ -21,8 +21,14 @@ def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
     for cid in (IN_PROGRESS, HALTED, SUCCESS, WITH_ERRORS):
         for e in _events(cdp, cid):
             by_name.setdefault(e["event"], []).append(e)
-    core = {Event.STARTED, Event.BATCH_COMPLETED, Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.HALTED,
-            Event.COMPLETED}
+    core = {
+        Event.STARTED,
+        Event.BATCH_COMPLETED,
+        Event.NOTE_FAILED,
+        Event.OWNER_NOT_RESOLVED,
+        Event.HALTED,
+        Event.COMPLETED,
+    }
     assert core <= set(by_name)
     expected_props = {
         Event.STARTED: {"company_sso_id", "triggered_by", "config"},
@@ -38,19 +44,26 @@ def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
             assert e["job_id"] and e["cid"] and e["at"]
     assert [e["properties"]["reason"] for e in by_name[Event.HALTED]] == ["FAILURE_RATE_EXCEEDED"]
     # the relink step's event, wherever a file could not be copied
-    failed_files = sum((store.latest_job(cdp, c).get("attachments") or {}).get("failed", 0)
-                       for c in (IN_PROGRESS, SUCCESS, WITH_ERRORS))
+    failed_files = sum(
+        (store.latest_job(cdp, c).get("attachments") or {}).get("failed", 0)
+        for c in (IN_PROGRESS, SUCCESS, WITH_ERRORS)
+    )
     assert len(by_name.get(Event.ATTACHMENT_FAILED, [])) == failed_files
     for e in by_name.get(Event.ATTACHMENT_FAILED, []):
         assert {"legacy_crm_note_id", "reason_code"} <= set(e["properties"])
 
 
 def test_events_are_structured_log_lines(caplog):
-    from crm_notes_migration.events import event
+    from notes_migration.events import event
 
-    with caplog.at_level(logging.INFO, logger="crm_notes_migration.events"):
+    with caplog.at_level(logging.INFO, logger="notes_migration.events"):
         record = event(Event.HALTED, job_id="j", cid=3001, reason="COVERAGE_BELOW_GATE", failure_rate=0.0)
     line = json.loads(caplog.records[-1].getMessage())
-    assert line == {"event": "crm_notes_migration_halted", "job_id": "j", "cid": 3001,
-                    "reason": "COVERAGE_BELOW_GATE", "failure_rate": 0.0}
+    assert line == {
+        "event": "crm_notes_migration_halted",
+        "job_id": "j",
+        "cid": 3001,
+        "reason": "COVERAGE_BELOW_GATE",
+        "failure_rate": 0.0,
+    }
     assert record["_id"] == "j:crm_notes_migration_halted:"

@@ -6,7 +6,7 @@ import datetime as dt
 
 from plugin_support import SUCCESS
 
-from crm_notes_migration import metrics
+from notes_migration import metrics
 
 
 def test_a_real_run_emits_counters_and_batch_timers(fleet, client, auth):
@@ -14,11 +14,14 @@ def test_a_real_run_emits_counters_and_batch_timers(fleet, client, auth):
     stats = fleet.stats
     assert stats.total(metrics.NOTES_MIGRATED, SUCCESS) == status["counts"]["migrated"] > 0
     assert stats.total(metrics.NOTES_FAILED, SUCCESS) == 0
-    assert stats.total(metrics.NOTES_SKIPPED, SUCCESS) == sum(status["counts"]["out_of_scope"].values()) - \
-        status["counts"]["out_of_scope"].get("NOT_A_PERSON_NOTE", 0)
+    assert stats.total(metrics.NOTES_SKIPPED, SUCCESS) == sum(status["counts"]["out_of_scope"].values()) - status[
+        "counts"
+    ]["out_of_scope"].get("NOT_A_PERSON_NOTE", 0)
     pages = status["counts"]["pages_done"]
     durations = stats.timings(metrics.BATCH_DURATION, SUCCESS)
-    assert len(durations) == pages >= 2 and all(isinstance(d, dt.timedelta) and d.total_seconds() > 0 for d in durations)
+    assert len(durations) == pages >= 2 and all(
+        isinstance(d, dt.timedelta) and d.total_seconds() > 0 for d in durations
+    )
     assert len(stats.timings(f"{metrics.BATCH_DURATION}.write", SUCCESS)) == pages
     assert stats.total(metrics.RUNS_STARTED, SUCCESS) == 1
     finished = [c for c in stats.calls if c[1] == metrics.RUNS_FINISHED and c[3].get("cid") == str(SUCCESS)]
@@ -47,8 +50,14 @@ def test_attachment_failures_counter():
         metrics.attachments_failed(3001, "ATTACHMENT_DOWNLOAD_FAILED", 3)
     finally:
         metrics._stats = orig
-    assert rec.calls == [("incr", metrics.ATTACHMENTS_FAILED, 3,
-                          {"dag_id": "crm_notes_migration", "cid": "3001", "reason_code": "ATTACHMENT_DOWNLOAD_FAILED"})]
+    assert rec.calls == [
+        (
+            "incr",
+            metrics.ATTACHMENTS_FAILED,
+            3,
+            {"dag_id": "crm_notes_migration", "cid": "3001", "reason_code": "ATTACHMENT_DOWNLOAD_FAILED"},
+        )
+    ]
 
 
 def test_a_broken_metrics_backend_never_raises(monkeypatch, caplog):

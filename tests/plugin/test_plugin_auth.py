@@ -17,7 +17,7 @@ def plugin_routes(api_app) -> list[tuple[str, str]]:
     """(method, url) of every route of the mounted plugin app, found from the app itself (new routes included)."""
     from starlette.routing import Mount
 
-    from crm_notes_migration.api import app as plugin_app
+    from notes_migration.api import app as plugin_app
 
     mounts = [r for r in api_app.routes if isinstance(r, Mount) and r.app is plugin_app]
     assert [m.path for m in mounts] == [PREFIX], "the plugin app is mounted once, at /crm-notes-migration"
@@ -47,8 +47,15 @@ def test_the_plugin_registers_the_app_and_a_relative_nav_entry(api_app):
 
 def test_the_route_list_covers_the_whole_surface(api_app):
     paths = {url.split("?")[0] for _m, url in plugin_routes(api_app)}
-    assert {f"{PREFIX}/api/status", f"{PREFIX}/api/jobs", f"{PREFIX}/api/coverage", f"{PREFIX}/ui",
-            f"{PREFIX}/openapi.json", f"{PREFIX}/docs", f"{PREFIX}/"} <= paths
+    assert {
+        f"{PREFIX}/api/status",
+        f"{PREFIX}/api/jobs",
+        f"{PREFIX}/api/coverage",
+        f"{PREFIX}/ui",
+        f"{PREFIX}/openapi.json",
+        f"{PREFIX}/docs",
+        f"{PREFIX}/",
+    } <= paths
 
 
 def test_anonymous_requests_get_401_on_every_route(api_app, client):
@@ -69,15 +76,18 @@ def test_garbage_tokens_get_401(client, token):
 def test_a_token_signed_with_another_secret_or_expired_gets_401(client, ops_token):
     claims = jwt.decode(ops_token, options={"verify_signature": False})
     forged = jwt.encode(claims, JWT_SECRET + "-other", algorithm="HS512")
-    expired = jwt.encode({**claims, "exp": int((dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).timestamp())},
-                         JWT_SECRET, algorithm="HS512")
+    expired = jwt.encode(
+        {**claims, "exp": int((dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).timestamp())},
+        JWT_SECRET,
+        algorithm="HS512",
+    )
     for token, detail in ((forged, "Invalid token"), (expired, "Token expired")):
         resp = client.get(f"{PREFIX}/api/status?cid={NOT_STARTED}", headers={"Authorization": f"Bearer {token}"})
         assert (resp.status_code, resp.json()["detail"]) == (401, detail)
 
 
 def test_read_routes_accept_the_bearer_header_or_the_ui_cookie(client, ops_token, viewer_token, seed_cid):
-    from crm_notes_migration.seed import SeedSpec
+    from tests.support.seed import SeedSpec
 
     seed_cid(SeedSpec(cid=NOT_STARTED, notes=20))
     for headers in ({"Authorization": f"Bearer {ops_token}"}, {"Cookie": f"_token={viewer_token}"}):

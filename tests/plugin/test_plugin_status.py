@@ -7,7 +7,7 @@ import io
 
 from plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, SUCCESS, UNKNOWN_CID, WITH_ERRORS
 
-from crm_notes_migration.codes import Reason, State
+from notes_migration.codes import Reason, State
 
 PREFIX = "/crm-notes-migration"
 
@@ -19,8 +19,11 @@ def status(client, auth, cid: int):
 def test_each_state_in_the_prd_field_names(client, auth, fleet):
     got = {cid: status(client, auth, cid).json() for cid in (NOT_STARTED, IN_PROGRESS, HALTED, SUCCESS, WITH_ERRORS)}
     assert {cid: s["status"] for cid, s in got.items()} == {
-        NOT_STARTED: State.NOT_STARTED, IN_PROGRESS: State.IN_PROGRESS, HALTED: State.HALTED,
-        SUCCESS: State.COMPLETED_SUCCESS, WITH_ERRORS: State.COMPLETED_WITH_ERRORS,
+        NOT_STARTED: State.NOT_STARTED,
+        IN_PROGRESS: State.IN_PROGRESS,
+        HALTED: State.HALTED,
+        SUCCESS: State.COMPLETED_SUCCESS,
+        WITH_ERRORS: State.COMPLETED_WITH_ERRORS,
     }
     assert got[NOT_STARTED] == {"cid": NOT_STARTED, "status": "not_started"}
 
@@ -99,16 +102,22 @@ def test_coverage_report_before_any_run(client, auth, fleet):
     report = resp.json()
     assert report["persons_unmapped"] == fleet.seeded[HALTED]["unmapped_persons"] or report["persons_unmapped"] > 0
     assert report["coverage_pct"] < 99 and report["passes_gate"] is False and report["gate_pct"] == 99.0
-    ok = client.get(f"{PREFIX}/api/coverage", params={"cid": SUCCESS, "company_sso_id": fleet.seeded[SUCCESS]["company_sso_id"]},
-                    headers=auth).json()
+    ok = client.get(
+        f"{PREFIX}/api/coverage",
+        params={"cid": SUCCESS, "company_sso_id": fleet.seeded[SUCCESS]["company_sso_id"]},
+        headers=auth,
+    ).json()
     assert ok["coverage_pct"] == 100.0 and ok["passes_gate"] is True
 
 
 def test_coverage_validates_its_parameters(client, auth):
     bad_uuid = client.get(f"{PREFIX}/api/coverage", params={"cid": SUCCESS, "company_sso_id": "nope"}, headers=auth)
     assert bad_uuid.status_code == 422
-    unknown = client.get(f"{PREFIX}/api/coverage", headers=auth,
-                         params={"cid": UNKNOWN_CID, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"})
+    unknown = client.get(
+        f"{PREFIX}/api/coverage",
+        headers=auth,
+        params={"cid": UNKNOWN_CID, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"},
+    )
     assert unknown.status_code == 404
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from airflow.utils.types import DagRunTriggeredByType
 from plugin_support import PREFIX, SUCCESS, UNKNOWN_CID, dag_runs_of
+from tests.support.seed import SeedSpec
 
-from crm_notes_migration.codes import Reason
-from crm_notes_migration.migration import job_id_for
-from crm_notes_migration.seed import SeedSpec
+from notes_migration.codes import Reason
+from notes_migration.migration import job_id_for
 
 FRESH, LOCKED = 3006, 3007
 URL = f"{PREFIX}/api/jobs"
@@ -31,7 +31,7 @@ def fresh(seed_cid, dag_in_db):
 
 def snapshot(cdp, cid: int) -> tuple:
     """What a refusal must leave untouched: the CID's DAG runs, job records and lock."""
-    from crm_notes_migration import cdp_store as store
+    from notes_migration import cdp_store as store
 
     return (sorted(r.run_id for r in dag_runs_of(cid)), store.count_jobs(cdp, cid), store.get_lock(cdp, cid))
 
@@ -49,8 +49,14 @@ def test_202_creates_a_queued_manual_run_with_the_conf(client, auth, flag, fresh
     runs = dag_runs_of(FRESH)
     assert [r.run_id for r in runs] == [out["run_id"]]
     run = runs[0]
-    assert run.conf == {"cid": FRESH, "company_sso_id": fresh["company_sso_id"], "batch_size": 10,
-                        "include_activities": False, "dry_run": False, "force_rerun": False}
+    assert run.conf == {
+        "cid": FRESH,
+        "company_sso_id": fresh["company_sso_id"],
+        "batch_size": 10,
+        "include_activities": False,
+        "dry_run": False,
+        "force_rerun": False,
+    }
     assert str(run.state) == "queued" and str(run.run_type) == "manual"
     assert run.triggering_user_name == "ops" and run.triggered_by == DagRunTriggeredByType.REST_API
     assert out["job_id"] == job_id_for(run.run_id, FRESH)
@@ -73,7 +79,7 @@ def test_409_while_a_run_of_the_cid_is_queued(client, auth, flag, fresh, cdp):
 
 
 def test_409_while_a_run_holds_the_cid_lock(client, auth, flag, seed_cid, cdp, dag_in_db):
-    from crm_notes_migration import cdp_store as store
+    from notes_migration import cdp_store as store
 
     seeded = seed_cid(SeedSpec(cid=LOCKED, notes=10))
     store.acquire_lock(cdp, LOCKED, job_id="held-by-test", run_id="manual__held", lease_seconds=3600)

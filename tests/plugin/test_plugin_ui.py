@@ -46,8 +46,10 @@ def test_the_detail_of_a_halted_cid(client, cookie, fleet):
 
 def test_lookups_of_a_cid_without_job_or_unknown_or_malformed(client, cookie):
     assert "No migration job yet" in client.get(f"{PREFIX}/ui", params={"cid": NOT_STARTED}, headers=cookie).text
-    assert "is not an organization of the CRM" in client.get(f"{PREFIX}/ui", params={"cid": UNKNOWN_CID},
-                                                              headers=cookie).text
+    assert (
+        "is not an organization of the CRM"
+        in client.get(f"{PREFIX}/ui", params={"cid": UNKNOWN_CID}, headers=cookie).text
+    )
     assert "positive whole number" in client.get(f"{PREFIX}/ui", params={"cid": "<b>x"}, headers=cookie).text
 
 
@@ -59,21 +61,43 @@ def test_anonymous_visitors_get_a_401_page_pointing_to_the_login(client):
 
 def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
     """A run id chosen by whoever triggered through Airflow, event details and names are all untrusted."""
-    from crm_notes_migration import cdp_store as store
-    from crm_notes_migration.config import RunConfig
-    from crm_notes_migration.seed import SeedSpec
+    from tests.support.seed import SeedSpec
+
+    from notes_migration import cdp_store as store
+    from notes_migration.config import RunConfig
 
     seeded = seed_cid(SeedSpec(cid=HOSTILE_CID, notes=5))
     stamp = dt.datetime.now(dt.UTC)
     job_id = "hostile-job"
-    store.create_job(cdp, {
-        "_id": job_id, "cid": HOSTILE_CID, "company_sso_id": seeded["company_sso_id"], "dag_id": "crm_notes_migration",
-        "run_id": f"manual__{HOSTILE}", "triggered_by": HOSTILE, "state": "halted", "created_at": stamp,
-        "updated_at": stamp, "config": RunConfig(cid=HOSTILE_CID, company_sso_id=seeded["company_sso_id"]).as_dict(),
-        "halted": {"reason": "COVERAGE_BELOW_GATE", "failure_rate": 0.0, "at": stamp},
-    })
-    store.record_events(cdp, [{"_id": f"{job_id}:h", "event": "crm_notes_migration_halted", "job_id": job_id,
-                               "cid": HOSTILE_CID, "at": stamp, "properties": {"reason": HOSTILE}}])
+    store.create_job(
+        cdp,
+        {
+            "_id": job_id,
+            "cid": HOSTILE_CID,
+            "company_sso_id": seeded["company_sso_id"],
+            "dag_id": "crm_notes_migration",
+            "run_id": f"manual__{HOSTILE}",
+            "triggered_by": HOSTILE,
+            "state": "halted",
+            "created_at": stamp,
+            "updated_at": stamp,
+            "config": RunConfig(cid=HOSTILE_CID, company_sso_id=seeded["company_sso_id"]).as_dict(),
+            "halted": {"reason": "COVERAGE_BELOW_GATE", "failure_rate": 0.0, "at": stamp},
+        },
+    )
+    store.record_events(
+        cdp,
+        [
+            {
+                "_id": f"{job_id}:h",
+                "event": "crm_notes_migration_halted",
+                "job_id": job_id,
+                "cid": HOSTILE_CID,
+                "at": stamp,
+                "properties": {"reason": HOSTILE},
+            }
+        ],
+    )
     try:
         for params in ({}, {"cid": HOSTILE_CID}):
             html = client.get(f"{PREFIX}/ui", params=params, headers=cookie).text
@@ -85,10 +109,14 @@ def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
 
 
 def test_csv_cells_that_look_like_formulas_are_neutralised():
-    from crm_notes_migration.ops import error_log_csv
+    from notes_migration.ops import error_log_csv
 
-    text = error_log_csv([{"legacy_crm_note_id": 1, "reason_code": "X", "details": "=HYPERLINK(\"http://evil\")"},
-                          {"legacy_crm_note_id": 2, "reason_code": "X", "details": "plain, with \"quotes\""}])
+    text = error_log_csv(
+        [
+            {"legacy_crm_note_id": 1, "reason_code": "X", "details": '=HYPERLINK("http://evil")'},
+            {"legacy_crm_note_id": 2, "reason_code": "X", "details": 'plain, with "quotes"'},
+        ]
+    )
     lines = text.splitlines()
     assert lines[0] == "legacy_crm_note_id,reason_code,details,outcome,created_at"
     assert lines[1].startswith("1,X,\"'=HYPERLINK(")

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from crm_notes_migration.accounting import Totals, decide_verdict, match_pct, should_halt, sum_pages
-from crm_notes_migration.codes import State
-from crm_notes_migration.config import RunConfig, Thresholds, parse_flag
-from crm_notes_migration.status import build_status
+from notes_migration.accounting import Totals, decide_verdict, match_pct, should_halt, sum_pages
+from notes_migration.codes import State
+from notes_migration.config import RunConfig, Thresholds, parse_flag
+from notes_migration.status import build_status
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 
@@ -37,7 +37,10 @@ def test_match_pct():
 @pytest.mark.parametrize(
     "kw, state",
     [
-        ({"halted_reason": "FAILURE_RATE_EXCEEDED", "match": None, "failure_rate": 0.05, "mismatches": 0}, State.HALTED),
+        (
+            {"halted_reason": "FAILURE_RATE_EXCEEDED", "match": None, "failure_rate": 0.05, "mismatches": 0},
+            State.HALTED,
+        ),
         ({"halted_reason": None, "match": 100.0, "failure_rate": 0.0, "mismatches": 0}, State.COMPLETED_SUCCESS),
         ({"halted_reason": None, "match": 99.0, "failure_rate": 0.01, "mismatches": 0}, State.COMPLETED_SUCCESS),
         ({"halted_reason": None, "match": 98.9, "failure_rate": 0.0, "mismatches": 0}, State.COMPLETED_WITH_ERRORS),
@@ -61,8 +64,16 @@ def test_unknown_setting_is_refused():
 
 def job(state, **extra):
     cfg = RunConfig(cid=1, company_sso_id=COMPANY).as_dict()
-    return {"_id": "j1", "cid": 1, "company_sso_id": COMPANY, "config": cfg, "state": state, "notes_total": 200,
-            "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), **extra}
+    return {
+        "_id": "j1",
+        "cid": 1,
+        "company_sso_id": COMPANY,
+        "config": cfg,
+        "state": state,
+        "notes_total": 200,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        **extra,
+    }
 
 
 def test_status_shapes_follow_prd_section_8():

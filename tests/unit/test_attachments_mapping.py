@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support import seed_files
 
-from crm_notes_migration import seed_files
-from crm_notes_migration.attachments import (
+from notes_migration.attachments import (
     SAFE_KEY_RE,
     UNAVAILABLE_MESSAGE,
     FileResult,
@@ -25,15 +25,17 @@ from crm_notes_migration.attachments import (
     proxy_url,
     safe_file_name,
 )
-from crm_notes_migration.codes import AttachmentOutcome, Reason
-from crm_notes_migration.crm_source import FileRow
+from notes_migration.codes import AttachmentOutcome, Reason
+from notes_migration.crm_source import FileRow
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 CAP = 25 * 1024 * 1024
 BASE = "https://cdp.example/api/v1/files"
 
 
-def asset(i: int, name: str | None, kind: str = "Crm::NoteImage", size: int | None = 1000, s3_key: str | None = None) -> FileRow:
+def asset(
+    i: int, name: str | None, kind: str = "Crm::NoteImage", size: int | None = 1000, s3_key: str | None = None
+) -> FileRow:
     return FileRow("asset", i, 77, kind, name, "application/octet-stream", size, s3_key or f"crm/1/assets/{i}/{name}")
 
 
@@ -42,8 +44,12 @@ def doc(i: int, name: str | None, size: int | None = 1000) -> FileRow:
 
 
 def relinked(plans, size: int = 10) -> dict[str, FileResult]:
-    return {p.ref: FileResult(p.ref, AttachmentOutcome.RELINKED, size=size) if p.skip is None
-            else FileResult(p.ref, AttachmentOutcome.SKIPPED, p.skip) for p in plans}
+    return {
+        p.ref: FileResult(p.ref, AttachmentOutcome.RELINKED, size=size)
+        if p.skip is None
+        else FileResult(p.ref, AttachmentOutcome.SKIPPED, p.skip)
+        for p in plans
+    }
 
 
 @pytest.mark.parametrize(
@@ -60,7 +66,12 @@ def relinked(plans, size: int = 10) -> dict[str, FileResult]:
         ("rec.amr", "audio", "amr", "audio/amr"),
         ("quote.pdf", "document", "pdf", "application/pdf"),
         ("old.doc", "document", "doc", "application/msword"),
-        ("contract.docx", "document", "docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+        (
+            "contract.docx",
+            "document",
+            "docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
         ("prices.xls", "document", "xls", "application/vnd.ms-excel"),
         ("prices.xlsx", "document", "xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
         ("deck.pptx", "document", "pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
@@ -73,7 +84,9 @@ def test_allowlist_maps_type_file_type_and_mime_by_extension(name, family, file_
     assert (plan.family, plan.file_type, plan.mime_type, plan.skip) == (family, file_type, mime, None)
 
 
-@pytest.mark.parametrize("name", ["setup.exe", "scan.heic", "archive.tar.gz", "noext", ".bashrc", "x.pdf.exe", "", None])
+@pytest.mark.parametrize(
+    "name", ["setup.exe", "scan.heic", "archive.tar.gz", "noext", ".bashrc", "x.pdf.exe", "", None]
+)
 def test_outside_the_allowlist_is_skipped_with_a_reason(name):
     [plan] = plan_note_files(COMPANY, 77, [asset(5, name, s3_key="crm/1/assets/5/blob")], cap_bytes=CAP)
     assert plan.skip == Reason.ATTACHMENT_UNSUPPORTED_TYPE
@@ -86,27 +99,39 @@ def test_missing_file_name_falls_back_to_the_s3_key():
 
 
 def test_declared_size_over_the_cap_is_too_large_and_at_the_cap_is_not():
-    plans = plan_note_files(COMPANY, 77, [doc(1, "a.pdf", size=CAP + 1), doc(2, "b.pdf", size=CAP), doc(3, "c.pdf", size=None)],
-                            cap_bytes=CAP)
+    plans = plan_note_files(
+        COMPANY,
+        77,
+        [doc(1, "a.pdf", size=CAP + 1), doc(2, "b.pdf", size=CAP), doc(3, "c.pdf", size=None)],
+        cap_bytes=CAP,
+    )
     assert [p.skip for p in plans] == [Reason.ATTACHMENT_TOO_LARGE, None, None]
 
 
 def test_first_audio_by_id_is_the_only_voice_note_and_order_is_fixed():
-    rows = [doc(50, "quote.pdf"), asset(12, "memo.mp3", "Crm::NoteAudio"), asset(3, "photo.jpg"),
-            asset(11, "voice.m4a", "Crm::NoteAudio"), asset(13, "call.ogg", "Crm::NoteAudio")]
+    rows = [
+        doc(50, "quote.pdf"),
+        asset(12, "memo.mp3", "Crm::NoteAudio"),
+        asset(3, "photo.jpg"),
+        asset(11, "voice.m4a", "Crm::NoteAudio"),
+        asset(13, "call.ogg", "Crm::NoteAudio"),
+    ]
     plans = plan_note_files(COMPANY, 77, rows, cap_bytes=CAP)
     entries = attachment_entries(plans, relinked(plans), BASE)
     assert [(e["legacy_crm_file"], e["type"]) for e in entries] == [
-        ("asset-3", "image"), ("asset-11", "voice_note"), ("asset-12", "audio"), ("asset-13", "audio"),
-        ("document-50", "document")]
+        ("asset-3", "image"),
+        ("asset-11", "voice_note"),
+        ("asset-12", "audio"),
+        ("asset-13", "audio"),
+        ("document-50", "document"),
+    ]
     # the same rows in another order give the same entries (a re-run never reorders or duplicates)
     again = plan_note_files(COMPANY, 77, list(reversed(rows)), cap_bytes=CAP)
     assert attachment_entries(again, relinked(again), BASE) == entries
 
 
 def test_voice_note_goes_to_the_next_audio_when_the_first_is_skipped_and_documents_never_are_voice_notes():
-    rows = [asset(11, "voice.heic", "Crm::NoteAudio"), asset(12, "memo.mp3", "Crm::NoteAudio"),
-            doc(1, "recording.mp3")]
+    rows = [asset(11, "voice.heic", "Crm::NoteAudio"), asset(12, "memo.mp3", "Crm::NoteAudio"), doc(1, "recording.mp3")]
     plans = plan_note_files(COMPANY, 77, rows, cap_bytes=CAP)
     types = [e["type"] for e in attachment_entries(plans, relinked(plans), BASE)]
     assert types == ["voice_note", "audio"]
@@ -127,8 +152,10 @@ def test_failed_file_gets_an_unavailable_entry_without_url_and_skipped_gets_none
 
 
 def test_entries_added_in_cdp_are_kept_and_old_migrated_entries_are_replaced():
-    existing = [{"type": "image", "name": "old", "legacy_crm_file": "asset-1", "url": "x"},
-                {"type": "document", "name": "added by an agent", "url": "https://cdp.example/y"}]
+    existing = [
+        {"type": "image", "name": "old", "legacy_crm_file": "asset-1", "url": "x"},
+        {"type": "document", "name": "added by an agent", "url": "https://cdp.example/y"},
+    ]
     ours = [{"type": "image", "name": "new", "legacy_crm_file": "asset-1", "url": "z"}]
     assert merged_attachments(existing, ours) == [ours[0], existing[1]]
     assert merged_attachments(None, ours) == ours
@@ -171,8 +198,12 @@ def test_safe_name_examples():
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.text(min_size=0, max_size=600), note=st.integers(min_value=1, max_value=2**62),
-       source=st.integers(min_value=1, max_value=2**62), kind=st.sampled_from(["asset", "document"]))
+@given(
+    name=st.text(min_size=0, max_size=600),
+    note=st.integers(min_value=1, max_value=2**62),
+    source=st.integers(min_value=1, max_value=2**62),
+    kind=st.sampled_from(["asset", "document"]),
+)
 def test_any_name_gives_a_safe_key(name, note, source, kind):
     key = object_key(COMPANY, note, kind, source, name)
     assert SAFE_KEY_RE.match(key)
@@ -221,11 +252,28 @@ def test_declared_content_type_corrections():
 
 def test_job_figures_rates_shares_and_gate():
     pages = [
-        {"files": 10, "relinked": 7, "copied": 5, "reused": 2, "failed": 2, "skipped": 1, "source_missing": 1,
-         "failed_by_reason": {"ATTACHMENT_DOWNLOAD_FAILED": 2}, "skipped_by_reason": {"ATTACHMENT_TOO_LARGE": 1},
-         "file_ms": [10, 20, 30]},
-        {"files": 5, "relinked": 4, "copied": 4, "failed": 1, "skipped": 0, "source_missing": 0,
-         "failed_by_reason": {"ATTACHMENT_UPLOAD_FAILED": 1}, "file_ms": [1000]},
+        {
+            "files": 10,
+            "relinked": 7,
+            "copied": 5,
+            "reused": 2,
+            "failed": 2,
+            "skipped": 1,
+            "source_missing": 1,
+            "failed_by_reason": {"ATTACHMENT_DOWNLOAD_FAILED": 2},
+            "skipped_by_reason": {"ATTACHMENT_TOO_LARGE": 1},
+            "file_ms": [10, 20, 30],
+        },
+        {
+            "files": 5,
+            "relinked": 4,
+            "copied": 4,
+            "failed": 1,
+            "skipped": 0,
+            "source_missing": 0,
+            "failed_by_reason": {"ATTACHMENT_UPLOAD_FAILED": 1},
+            "file_ms": [1000],
+        },
     ]
     f = job_figures(pages, gate=0.95, pages_total=3)
     assert (f["total"], f["relinked"], f["failed"], f["skipped"]) == (15, 11, 3, 1)
@@ -281,7 +329,7 @@ def test_retry_gives_up_after_the_attempts_and_never_retries_a_permanent_error()
 def test_s3_error_classification():
     from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-    from crm_notes_migration.s3_store import SizeMismatch, is_not_found, is_transient
+    from notes_migration.s3_store import SizeMismatch, is_not_found, is_transient
 
     def client_error(code: str, status: int) -> ClientError:
         return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
@@ -298,10 +346,25 @@ def test_s3_error_classification():
 @pytest.mark.parametrize("name", sorted(seed_files.GENERATORS))
 def test_seed_files_are_real_formats(name):
     body = seed_files.sample_bytes(f"x.{name}", 12345678901)
-    signatures = {"png": b"\x89PNG", "jpg": b"\xff\xd8\xff", "jpeg": b"\xff\xd8\xff", "gif": b"GIF89a", "webp": b"RIFF",
-                  "mp3": b"ID3", "m4a": b"\x00\x00\x00\x1cftypM4A", "ogg": b"OggS", "oga": b"OggS", "wav": b"RIFF",
-                  "pdf": b"%PDF-", "docx": b"PK\x03\x04", "xlsx": b"PK\x03\x04", "txt": b"Notes", "csv": b"Notes",
-                  "exe": b"MZ", "heic": b"\x00\x00\x00\x18ftypheic"}
+    signatures = {
+        "png": b"\x89PNG",
+        "jpg": b"\xff\xd8\xff",
+        "jpeg": b"\xff\xd8\xff",
+        "gif": b"GIF89a",
+        "webp": b"RIFF",
+        "mp3": b"ID3",
+        "m4a": b"\x00\x00\x00\x1cftypM4A",
+        "ogg": b"OggS",
+        "oga": b"OggS",
+        "wav": b"RIFF",
+        "pdf": b"%PDF-",
+        "docx": b"PK\x03\x04",
+        "xlsx": b"PK\x03\x04",
+        "txt": b"Notes",
+        "csv": b"Notes",
+        "exe": b"MZ",
+        "heic": b"\x00\x00\x00\x18ftypheic",
+    }
     assert body.startswith(signatures[name])
     if name in ("docx", "xlsx"):
         import io

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from crm_notes_migration.html import ALLOWED_ATTRIBUTES, ALLOWED_PROTOCOLS, ALLOWED_TAGS, normalise
+from notes_migration.html import ALLOWED_ATTRIBUTES, ALLOWED_PROTOCOLS, ALLOWED_TAGS, normalise
 
 VECTORS = [
     line
@@ -125,7 +125,7 @@ def test_disallowed_markup_is_stripped_not_escaped_away():
 html_fragments = st.recursive(
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
     lambda inner: st.builds(
-        lambda tag, attr, val, body: f"<{tag} {attr}=\"{val}\">{body}</{tag}>",
+        lambda tag, attr, val, body: f'<{tag} {attr}="{val}">{body}</{tag}>',
         st.sampled_from(["a", "span", "div", "p", "script", "img", "u", "b", "style", "svg", "math", "table"]),
         st.sampled_from(["href", "src", "data-user-id", "onclick", "class", "title", "style"]),
         st.sampled_from(["javascript:alert(1)", "https://x.example", "7", "a&amp;b", '"><x', "x"]),
@@ -152,7 +152,7 @@ def test_normalise_is_idempotent_on_arbitrary_text(text):
 
 # --- the fast path must never disagree with bleach where it applies ----------------------------
 
-from crm_notes_migration.html import _bleach_fixpoint, _fast_path  # noqa: E402
+from notes_migration.html import _bleach_fixpoint, _fast_path  # noqa: E402
 
 
 def _agree(raw: str) -> bool:
@@ -169,7 +169,7 @@ def test_fast_path_agrees_with_bleach_on_generated_markup(fragment):
 def test_fast_path_agrees_with_bleach_on_the_seed_corpus_and_vectors():
     import random
 
-    from crm_notes_migration.seed import note_html
+    from tests.support.seed import note_html
 
     rng = random.Random(7)
     users = [(1, "Ana Silva"), (2, "Léa O'Brien"), (3, "日本 太郎")]

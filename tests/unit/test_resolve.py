@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from crm_notes_migration.config import UNKNOWN_OWNER_LABEL
-from crm_notes_migration.resolve import CrmUser, resolve_contacts, resolve_owners
+from notes_migration.config import UNKNOWN_OWNER_LABEL
+from notes_migration.resolve import CrmUser, resolve_contacts, resolve_owners
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -47,8 +47,13 @@ def test_several_matches_get_a_deterministic_logged_answer(order, caplog):
 
 
 def test_owner_by_crm_user_id_then_case_insensitive_email():
-    users = [CrmUser(1, True, "Ana", "ana@x.example"), CrmUser(2, True, "Bo", "BO@X.example"),
-             CrmUser(3, True, "Cy", "cy@x.example"), CrmUser(4, False, None, None), CrmUser(5, True, "  ", None)]
+    users = [
+        CrmUser(1, True, "Ana", "ana@x.example"),
+        CrmUser(2, True, "Bo", "BO@X.example"),
+        CrmUser(3, True, "Cy", "cy@x.example"),
+        CrmUser(4, False, None, None),
+        CrmUser(5, True, "  ", None),
+    ]
     lp = [{"_id": "u1", "crm_user_id": 1, "email": "other@x.example"}, {"_id": "u2", "email": "bo@x.EXAMPLE"}]
     got = resolve_owners(users, lp)
     assert got[1].owner_id == "u1" and got[1].legacy_owner_label is None

@@ -10,15 +10,26 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-FIELDS = {"conn_type": "conn_type", "conn_host": "host", "conn_port": "port", "conn_schema": "schema",
-          "conn_login": "login", "conn_password": "password", "conn_extra": "extra"}
+FIELDS = {
+    "conn_type": "conn_type",
+    "conn_host": "host",
+    "conn_port": "port",
+    "conn_schema": "schema",
+    "conn_login": "login",
+    "conn_password": "password",
+    "conn_extra": "extra",
+}
 
 
 def env_connections() -> dict[str, dict]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "S3_PORT",
-                                                                      "ALERT_SINK", "FERRETDB"))}
-    out = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/env.sh && env -0"], capture_output=True, check=True,
-                         env=clean).stdout
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "S3_PORT", "ALERT_SINK", "FERRETDB"))
+    }
+    out = subprocess.run(
+        ["bash", "-c", f"source {ROOT}/scripts/env.sh && env -0"], capture_output=True, check=True, env=clean
+    ).stdout
     conns = {}
     for item in out.split(b"\0"):
         key, _, value = item.decode().partition("=")

@@ -6,36 +6,60 @@ import datetime as dt
 
 import pytest
 
-from crm_notes_migration.codes import Reason
-from crm_notes_migration.crm_source import NoteRow
-from crm_notes_migration.resolve import ContactMatch, OwnerMatch
-from crm_notes_migration.transform import content_mismatches, decide, to_millis
+from notes_migration.codes import Reason
+from notes_migration.crm_source import NoteRow
+from notes_migration.resolve import ContactMatch, OwnerMatch
+from notes_migration.transform import content_mismatches, decide, to_millis
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 CREATED = dt.datetime(2019, 3, 4, 5, 6, 7, 891234, tzinfo=dt.UTC)
 
 
 def row(**kw):
-    base = dict(id=11, organization_id=1, type="Crm::PersonNote", note="<div>hi</div>", crm_person_id=7,
-                crm_company_id=None, crm_deal_id=None, crm_ticket_id=None, creator_id=3, creator_found=True,
-                creator_name="Ana", creator_email="a@x", note_type_name="Notes", has_checkin=False,
-                created_at=CREATED, updated_at=CREATED + dt.timedelta(seconds=1, microseconds=999))
+    base = dict(
+        id=11,
+        organization_id=1,
+        type="Crm::PersonNote",
+        note="<div>hi</div>",
+        crm_person_id=7,
+        crm_company_id=None,
+        crm_deal_id=None,
+        crm_ticket_id=None,
+        creator_id=3,
+        creator_found=True,
+        creator_name="Ana",
+        creator_email="a@x",
+        note_type_name="Notes",
+        has_checkin=False,
+        created_at=CREATED,
+        updated_at=CREATED + dt.timedelta(seconds=1, microseconds=999),
+    )
     base.update(kw)
     return NoteRow(**base)
 
 
 def run(r, *, contacts=None, owners=None, include_activities=False, cap=10_000):
-    return decide(r, company_sso_id=COMPANY, include_activities=include_activities,
-                  contacts={7: ContactMatch("c7", ("c7",))} if contacts is None else contacts,
-                  owners={3: OwnerMatch("o3", None)} if owners is None else owners, note_size_cap_bytes=cap)
+    return decide(
+        r,
+        company_sso_id=COMPANY,
+        include_activities=include_activities,
+        contacts={7: ContactMatch("c7", ("c7",))} if contacts is None else contacts,
+        owners={3: OwnerMatch("o3", None)} if owners is None else owners,
+        note_size_cap_bytes=cap,
+    )
 
 
 def test_builds_the_cdp_document_with_original_utc_timestamps():
     d = run(row())
     assert d.doc == {
-        "company_sso_id": COMPANY, "contact_id": "c7", "owner_id": "o3", "note": "<div>hi</div>", "attachments": [],
+        "company_sso_id": COMPANY,
+        "contact_id": "c7",
+        "owner_id": "o3",
+        "note": "<div>hi</div>",
+        "attachments": [],
         "created_at": dt.datetime(2019, 3, 4, 5, 6, 7, 891000, tzinfo=dt.UTC),
-        "updated_at": dt.datetime(2019, 3, 4, 5, 6, 8, 892000, tzinfo=dt.UTC), "legacy_crm_note_id": 11,
+        "updated_at": dt.datetime(2019, 3, 4, 5, 6, 8, 892000, tzinfo=dt.UTC),
+        "legacy_crm_note_id": 11,
     }
     assert d.failure is None and d.skip is None
 
@@ -86,8 +110,12 @@ def test_legacy_id_is_never_null():
 def test_content_mismatches_detects_each_field():
     expected = run(row()).doc
     assert content_mismatches(expected, dict(expected)) == []
-    stored = dict(expected, contact_id="other", note="<div>changed</div>",
-                  created_at=expected["created_at"] + dt.timedelta(milliseconds=1))
+    stored = dict(
+        expected,
+        contact_id="other",
+        note="<div>changed</div>",
+        created_at=expected["created_at"] + dt.timedelta(milliseconds=1),
+    )
     assert content_mismatches(expected, stored) == ["contact_id", "created_at", "note_hash"]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from crm_notes_migration.config import DAG_ID
+from notes_migration.config import DAG_ID
 
 
 class DagUnavailable(RuntimeError):
@@ -59,8 +59,9 @@ def trigger(conf: dict[str, Any], *, user_name: str | None) -> dict[str, Any]:
     from airflow.utils.types import DagRunTriggeredByType
 
     try:
-        dag_run = trigger_dag(DAG_ID, triggered_by=DagRunTriggeredByType.REST_API, triggering_user_name=user_name,
-                              conf=conf)
+        dag_run = trigger_dag(
+            DAG_ID, triggered_by=DagRunTriggeredByType.REST_API, triggering_user_name=user_name, conf=conf
+        )
     except DagNotFound as exc:
         raise DagUnavailable(f"DAG {DAG_ID} is not in the metadata database yet: {exc}") from None
     if dag_run is None:

@@ -11,9 +11,9 @@ import json
 import logging
 from typing import Any
 
-from crm_notes_migration.codes import Event
+from notes_migration.codes import Event
 
-log = logging.getLogger("crm_notes_migration.events")
+log = logging.getLogger("notes_migration.events")
 
 
 def event(name: Event, *, job_id: str, cid: int, subject: str | int = "", **props: Any) -> dict[str, Any]:

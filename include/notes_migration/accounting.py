@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from crm_notes_migration.codes import State
+from notes_migration.codes import State
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,15 @@ class Verdict:
 
 
 def decide_verdict(
-    *, halted_reason: str | None, match: float | None, failure_rate: float, mismatches: int,
-    min_match_pct: float, max_failure_rate: float, attachment_failure_share: float = 0.0, dry_run: bool = False,
+    *,
+    halted_reason: str | None,
+    match: float | None,
+    failure_rate: float,
+    mismatches: int,
+    min_match_pct: float,
+    max_failure_rate: float,
+    attachment_failure_share: float = 0.0,
+    dry_run: bool = False,
 ) -> Verdict:
     """Success is decided by validation, never by reaching the end (a dry run wrote nothing to match)."""
     if halted_reason:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from crm_notes_migration.config import FLAG_VARIABLE, SETTINGS_VARIABLE, Thresholds, parse_flag
+from notes_migration.config import FLAG_VARIABLE, SETTINGS_VARIABLE, Thresholds, parse_flag
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from crm_notes_migration import metrics
-from crm_notes_migration.codes import State
-from crm_notes_migration.config import PAGERDUTY_CONN_ID, SLACK_CONN_ID, Thresholds
+from notes_migration import metrics
+from notes_migration.codes import State
+from notes_migration.config import PAGERDUTY_CONN_ID, SLACK_CONN_ID, Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,34 @@ def plan(verdict: dict[str, Any], thresholds: Thresholds | None = None) -> list[
     state = verdict["state"]
     out: list[Alert] = []
     if state == State.HALTED:
-        out.append(Alert("pagerduty", PAGERDUTY_P1, f"CRM notes migration halted: {verdict.get('halted_reason')}"
-                         f" (failure_rate {verdict.get('failure_rate')})", "halted"))
+        out.append(
+            Alert(
+                "pagerduty",
+                PAGERDUTY_P1,
+                f"CRM notes migration halted: {verdict.get('halted_reason')}"
+                f" (failure_rate {verdict.get('failure_rate')})",
+                "halted",
+            )
+        )
     elif verdict.get("match_pct") is not None and verdict["match_pct"] < t.validation_match_pct:
-        out.append(Alert("pagerduty", PAGERDUTY_P2,
-                         f"CRM notes migration finished with match_pct {verdict['match_pct']}% < {t.validation_match_pct}%",
-                         "validation"))
+        out.append(
+            Alert(
+                "pagerduty",
+                PAGERDUTY_P2,
+                f"CRM notes migration finished with match_pct {verdict['match_pct']}% < {t.validation_match_pct}%",
+                "validation",
+            )
+        )
     if state != State.HALTED and verdict.get("attachment_failure_share", 0.0) > t.attachment_alert_share:
-        out.append(Alert("slack", "warning", f"CRM notes migration: {verdict['attachment_failure_share']:.1%} of "
-                         f"attachments failed (> {t.attachment_alert_share:.0%})", "attachments"))
+        out.append(
+            Alert(
+                "slack",
+                "warning",
+                f"CRM notes migration: {verdict['attachment_failure_share']:.1%} of "
+                f"attachments failed (> {t.attachment_alert_share:.0%})",
+                "attachments",
+            )
+        )
     return out
 
 
@@ -54,9 +73,13 @@ SEND_TIMEOUT_S = 10
 def _details(job: dict[str, Any], verdict: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
     """What on-call needs to act, without opening Airflow (no secrets, no customer text)."""
     return {
-        "job_id": job["job_id"], "cid": job["cid"], "company_sso_id": job.get("company_sso_id"),
-        "run_id": job.get("run_id"), "state": str(verdict.get("state")),
-        "failure_rate": verdict.get("failure_rate"), "match_pct": verdict.get("match_pct"),
+        "job_id": job["job_id"],
+        "cid": job["cid"],
+        "company_sso_id": job.get("company_sso_id"),
+        "run_id": job.get("run_id"),
+        "state": str(verdict.get("state")),
+        "failure_rate": verdict.get("failure_rate"),
+        "match_pct": verdict.get("match_pct"),
         "halted_reason": verdict.get("halted_reason"),
         "attachment_failure_share": verdict.get("attachment_failure_share"),
         "error_log_url": f"{thresholds.error_log_url_base.rstrip('/')}/{job['job_id']}/errors",
@@ -74,13 +97,23 @@ def _pagerduty(alert: Alert, summary: str, job: dict[str, Any], details: dict[st
 
     hook = PagerdutyEventsHook(pagerduty_events_conn_id=PAGERDUTY_CONN_ID)
     if hook.get_connection(PAGERDUTY_CONN_ID).extra_dejson.get("deliver", True) is False:
-        log.warning("PagerDuty delivery disabled on connection %s; not sent: %s %s %s", PAGERDUTY_CONN_ID,
-                    alert.severity, summary, details)
+        log.warning(
+            "PagerDuty delivery disabled on connection %s; not sent: %s %s %s",
+            PAGERDUTY_CONN_ID,
+            alert.severity,
+            summary,
+            details,
+        )
         return False
     hook.send_event(
-        summary=summary, severity=alert.severity, source="crm_notes_migration", component=f"cid-{job['cid']}",
-        group="crm-notes-migration", class_type=alert.kind,
-        dedup_key=f"crm_notes_migration/{job['job_id']}/{alert.kind}", custom_details=details,
+        summary=summary,
+        severity=alert.severity,
+        source="crm_notes_migration",
+        component=f"cid-{job['cid']}",
+        group="crm-notes-migration",
+        class_type=alert.kind,
+        dedup_key=f"crm_notes_migration/{job['job_id']}/{alert.kind}",
+        custom_details=details,
     )
     return True
 
@@ -105,7 +138,9 @@ def dispatch(job: dict[str, Any], verdict: dict[str, Any], thresholds: Threshold
     for alert in plan(verdict, t):
         summary = f"[CID {job['cid']} · job {job['job_id']}] {alert.summary}"[:SUMMARY_MAX]
         try:
-            sent = _pagerduty(alert, summary, job, details) if alert.channel == "pagerduty" else _slack(summary, details)
+            sent = (
+                _pagerduty(alert, summary, job, details) if alert.channel == "pagerduty" else _slack(summary, details)
+            )
         except Exception:  # an undeliverable alert must not change the migration's outcome
             log.exception("could not deliver %s alert %s for job %s", alert.channel, alert.kind, job["job_id"])
             sent = False

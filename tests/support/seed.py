@@ -1,12 +1,12 @@
 """Deterministic synthetic data for the demo, the tests and the benchmark.
 
-Creates the CRM schema (fixtures/crm_schema.sql, a copy of the source
+Creates the CRM schema (crm_schema.sql, a copy of the source
 contract) and seeds one CID with realistic notes; seeds the CDP side
 (`contacts`, `launchpad_users`, a few human-created notes) for its company.
 The same CID and options always give the same rows.
 
-    python -m crm_notes_migration.seed --cid 100 --notes 100
-    python -m crm_notes_migration.seed --demo          # the Stage-1 pair: CIDs 100 and 5000
+    python -m tests.support.seed --cid 100 --notes 100
+    python -m tests.support.seed --demo          # the Stage-1 pair: CIDs 100 and 5000
 """
 
 from __future__ import annotations
@@ -22,18 +22,56 @@ from typing import Any
 
 from pymongo.database import Database
 
-from crm_notes_migration import config as C
-from crm_notes_migration import seed_files
+from notes_migration import config as C
+from tests.support import seed_files
 
-SCHEMA_SQL = Path(__file__).with_name("fixtures") / "crm_schema.sql"
+SCHEMA_SQL = Path(__file__).with_name("crm_schema.sql")
 DEFAULT_TYPES = ["Notes", "Calls", "Emails", "Meetings", "WhatsApp", "SMS"]  # global ids 1..6
 CUSTOM_TYPES = ["Site visit", "Quote sent"]
 _COMPANY_NS = uuid.UUID("0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d")
 
-FIRST = ["Ana", "Bruno", "Chloé", "Dmitri", "Eun-ji", "Fatima", "Giulia", "Hiro", "Ines", "João", "Kwame", "Léa",
-         "Mateus", "Nadia", "Olga", "Priya", "Quentin", "Rafael", "Sofia", "Tomás", "Yuki", "Zeynep"]
-LAST = ["Silva", "Müller", "O'Brien", "Nguyen", "Kowalski", "García", "Rossi", "Tanaka", "Smith", "Haddad",
-        "Ivanova", "Okafor", "Dubois", "Kim", "Santos", "Fernández"]
+FIRST = [
+    "Ana",
+    "Bruno",
+    "Chloé",
+    "Dmitri",
+    "Eun-ji",
+    "Fatima",
+    "Giulia",
+    "Hiro",
+    "Ines",
+    "João",
+    "Kwame",
+    "Léa",
+    "Mateus",
+    "Nadia",
+    "Olga",
+    "Priya",
+    "Quentin",
+    "Rafael",
+    "Sofia",
+    "Tomás",
+    "Yuki",
+    "Zeynep",
+]
+LAST = [
+    "Silva",
+    "Müller",
+    "O'Brien",
+    "Nguyen",
+    "Kowalski",
+    "García",
+    "Rossi",
+    "Tanaka",
+    "Smith",
+    "Haddad",
+    "Ivanova",
+    "Okafor",
+    "Dubois",
+    "Kim",
+    "Santos",
+    "Fernández",
+]
 
 
 @dataclass(frozen=True)
@@ -109,6 +147,7 @@ def _name(rng: random.Random) -> tuple[str, str]:
 
 def note_html(rng: random.Random, users: list[tuple[int, str]], big: bool = False) -> str | None:
     """Trix/Rails-sanitised-looking HTML in the canonical form the normaliser keeps as it is."""
+
     def mention() -> str:
         uid, name = rng.choice(users)
         if rng.random() < 0.5:
@@ -131,7 +170,7 @@ def note_html(rng: random.Random, users: list[tuple[int, str]], big: bool = Fals
     # The CRM stored its notes after Rails' sanitize, so markup outside the allowlist is rare;
     # a small share of legacy notes still carries some (pre-sanitizer rows, hand imports).
     legacy = [
-        lambda: "<p>Legacy paragraph with <u>underline</u> and <font color=\"red\">font</font>.</p>",
+        lambda: '<p>Legacy paragraph with <u>underline</u> and <font color="red">font</font>.</p>',
         lambda: '<div style="color:red" onclick="go()">Imported <b>before</b> the sanitizer</div>',
         lambda: '<figure data-trix-attachment="{}"><img src="https://crm.example/a.png"></figure>',
         lambda: f'<div>Ping <a data-user-id="{rng.choice(users)[0]}"><strong>{rng.choice(users)[1]}</strong></a></div>',
@@ -152,10 +191,12 @@ def note_html(rng: random.Random, users: list[tuple[int, str]], big: bool = Fals
 FILES = {
     "image": [("photo.jpg", "image/jpeg"), ("Whiteboard.PNG", "image/png"), ("site.webp", "image/webp")],
     "audio": [("voice.m4a", "audio/mp4"), ("memo.mp3", "audio/mpeg"), ("call.ogg", "audio/ogg")],
-    "document": [("quote.pdf", "application/pdf"),
-                 ("contract.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
-                 ("prices.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-                 ("notes.txt", "text/plain")],
+    "document": [
+        ("quote.pdf", "application/pdf"),
+        ("contract.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+        ("prices.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        ("notes.txt", "text/plain"),
+    ],
     "unsupported": [("setup.exe", "application/octet-stream"), ("scan.heic", "image/heic")],
 }
 
@@ -166,10 +207,23 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
     cid = spec.cid
     ensure_schema(conn)
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM assets WHERE assetable_id IN (SELECT id FROM crm_notes WHERE organization_id = %s)", (cid,))
+        cur.execute(
+            "DELETE FROM assets WHERE assetable_id IN (SELECT id FROM crm_notes WHERE organization_id = %s)", (cid,)
+        )
         for table in ("crm_note_attachments", "crm_checkins"):
-            cur.execute(f"DELETE FROM {table} WHERE crm_note_id IN (SELECT id FROM crm_notes WHERE organization_id = %s)", (cid,))
-        for table in ("crm_notes", "crm_people", "users", "crm_companies", "crm_deals", "crm_tickets", "crm_note_types"):
+            cur.execute(
+                f"DELETE FROM {table} WHERE crm_note_id IN (SELECT id FROM crm_notes WHERE organization_id = %s)",
+                (cid,),
+            )
+        for table in (
+            "crm_notes",
+            "crm_people",
+            "users",
+            "crm_companies",
+            "crm_deals",
+            "crm_tickets",
+            "crm_note_types",
+        ):
             cur.execute(f"DELETE FROM {table} WHERE organization_id = %s", (cid,))
         cur.execute("DELETE FROM organizations WHERE id = %s", (cid,))
         now = dt.datetime(2025, 6, 1)
@@ -179,7 +233,9 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
         users = []
         for k in range(n_users):
             first, last = _name(rng)
-            users.append((cid * 1000 + k, cid, f"{first} {last}", f"{first}.{last}.{k}@client{cid}.example".lower(), now, now))
+            users.append(
+                (cid * 1000 + k, cid, f"{first} {last}", f"{first}.{last}.{k}@client{cid}.example".lower(), now, now)
+            )
         _copy(cur, "users", users)
         user_names = [(u[0], u[2]) for u in users]
 
@@ -219,26 +275,63 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
             else:
                 creator = rng.choice(users)[0]
             created = _ts(rng)
-            updated = created + dt.timedelta(seconds=rng.choice([0, 0, 60, 86400 * 3]), microseconds=rng.randrange(0, 999_999))
+            updated = created + dt.timedelta(
+                seconds=rng.choice([0, 0, 60, 86400 * 3]), microseconds=rng.randrange(0, 999_999)
+            )
             html = note_html(rng, user_names, big=rng.random() < spec.oversize_note_share)
             notes.append((note_id, cid, sti, html, person, company, deal, None, creator, type_id, created, updated))
             if rng.random() < spec.checkin_share:
-                checkins.append((note_id, note_id, round(rng.uniform(-40, 50), 7), round(rng.uniform(-80, 80), 7),
-                                 "Rua Augusta 100, Lisboa", created, created, created))
+                checkins.append(
+                    (
+                        note_id,
+                        note_id,
+                        round(rng.uniform(-40, 50), 7),
+                        round(rng.uniform(-80, 80), 7),
+                        "Rua Augusta 100, Lisboa",
+                        created,
+                        created,
+                        created,
+                    )
+                )
             for kind, share, count in (("image", spec.image_share, 2), ("audio", spec.audio_share, 3)):
                 if rng.random() < share:
                     for _ in range(rng.randint(1, count)):
                         name, mime = rng.choice(FILES[kind])
                         aid = note_id * 10 + len([a for a in assets if a[3] == note_id])
-                        assets.append((aid, "Crm::NoteImage" if kind == "image" else "Crm::NoteAudio", "Crm::Note",
-                                       note_id, name, mime, rng.randrange(2_000, 400_000),
-                                       f"crm/{cid}/assets/{aid}/{name}", created, created))
+                        assets.append(
+                            (
+                                aid,
+                                "Crm::NoteImage" if kind == "image" else "Crm::NoteAudio",
+                                "Crm::Note",
+                                note_id,
+                                name,
+                                mime,
+                                rng.randrange(2_000, 400_000),
+                                f"crm/{cid}/assets/{aid}/{name}",
+                                created,
+                                created,
+                            )
+                        )
             if rng.random() < spec.document_share or rng.random() < spec.unsupported_file_share:
-                pool = FILES["unsupported"] if rng.random() < spec.unsupported_file_share / max(spec.document_share, 1e-9) else FILES["document"]
+                pool = (
+                    FILES["unsupported"]
+                    if rng.random() < spec.unsupported_file_share / max(spec.document_share, 1e-9)
+                    else FILES["document"]
+                )
                 name, mime = rng.choice(pool)
                 did = note_id * 10 + 9
-                docs.append((did, note_id, name, mime, rng.randrange(5_000, 900_000), f"crm/{cid}/documents/{did}/{name}",
-                             created, created))
+                docs.append(
+                    (
+                        did,
+                        note_id,
+                        name,
+                        mime,
+                        rng.randrange(5_000, 900_000),
+                        f"crm/{cid}/documents/{did}/{name}",
+                        created,
+                        created,
+                    )
+                )
         _copy(cur, "crm_notes", notes)
         assets, docs, files, file_variants = seed_files.prepare(spec, assets, docs)
         if assets:
@@ -248,8 +341,16 @@ def seed_crm(conn, spec: SeedSpec) -> dict[str, Any]:
         if checkins:
             _copy(cur, "crm_checkins", checkins)
     conn.commit()
-    return {"people": [p[0] for p in people], "users": users, "notes": len(notes), "assets": len(assets),
-            "documents": len(docs), "checkins": len(checkins), "files": files, "file_variants": dict(file_variants)}
+    return {
+        "people": [p[0] for p in people],
+        "users": users,
+        "notes": len(notes),
+        "assets": len(assets),
+        "documents": len(docs),
+        "checkins": len(checkins),
+        "files": files,
+        "file_variants": dict(file_variants),
+    }
 
 
 # --------------------------------------------------------------------------- CDP side
@@ -277,8 +378,17 @@ def seed_cdp(db: Database, spec: SeedSpec, crm: dict[str, Any], *, reset_notes: 
         if rng.random() < spec.ambiguous_contact_share:
             contacts.append(_contact(rng, company, person, created + dt.timedelta(days=1), force="source"))
     # contacts of other sources and of other companies that must never match
-    contacts.append({"_id": str(uuid.UUID(int=rng.getrandbits(128))), "company_sso_id": company, "full_name": "Web lead",
-                     "source": "web", "source_id": str(crm["people"][0]), "created_at": created, "updated_at": created})
+    contacts.append(
+        {
+            "_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "company_sso_id": company,
+            "full_name": "Web lead",
+            "source": "web",
+            "source_id": str(crm["people"][0]),
+            "created_at": created,
+            "updated_at": created,
+        }
+    )
     if contacts:
         db[C.CONTACTS].insert_many(contacts)
     lp_users = []
@@ -294,18 +404,37 @@ def seed_cdp(db: Database, spec: SeedSpec, crm: dict[str, Any], *, reset_notes: 
         lp_users.append(doc)
     if lp_users:
         db[C.LAUNCHPAD_USERS].insert_many(lp_users)
-    human = [{"company_sso_id": company, "contact_id": contacts[0]["_id"], "owner_id": None,
-              "note": f"<div>Human-written note {k}</div>", "attachments": [], "created_at": created,
-              "updated_at": created} for k in range(spec.human_notes if contacts else 0)]
+    human = [
+        {
+            "company_sso_id": company,
+            "contact_id": contacts[0]["_id"],
+            "owner_id": None,
+            "note": f"<div>Human-written note {k}</div>",
+            "attachments": [],
+            "created_at": created,
+            "updated_at": created,
+        }
+        for k in range(spec.human_notes if contacts else 0)
+    ]
     if human:
         db[C.CONTACT_NOTES].insert_many(human)
-    return {"contacts": len(contacts), "unmapped_persons": len(unmapped), "launchpad_users": len(lp_users),
-            "human_notes": len(human), "unmapped_person_ids": unmapped}
+    return {
+        "contacts": len(contacts),
+        "unmapped_persons": len(unmapped),
+        "launchpad_users": len(lp_users),
+        "human_notes": len(human),
+        "unmapped_person_ids": unmapped,
+    }
 
 
 def _contact(rng: random.Random, company: str, person: int, created: dt.datetime, force: str | None = None) -> dict:
-    doc: dict[str, Any] = {"_id": str(uuid.UUID(int=rng.getrandbits(128))), "company_sso_id": company,
-                           "full_name": f"Person {person}", "created_at": created, "updated_at": created}
+    doc: dict[str, Any] = {
+        "_id": str(uuid.UUID(int=rng.getrandbits(128))),
+        "company_sso_id": company,
+        "full_name": f"Person {person}",
+        "created_at": created,
+        "updated_at": created,
+    }
     style = force or rng.choice(["crm_data", "source", "both"])
     if style in ("source", "both"):
         doc.update(source="crm", source_id=str(person), source_name="Legacy CRM")
@@ -319,9 +448,19 @@ def _contact(rng: random.Random, company: str, person: int, created: dt.datetime
 def backfill_contacts(db: Database, company_sso_id: str, person_ids: list[int]) -> int:
     """Create the missing contacts (what CDP's contact backfill does before a re-run)."""
     created = dt.datetime(2025, 2, 1, tzinfo=dt.UTC)
-    docs = [{"_id": str(uuid.uuid4()), "company_sso_id": company_sso_id, "full_name": f"Person {p}",
-             "source": "crm", "source_id": str(p), "crm_data": {"id": p}, "created_at": created,
-             "updated_at": created} for p in person_ids]
+    docs = [
+        {
+            "_id": str(uuid.uuid4()),
+            "company_sso_id": company_sso_id,
+            "full_name": f"Person {p}",
+            "source": "crm",
+            "source_id": str(p),
+            "crm_data": {"id": p},
+            "created_at": created,
+            "updated_at": created,
+        }
+        for p in person_ids
+    ]
     if docs:
         db[C.CONTACTS].insert_many(docs)
     return len(docs)
@@ -333,8 +472,13 @@ def seed(spec: SeedSpec, crm_conn, db: Database) -> dict[str, Any]:
     files = crm.pop("files")
     if spec.upload_files:
         cdp["file_upload"] = seed_files.upload(spec.cid, spec.company_sso_id, files)
-    return {"cid": spec.cid, "company_sso_id": spec.company_sso_id, **{k: v for k, v in crm.items() if k not in ("people", "users")},
-            "persons": len(crm["people"]), **cdp}
+    return {
+        "cid": spec.cid,
+        "company_sso_id": spec.company_sso_id,
+        **{k: v for k, v in crm.items() if k not in ("people", "users")},
+        "persons": len(crm["people"]),
+        **cdp,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,9 +488,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notes", type=int, default=100)
     parser.add_argument("--unmapped-person-share", type=float, default=0.0)
     args = parser.parse_args(argv)
-    from crm_notes_migration.connections import cdp_database, crm_connection
+    from notes_migration.connections import cdp_database, crm_connection
 
-    specs = DEMO_SPECS if args.demo else [SeedSpec(cid=args.cid, notes=args.notes, unmapped_person_share=args.unmapped_person_share)]
+    specs = (
+        DEMO_SPECS
+        if args.demo
+        else [SeedSpec(cid=args.cid, notes=args.notes, unmapped_person_share=args.unmapped_person_share)]
+    )
     with crm_connection(read_only=False) as conn:
         for spec in specs:
             out = seed(spec, conn, cdp_database())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from crm_notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -58,22 +58,22 @@ class AttachmentRelinkOperator(BaseOperator):
 
     @cached_property
     def source_hook(self) -> S3Hook:
-        from crm_notes_migration.s3_store import make_hook
+        from notes_migration.s3_store import make_hook
 
         return make_hook(self.source_conn_id, self.concurrency or 8)
 
     @cached_property
     def target_hook(self) -> S3Hook:
-        from crm_notes_migration.s3_store import make_hook
+        from notes_migration.s3_store import make_hook
 
         return make_hook(self.target_conn_id, self.concurrency or 8)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from crm_notes_migration import attachments
-        from crm_notes_migration.connections import cdp_database, crm_connection
-        from crm_notes_migration.s3_store import bucket_from_hook
+        from notes_migration import attachments
+        from notes_migration.connections import cdp_database, crm_connection
+        from notes_migration.s3_store import bucket_from_hook
 
         page = self.page
         job = self.job or context["ti"].xcom_pull(task_ids=self.job_task_id)
@@ -83,8 +83,12 @@ class AttachmentRelinkOperator(BaseOperator):
         with crm_connection() as crm:
             try:
                 return attachments.relink_page(
-                    crm, cdp_database(), job["job_id"], page,
-                    source=bucket_from_hook(self.source_hook), target=bucket_from_hook(self.target_hook),
+                    crm,
+                    cdp_database(),
+                    job["job_id"],
+                    page,
+                    source=bucket_from_hook(self.source_hook),
+                    target=bucket_from_hook(self.target_hook),
                     concurrency=self.concurrency,
                 )
             except attachments.RelinkSkipped as skipped:

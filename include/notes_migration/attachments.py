@@ -29,13 +29,13 @@ from urllib.parse import quote
 
 from pymongo.database import Database
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source, metrics
-from crm_notes_migration import s3_store as s3
-from crm_notes_migration.codes import AttachmentOutcome, Event, Reason, State
-from crm_notes_migration.config import UUID_RE, RunConfig
-from crm_notes_migration.crm_source import FileRow
-from crm_notes_migration.events import event
+from notes_migration import cdp_store as store
+from notes_migration import crm_source, metrics
+from notes_migration import s3_store as s3
+from notes_migration.codes import AttachmentOutcome, Event, Reason, State
+from notes_migration.config import UUID_RE, RunConfig
+from notes_migration.crm_source import FileRow
+from notes_migration.events import event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,15 +47,28 @@ NOTE_AUDIO = "Crm::NoteAudio"
 NOTE_IMAGE = "Crm::NoteImage"
 
 MIME_TYPES: dict[str, str] = {
-    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-    "mp3": "audio/mpeg", "m4a": "audio/mp4", "aac": "audio/aac", "ogg": "audio/ogg", "oga": "audio/ogg",
-    "wav": "audio/wav", "webm": "audio/webm", "amr": "audio/amr",
-    "pdf": "application/pdf", "doc": "application/msword",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "mp3": "audio/mpeg",
+    "m4a": "audio/mp4",
+    "aac": "audio/aac",
+    "ogg": "audio/ogg",
+    "oga": "audio/ogg",
+    "wav": "audio/wav",
+    "webm": "audio/webm",
+    "amr": "audio/amr",
+    "pdf": "application/pdf",
+    "doc": "application/msword",
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     "xls": "application/vnd.ms-excel",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "csv": "text/csv", "ppt": "application/vnd.ms-powerpoint",
-    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation", "txt": "text/plain",
+    "csv": "text/csv",
+    "ppt": "application/vnd.ms-powerpoint",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "txt": "text/plain",
 }
 FAMILY: dict[str, str] = {
     **dict.fromkeys(("jpg", "jpeg", "png", "gif", "webp"), IMAGE),
@@ -76,9 +89,7 @@ UNAVAILABLE_MESSAGE = "Attachment unavailable — could not be migrated"
 MAX_NAME_CHARS = 255  # display name kept on the entry
 MAX_KEY_NAME_CHARS = 100  # sanitised name inside the object key
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-SAFE_KEY_RE = re.compile(
-    r"^[0-9a-fA-F-]{36}/notes/[0-9]+/(asset|document)-[0-9]+-[A-Za-z0-9_-]+(\.[a-z0-9]{1,10})?$"
-)
+SAFE_KEY_RE = re.compile(r"^[0-9a-fA-F-]{36}/notes/[0-9]+/(asset|document)-[0-9]+-[A-Za-z0-9_-]+(\.[a-z0-9]{1,10})?$")
 
 
 def extension(name: str | None) -> str:
@@ -176,7 +187,9 @@ class FilePlan:
         return self.ext
 
 
-def plan_note_files(company_sso_id: str, legacy_crm_note_id: int, rows: Iterable[FileRow], *, cap_bytes: int) -> list[FilePlan]:
+def plan_note_files(
+    company_sso_id: str, legacy_crm_note_id: int, rows: Iterable[FileRow], *, cap_bytes: int
+) -> list[FilePlan]:
     """Every file of a note in a fixed order (assets, then documents, each by id), allowlist and cap applied."""
     plans = []
     for row in sorted(rows, key=lambda r: (r.kind != "asset", r.id)):
@@ -184,12 +197,21 @@ def plan_note_files(company_sso_id: str, legacy_crm_note_id: int, rows: Iterable
         ext = extension(raw_name)
         family = FAMILY.get(ext)
         ref = f"{row.kind}-{row.id}"
-        plan = FilePlan(row=row, ref=ref, ext=ext, family=family, name=display_name(raw_name, safe_file_name(raw_name)),
-                        key=object_key(company_sso_id, legacy_crm_note_id, row.kind, row.id, raw_name),
-                        mime_type=MIME_TYPES.get(ext))
+        plan = FilePlan(
+            row=row,
+            ref=ref,
+            ext=ext,
+            family=family,
+            name=display_name(raw_name, safe_file_name(raw_name)),
+            key=object_key(company_sso_id, legacy_crm_note_id, row.kind, row.id, raw_name),
+            mime_type=MIME_TYPES.get(ext),
+        )
         if family is None:
-            plan = _skip(plan, Reason.ATTACHMENT_UNSUPPORTED_TYPE,
-                         f".{ext or '(none)'} is outside CDP's allowlist (declared {row.content_type or 'no content type'})")
+            plan = _skip(
+                plan,
+                Reason.ATTACHMENT_UNSUPPORTED_TYPE,
+                f".{ext or '(none)'} is outside CDP's allowlist (declared {row.content_type or 'no content type'})",
+            )
         elif row.size is not None and row.size > cap_bytes:
             plan = _skip(plan, Reason.ATTACHMENT_TOO_LARGE, f"declared {row.size} bytes > cap {cap_bytes}")
         plans.append(plan)
@@ -231,14 +253,21 @@ def attachment_entries(plans: Sequence[FilePlan], results: Mapping[str, FileResu
         kind = plan.family
         if kind == AUDIO and plan.row.kind == "asset" and plan.row.asset_type == NOTE_AUDIO and not voice_taken:
             kind, voice_taken = VOICE_NOTE, True
-        entry: dict[str, Any] = {"type": kind, "file_type": plan.file_type, "name": plan.name,
-                                 "size": result.size if result.size is not None else plan.row.size,
-                                 "mime_type": plan.mime_type}
+        entry: dict[str, Any] = {
+            "type": kind,
+            "file_type": plan.file_type,
+            "name": plan.name,
+            "size": result.size if result.size is not None else plan.row.size,
+            "mime_type": plan.mime_type,
+        }
         if result.outcome == AttachmentOutcome.RELINKED:
             entry["url"] = proxy_url(proxy_base, plan.key)
         else:
-            entry.update(unavailable=True, reason_code=result.reason.value if result.reason else None,
-                         message=UNAVAILABLE_MESSAGE)
+            entry.update(
+                unavailable=True,
+                reason_code=result.reason.value if result.reason else None,
+                message=UNAVAILABLE_MESSAGE,
+            )
         entry["legacy_crm_file"] = plan.ref
         entries.append(entry)
     return entries
@@ -265,8 +294,12 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
-    def call(self, fn: Callable[[], T], counter: list[int] | None = None,
-             transient: Callable[[BaseException], bool] = s3.is_transient) -> T:
+    def call(
+        self,
+        fn: Callable[[], T],
+        counter: list[int] | None = None,
+        transient: Callable[[BaseException], bool] = s3.is_transient,
+    ) -> T:
         for attempt in range(1, self.attempts + 1):
             if counter is not None:
                 counter[0] += 1
@@ -276,8 +309,13 @@ class RetryPolicy:
                 if attempt == self.attempts or not transient(exc):
                     raise
                 wait = self.delay(attempt)
-                log.warning("transient S3 error (attempt %d/%d), retrying in %.2fs: %s", attempt, self.attempts,
-                            wait, _short(exc))
+                log.warning(
+                    "transient S3 error (attempt %d/%d), retrying in %.2fs: %s",
+                    attempt,
+                    self.attempts,
+                    wait,
+                    _short(exc),
+                )
                 self.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -289,8 +327,15 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- copying
 
 
-def relink_file(plan: FilePlan, source: s3.Bucket, target: s3.Bucket, *, cap_bytes: int,
-                retry: RetryPolicy, known: Mapping[str, s3.ObjectInfo] | None = None) -> FileResult:
+def relink_file(
+    plan: FilePlan,
+    source: s3.Bucket,
+    target: s3.Bucket,
+    *,
+    cap_bytes: int,
+    retry: RetryPolicy,
+    known: Mapping[str, s3.ObjectInfo] | None = None,
+) -> FileResult:
     """Copy one file unless the target already holds it; never raises for a file-level problem.
 
     `known` is a listing of the target around this file's key (one LIST per page instead of a HEAD
@@ -299,8 +344,9 @@ def relink_file(plan: FilePlan, source: s3.Bucket, target: s3.Bucket, *, cap_byt
     counter = [0]  # attempts of the current step (reset before each), reported with its outcome
 
     def done(outcome: AttachmentOutcome, reason: Reason | None = None, details: str = "", **kw: Any) -> FileResult:
-        return FileResult(plan.ref, outcome, reason, details, attempts=counter[0],
-                          seconds=time.perf_counter() - started, **kw)
+        return FileResult(
+            plan.ref, outcome, reason, details, attempts=counter[0], seconds=time.perf_counter() - started, **kw
+        )
 
     if known is not None:
         present = known.get(plan.key)  # a listing has no content type: ours is set from the extension
@@ -308,8 +354,11 @@ def relink_file(plan: FilePlan, source: s3.Bucket, target: s3.Bucket, *, cap_byt
         try:
             present = retry.call(lambda: s3.head(target, plan.key), counter)
         except Exception as exc:
-            return done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_UPLOAD_FAILED,
-                        f"cannot check the target after {counter[0]} attempts: {_short(exc)}")
+            return done(
+                AttachmentOutcome.FAILED,
+                Reason.ATTACHMENT_UPLOAD_FAILED,
+                f"cannot check the target after {counter[0]} attempts: {_short(exc)}",
+            )
     if present is not None and present.content_type in (None, plan.mime_type):
         expected = plan.row.size
         if expected != present.size:  # the declared size may be stale or NULL: ask the source
@@ -317,8 +366,11 @@ def relink_file(plan: FilePlan, source: s3.Bucket, target: s3.Bucket, *, cap_byt
             try:
                 src = retry.call(lambda: s3.head(source, plan.row.s3_key), counter)
             except Exception as exc:
-                return done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED,
-                            f"after {counter[0]} attempts: {_short(exc)}")
+                return done(
+                    AttachmentOutcome.FAILED,
+                    Reason.ATTACHMENT_DOWNLOAD_FAILED,
+                    f"after {counter[0]} attempts: {_short(exc)}",
+                )
             expected = present.size if src is None else src.size  # source gone: the copy we hold is all there is
         if expected == present.size:
             return done(AttachmentOutcome.RELINKED, size=present.size)
@@ -330,28 +382,46 @@ def relink_file(plan: FilePlan, source: s3.Bucket, target: s3.Bucket, *, cap_byt
         return done(AttachmentOutcome.SKIPPED, Reason.ATTACHMENT_TOO_LARGE, str(exc), size=exc.size)
     except Exception as exc:
         missing = s3.is_not_found(exc)
-        return done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED,
-                    ("source object missing: " if missing else f"after {counter[0]} attempts: ") + _short(exc),
-                    source_missing=missing)
+        return done(
+            AttachmentOutcome.FAILED,
+            Reason.ATTACHMENT_DOWNLOAD_FAILED,
+            ("source object missing: " if missing else f"after {counter[0]} attempts: ") + _short(exc),
+            source_missing=missing,
+        )
     try:
         what = forbidden_content(data.head, plan.ext)
         if what:
-            return done(AttachmentOutcome.SKIPPED, Reason.ATTACHMENT_UNSUPPORTED_TYPE,
-                        f"content is {what} although the name says .{plan.ext}", size=data.size)
+            return done(
+                AttachmentOutcome.SKIPPED,
+                Reason.ATTACHMENT_UNSUPPORTED_TYPE,
+                f"content is {what} although the name says .{plan.ext}",
+                size=data.size,
+            )
         counter[0] = 0
         try:
             retry.call(lambda: s3.upload(target, plan.key, data, plan.mime_type or "application/octet-stream"), counter)
         except Exception as exc:
-            return done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_UPLOAD_FAILED,
-                        f"after {counter[0]} attempts: {_short(exc)}", size=data.size)
+            return done(
+                AttachmentOutcome.FAILED,
+                Reason.ATTACHMENT_UPLOAD_FAILED,
+                f"after {counter[0]} attempts: {_short(exc)}",
+                size=data.size,
+            )
         return done(AttachmentOutcome.RELINKED, size=data.size, copied=True)
     finally:
         data.close()
 
 
-def copy_files(plans: Sequence[FilePlan], source: s3.Bucket, target: s3.Bucket, *, cap_bytes: int,
-               concurrency: int, retry: RetryPolicy | None = None,
-               known: Mapping[str, s3.ObjectInfo] | None = None) -> dict[str, FileResult]:
+def copy_files(
+    plans: Sequence[FilePlan],
+    source: s3.Bucket,
+    target: s3.Bucket,
+    *,
+    cap_bytes: int,
+    concurrency: int,
+    retry: RetryPolicy | None = None,
+    known: Mapping[str, s3.ObjectInfo] | None = None,
+) -> dict[str, FileResult]:
     """Relink every plan that is not skipped; at most `concurrency` files in flight (1: sequential)."""
     retry = retry or RetryPolicy()
     todo = [p for p in plans if p.skip is None]
@@ -405,8 +475,17 @@ class RelinkSkipped(Exception):
     """Nothing to relink for this page (dry run, or the run halted): the task is skipped."""
 
 
-def relink_page(crm, db: Database, job_id: str, page: Mapping[str, int], *, source: s3.Bucket, target: s3.Bucket,
-                concurrency: int | None = None, retry: RetryPolicy | None = None) -> dict[str, Any]:
+def relink_page(
+    crm,
+    db: Database,
+    job_id: str,
+    page: Mapping[str, int],
+    *,
+    source: s3.Bucket,
+    target: s3.Bucket,
+    concurrency: int | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
     """Relink the files of one page's migrated notes and record the page's attachment result.
 
     `concurrency` overrides the job's attachment_concurrency (files in flight at once)."""
@@ -425,22 +504,30 @@ def relink_page(crm, db: Database, job_id: str, page: Mapping[str, int], *, sour
     by_note: dict[int, list[FileRow]] = {}
     for row in rows:
         by_note.setdefault(row.note_id, []).append(row)
-    notes = {d["legacy_crm_note_id"]: d for d in store.stored_notes(
-        db, cfg.company_sso_id, sorted(by_note), {"_id": 1, "legacy_crm_note_id": 1, "attachments": 1})}
-    plans = {nid: plan_note_files(cfg.company_sso_id, nid, by_note[nid], cap_bytes=t.attachment_size_cap_bytes)
-             for nid in sorted(notes)}
+    notes = {
+        d["legacy_crm_note_id"]: d
+        for d in store.stored_notes(
+            db, cfg.company_sso_id, sorted(by_note), {"_id": 1, "legacy_crm_note_id": 1, "attachments": 1}
+        )
+    }
+    plans = {
+        nid: plan_note_files(cfg.company_sso_id, nid, by_note[nid], cap_bytes=t.attachment_size_cap_bytes)
+        for nid in sorted(notes)
+    }
     t_read = time.perf_counter()
 
     flat = [p for ps in plans.values() for p in ps]
     known = target_listing(target, cfg.company_sso_id, sorted(plans)) if flat else None
-    results = copy_files(flat, source, target, cap_bytes=t.attachment_size_cap_bytes,
-                         concurrency=workers, retry=retry, known=known)
+    results = copy_files(
+        flat, source, target, cap_bytes=t.attachment_size_cap_bytes, concurrency=workers, retry=retry, known=known
+    )
     t_copy = time.perf_counter()
 
     updates, entries, events_out = [], [], []
     for nid, note_plans in plans.items():
-        attachments = merged_attachments(notes[nid].get("attachments"),
-                                         attachment_entries(note_plans, results, t.proxy_url_base))
+        attachments = merged_attachments(
+            notes[nid].get("attachments"), attachment_entries(note_plans, results, t.proxy_url_base)
+        )
         if attachments != list(notes[nid].get("attachments") or []):
             updates.append((notes[nid]["_id"], attachments))
         for plan in note_plans:
@@ -449,62 +536,129 @@ def relink_page(crm, db: Database, job_id: str, page: Mapping[str, int], *, sour
                 continue
             entries.append(_log_entry(job, nid, plan, r))
             if r.outcome == AttachmentOutcome.FAILED:
-                events_out.append(event(Event.ATTACHMENT_FAILED, job_id=job_id, cid=cfg.cid, subject=f"{nid}:{plan.ref}",
-                                        legacy_crm_note_id=nid, file=plan.ref, file_name=plan.name, key=plan.key,
-                                        reason_code=r.reason.value if r.reason else None, attempts=r.attempts,
-                                        details=r.details))
+                events_out.append(
+                    event(
+                        Event.ATTACHMENT_FAILED,
+                        job_id=job_id,
+                        cid=cfg.cid,
+                        subject=f"{nid}:{plan.ref}",
+                        legacy_crm_note_id=nid,
+                        file=plan.ref,
+                        file_name=plan.name,
+                        key=plan.key,
+                        reason_code=r.reason.value if r.reason else None,
+                        attempts=r.attempts,
+                        details=r.details,
+                    )
+                )
     store.set_note_attachments(db, updates)
     store.replace_attachment_log(db, job_id, sorted(notes), entries)
     store.record_events(db, events_out)
 
-    page_doc = page_result(job, page, plans, results, rows_total=len(rows), notes_updated=len(updates),
-                           concurrency=workers,
-                           timings={"read": t_read - started, "copy": t_copy - t_read,
-                                    "write": time.perf_counter() - t_copy, "total": time.perf_counter() - started})
+    page_doc = page_result(
+        job,
+        page,
+        plans,
+        results,
+        rows_total=len(rows),
+        notes_updated=len(updates),
+        concurrency=workers,
+        timings={
+            "read": t_read - started,
+            "copy": t_copy - t_read,
+            "write": time.perf_counter() - t_copy,
+            "total": time.perf_counter() - started,
+        },
+    )
     store.save_attachment_page(db, page_doc)
     metrics.attachment_page_completed(page_doc)
     store.heartbeat_lock(db, cfg.cid, job["run_id"])
     summarise_job(db, job_id)  # live figures; validate recomputes them once every page is done
-    log.info("page %s: %d files, %d relinked (%d copied), %d failed, %d skipped, %d notes updated in %.2fs",
-             page["page_no"], page_doc["files"], page_doc["relinked"], page_doc["copied"], page_doc["failed"],
-             page_doc["skipped"], len(updates), page_doc["timings_s"]["total"])
-    return {k: page_doc[k] for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped",
-                                     "notes_updated")}
+    log.info(
+        "page %s: %d files, %d relinked (%d copied), %d failed, %d skipped, %d notes updated in %.2fs",
+        page["page_no"],
+        page_doc["files"],
+        page_doc["relinked"],
+        page_doc["copied"],
+        page_doc["failed"],
+        page_doc["skipped"],
+        len(updates),
+        page_doc["timings_s"]["total"],
+    )
+    return {
+        k: page_doc[k]
+        for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "notes_updated")
+    }
 
 
 def _log_entry(job: Mapping[str, Any], note_id: int, plan: FilePlan, r: FileResult) -> dict[str, Any]:
     """A reason-coded per-file record in the note log (outcome attachment_failed / attachment_skipped)."""
-    return {"_id": f"{job['_id']}:{note_id}:{plan.ref}", "job_id": job["_id"], "cid": job["cid"],
-            "legacy_crm_note_id": note_id, "outcome": r.outcome.value,
-            "reason_code": r.reason.value if r.reason else None, "details": r.details,
-            "file": {"ref": plan.ref, "name": plan.name, "key": plan.key, "s3_key": plan.row.s3_key,
-                     "size": r.size if r.size is not None else plan.row.size, "attempts": r.attempts},
-            "created_at": store.now()}
+    return {
+        "_id": f"{job['_id']}:{note_id}:{plan.ref}",
+        "job_id": job["_id"],
+        "cid": job["cid"],
+        "legacy_crm_note_id": note_id,
+        "outcome": r.outcome.value,
+        "reason_code": r.reason.value if r.reason else None,
+        "details": r.details,
+        "file": {
+            "ref": plan.ref,
+            "name": plan.name,
+            "key": plan.key,
+            "s3_key": plan.row.s3_key,
+            "size": r.size if r.size is not None else plan.row.size,
+            "attempts": r.attempts,
+        },
+        "created_at": store.now(),
+    }
 
 
-def page_result(job: Mapping[str, Any], page: Mapping[str, int], plans: Mapping[int, list[FilePlan]],
-                results: Mapping[str, FileResult], *, rows_total: int, notes_updated: int, concurrency: int,
-                timings: Mapping[str, float]) -> dict[str, Any]:
+def page_result(
+    job: Mapping[str, Any],
+    page: Mapping[str, int],
+    plans: Mapping[int, list[FilePlan]],
+    results: Mapping[str, FileResult],
+    *,
+    rows_total: int,
+    notes_updated: int,
+    concurrency: int,
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
     """The page's attachment counters: one document per (job, page), replaced whole on a retry."""
     flat = [(p, results[p.ref]) for ps in plans.values() for p in ps]
     failed = Counter(r.reason.value for _, r in flat if r.outcome == AttachmentOutcome.FAILED and r.reason)
     skipped = Counter(r.reason.value for _, r in flat if r.outcome == AttachmentOutcome.SKIPPED and r.reason)
     relinked = [r for _, r in flat if r.outcome == AttachmentOutcome.RELINKED]
     return {
-        "_id": f"{job['_id']}:{page['page_no']}", "job_id": job["_id"], "cid": job["cid"], "page_no": page["page_no"],
-        "lo_id": page["lo_id"], "hi_id": page["hi_id"],
-        "notes_with_files": len(plans), "notes_updated": notes_updated,
+        "_id": f"{job['_id']}:{page['page_no']}",
+        "job_id": job["_id"],
+        "cid": job["cid"],
+        "page_no": page["page_no"],
+        "lo_id": page["lo_id"],
+        "hi_id": page["hi_id"],
+        "notes_with_files": len(plans),
+        "notes_updated": notes_updated,
         "files_without_cdp_note": rows_total - len(flat),
-        "files": len(flat), "relinked": len(relinked), "copied": sum(1 for r in relinked if r.copied),
+        "files": len(flat),
+        "relinked": len(relinked),
+        "copied": sum(1 for r in relinked if r.copied),
         "reused": sum(1 for r in relinked if not r.copied),
         "bytes_copied": sum(r.size or 0 for r in relinked if r.copied),
-        "failed": sum(failed.values()), "failed_by_reason": dict(failed),
-        "skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
+        "failed": sum(failed.values()),
+        "failed_by_reason": dict(failed),
+        "skipped": sum(skipped.values()),
+        "skipped_by_reason": dict(skipped),
         "source_missing": sum(1 for _, r in flat if r.source_missing),
-        "content_type_corrected": sum(1 for p, r in flat if r.outcome == AttachmentOutcome.RELINKED and p.mime_type
-                                      and declared_mime_differs(p.row.content_type, p.mime_type)),
-        "file_ms": sorted(round(r.seconds * 1000) for _, r in flat if r.outcome != AttachmentOutcome.SKIPPED
-                          or r.attempts),
+        "content_type_corrected": sum(
+            1
+            for p, r in flat
+            if r.outcome == AttachmentOutcome.RELINKED
+            and p.mime_type
+            and declared_mime_differs(p.row.content_type, p.mime_type)
+        ),
+        "file_ms": sorted(
+            round(r.seconds * 1000) for _, r in flat if r.outcome != AttachmentOutcome.SKIPPED or r.attempts
+        ),
         "concurrency": concurrency,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "finished_at": store.now(),
@@ -528,8 +682,19 @@ def job_figures(pages: Iterable[Mapping[str, Any]], *, gate: float, pages_total:
     success_rate = relinked / files tried (allowlisted, under the cap); the Stage-1 gate reads
     success_rate_where_source_exists, which leaves out files whose source object is missing;
     failure_share = failed / files tried (> attachment_alert_share → Slack)."""
-    keys = ("files", "relinked", "copied", "reused", "bytes_copied", "failed", "skipped", "source_missing",
-            "content_type_corrected", "notes_with_files", "notes_updated")
+    keys = (
+        "files",
+        "relinked",
+        "copied",
+        "reused",
+        "bytes_copied",
+        "failed",
+        "skipped",
+        "source_missing",
+        "content_type_corrected",
+        "notes_with_files",
+        "notes_updated",
+    )
     sums: dict[str, int] = dict.fromkeys(keys, 0)
     failed_by: Counter[str] = Counter()
     skipped_by: Counter[str] = Counter()
@@ -547,18 +712,27 @@ def job_figures(pages: Iterable[Mapping[str, Any]], *, gate: float, pages_total:
     where_source = sums["relinked"] / with_source if with_source else 1.0
     p95 = percentile(ms, 95)
     return {
-        "total": sums["files"], "relinked": sums["relinked"], "copied": sums["copied"], "reused": sums["reused"],
-        "failed": sums["failed"], "failed_by_reason": dict(failed_by),
-        "skipped": sums["skipped"], "skipped_by_reason": dict(skipped_by),
-        "source_missing": sums["source_missing"], "content_type_corrected": sums["content_type_corrected"],
-        "bytes_copied": sums["bytes_copied"], "notes_with_files": sums["notes_with_files"],
+        "total": sums["files"],
+        "relinked": sums["relinked"],
+        "copied": sums["copied"],
+        "reused": sums["reused"],
+        "failed": sums["failed"],
+        "failed_by_reason": dict(failed_by),
+        "skipped": sums["skipped"],
+        "skipped_by_reason": dict(skipped_by),
+        "source_missing": sums["source_missing"],
+        "content_type_corrected": sums["content_type_corrected"],
+        "bytes_copied": sums["bytes_copied"],
+        "notes_with_files": sums["notes_with_files"],
         "notes_updated": sums["notes_updated"],
         "success_rate": round(sums["relinked"] / tried, 6) if tried else 1.0,
         "success_rate_where_source_exists": round(where_source, 6),
         "failure_share": round(sums["failed"] / tried, 6) if tried else 0.0,
-        "gate": gate, "gate_met": where_source >= gate,
+        "gate": gate,
+        "gate_met": where_source >= gate,
         "p95_file_seconds": round(p95 / 1000, 3) if p95 is not None else None,
-        "pages_done": n_pages, "pages_total": pages_total,
+        "pages_done": n_pages,
+        "pages_total": pages_total,
     }
 
 
@@ -572,4 +746,3 @@ def summarise_job(db: Database, job_id: str) -> dict[str, Any] | None:
     figures = job_figures(pages, gate=gate, pages_total=job.get("pages_total"))
     store.update_job(db, job_id, attachments=figures)
     return figures
-

@@ -25,10 +25,21 @@ SPOOL_BYTES = 1024 * 1024  # a file above this is spooled to a temporary file, n
 MULTIPART_THRESHOLD = 8 * 1024 * 1024  # above this, upload in parts (streamed from the spool)
 
 # S3 error codes worth another attempt (throttling, server-side trouble); 4xx others are final.
-TRANSIENT_CODES = frozenset({
-    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
-    "RequestThrottled", "RequestTimeTooSkewed", "BadDigest", "IncompleteBody", "OperationAborted",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestTimeTooSkewed",
+        "BadDigest",
+        "IncompleteBody",
+        "OperationAborted",
+    }
+)
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
@@ -55,8 +66,12 @@ def client_config(concurrency: int = 8):
     """One HTTP connection per worker thread, short timeouts, no hidden botocore retries."""
     from botocore.config import Config
 
-    return Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=max(32, concurrency + 2),
-                  connect_timeout=5, read_timeout=60)
+    return Config(
+        retries={"max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max(32, concurrency + 2),
+        connect_timeout=5,
+        read_timeout=60,
+    )
 
 
 def make_hook(conn_id: str, concurrency: int = 8):
@@ -102,7 +117,9 @@ def is_transient(exc: BaseException) -> bool:
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import HTTPClientError, IncompleteReadError
 
-    if isinstance(exc, SizeMismatch | HTTPClientError | BotoConnectionError | IncompleteReadError | ConnectionError | TimeoutError):
+    if isinstance(
+        exc, SizeMismatch | HTTPClientError | BotoConnectionError | IncompleteReadError | ConnectionError | TimeoutError
+    ):
         return True
     code = error_code(exc)
     if code is None:
@@ -191,13 +208,24 @@ def upload(bucket: Bucket, key: str, data: Download, content_type: str) -> None:
     data.body.seek(0)
     if data.size < MULTIPART_THRESHOLD:
         # Content-MD5: the server refuses a body that does not hash to what we read (BadDigest).
-        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=data.body, ContentLength=data.size,
-                                 ContentType=content_type, ContentMD5=base64.b64encode(data.md5).decode())
+        bucket.client.put_object(
+            Bucket=bucket.name,
+            Key=key,
+            Body=data.body,
+            ContentLength=data.size,
+            ContentType=content_type,
+            ContentMD5=base64.b64encode(data.md5).decode(),
+        )
         return
     from boto3.s3.transfer import TransferConfig
 
-    bucket.client.upload_fileobj(data.body, bucket.name, key, ExtraArgs={"ContentType": content_type},
-                                 Config=TransferConfig(use_threads=False, multipart_threshold=MULTIPART_THRESHOLD))
+    bucket.client.upload_fileobj(
+        data.body,
+        bucket.name,
+        key,
+        ExtraArgs={"ContentType": content_type},
+        Config=TransferConfig(use_threads=False, multipart_threshold=MULTIPART_THRESHOLD),
+    )
     stored = head(bucket, key)
     if stored is None or stored.size != data.size:
         raise SizeMismatch(f"stored object {key} has {stored.size if stored else 'no'} bytes, expected {data.size}")
@@ -224,8 +252,9 @@ def delete_prefix(bucket: Bucket, prefix: str) -> int:
         raise ValueError("refusing to delete a whole bucket")
     keys = list(list_objects(bucket, prefix) or {})
     for i in range(0, len(keys), 1000):
-        bucket.client.delete_objects(Bucket=bucket.name,
-                                     Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True})
+        bucket.client.delete_objects(
+            Bucket=bucket.name, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+        )
     return len(keys)
 
 
@@ -247,14 +276,14 @@ def ensure_bucket(bucket: Bucket) -> bool:
 
 
 def main() -> None:
-    """`python -m crm_notes_migration.s3_store ensure-buckets`: used by scripts/services.sh after the
+    """`python -m notes_migration.s3_store ensure-buckets`: used by scripts/services.sh after the
     local S3 server starts. Only acts on loopback endpoints (never creates buckets elsewhere)."""
     import sys
 
-    from crm_notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
 
     if sys.argv[1:] != ["ensure-buckets"]:
-        raise SystemExit("usage: python -m crm_notes_migration.s3_store ensure-buckets")
+        raise SystemExit("usage: python -m notes_migration.s3_store ensure-buckets")
     for conn_id in (CRM_S3_CONN_ID, CDP_S3_CONN_ID):
         hook = make_hook(conn_id)
         endpoint = str((hook.conn_config.extra_config or {}).get("endpoint_url") or "")

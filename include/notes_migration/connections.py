@@ -9,7 +9,7 @@ from functools import cache
 
 from bson.codec_options import CodecOptions
 
-from crm_notes_migration.config import CDP_MONGO_CONN_ID, CRM_POSTGRES_CONN_ID, DEFAULT_CDP_DATABASE
+from notes_migration.config import CDP_MONGO_CONN_ID, CRM_POSTGRES_CONN_ID, DEFAULT_CDP_DATABASE
 
 
 @contextmanager

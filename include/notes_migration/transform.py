@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from crm_notes_migration.codes import Reason
-from crm_notes_migration.crm_source import NoteRow
-from crm_notes_migration.html import NormalisationError, normalise
-from crm_notes_migration.resolve import UNKNOWN_CREATOR, ContactMatch, CrmUser, OwnerMatch
+from notes_migration.codes import Reason
+from notes_migration.crm_source import NoteRow
+from notes_migration.html import NormalisationError, normalise
+from notes_migration.resolve import UNKNOWN_CREATOR, ContactMatch, CrmUser, OwnerMatch
 
 
 @dataclass

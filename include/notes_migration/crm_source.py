@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crm_notes_migration.config import ACTIVITY_TYPE_NAMES
+from notes_migration.config import ACTIVITY_TYPE_NAMES
 
 # A Person note is any crm_notes row with crm_person_id set (D-6), whatever its
 # STI type or other foreign keys.

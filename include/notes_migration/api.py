@@ -30,10 +30,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from crm_notes_migration import airflow_runs, ops, settings
-from crm_notes_migration.codes import Reason, State
-from crm_notes_migration.config import DAG_ID, UUID_RE, RunConfig
-from crm_notes_migration.migration import Refused, coverage_report, job_id_for
+from notes_migration import airflow_runs, ops, settings
+from notes_migration.codes import Reason, State
+from notes_migration.config import DAG_ID, UUID_RE, RunConfig
+from notes_migration.migration import Refused, coverage_report, job_id_for
 
 URL_PREFIX = "/crm-notes-migration"
 COOKIE_NAME = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
@@ -41,8 +41,9 @@ UI_REFRESH_SECONDS = 15
 API_VERSION = "1.0.0"
 
 bearer_scheme = HTTPBearer(auto_error=False, description="An Airflow JWT, from `POST /auth/token`.")
-cookie_scheme = APIKeyCookie(name=COOKIE_NAME, auto_error=False,
-                             description="The Airflow UI session cookie (read routes only).")
+cookie_scheme = APIKeyCookie(
+    name=COOKIE_NAME, auto_error=False, description="The Airflow UI session cookie (read routes only)."
+)
 
 DESCRIPTION = """
 Ops surface of the `crm_notes_migration` DAG: the Monitor API of PRD §8, the
@@ -77,8 +78,10 @@ class Refusal(BaseModel):
     reason_code: str | None = None
 
 
-UNAUTHENTICATED = {401: {"model": Refusal, "description": "No, an invalid or an expired Airflow JWT."},
-                   403: {"model": Refusal, "description": "The user may not access runs of the DAG."}}
+UNAUTHENTICATED = {
+    401: {"model": Refusal, "description": "No, an invalid or an expired Airflow JWT."},
+    403: {"model": Refusal, "description": "The user may not access runs of the DAG."},
+}
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -146,14 +149,14 @@ UuidQuery = Annotated[str, Query(pattern=UUID_RE.pattern, description="CDP compa
 
 @contextmanager
 def _crm() -> Iterator[Any]:
-    from crm_notes_migration.connections import crm_connection
+    from notes_migration.connections import crm_connection
 
     with crm_connection() as conn:
         yield conn
 
 
 def _cdp() -> Any:
-    from crm_notes_migration.connections import cdp_database
+    from notes_migration.connections import cdp_database
 
     return cdp_database()
 
@@ -165,8 +168,10 @@ def _refusal(refused: Refused) -> JSONResponse:
 
 
 def _not_found_cid(cid: int) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": f"CID {cid} is not an organization of the CRM",
-                                                  "reason_code": Reason.CID_NOT_FOUND.value})
+    return JSONResponse(
+        status_code=404,
+        content={"detail": f"CID {cid} is not an organization of the CRM", "reason_code": Reason.CID_NOT_FOUND.value},
+    )
 
 
 def _mount_path(request: Request) -> str:
@@ -206,8 +211,11 @@ class StatusResponse(BaseModel):
 @app.get(
     "/api/status",
     summary="Status of a CID's migration (PRD §8 Monitor API)",
-    responses={200: {"model": StatusResponse}, 404: {"model": Refusal, "description": "CID unknown to the CRM"},
-               **UNAUTHENTICATED},
+    responses={
+        200: {"model": StatusResponse},
+        404: {"model": Refusal, "description": "CID unknown to the CRM"},
+        **UNAUTHENTICATED,
+    },
     tags=["monitor"],
 )
 def get_status(cid: CidQuery, user: Reader) -> Any:
@@ -218,8 +226,9 @@ def get_status(cid: CidQuery, user: Reader) -> Any:
             return _not_found_cid(cid)
 
 
-@app.get("/api/jobs", summary="Fleet: the latest job of every CID that has one", tags=["monitor"],
-         responses=UNAUTHENTICATED)
+@app.get(
+    "/api/jobs", summary="Fleet: the latest job of every CID that has one", tags=["monitor"], responses=UNAUTHENTICATED
+)
 def list_jobs(user: Reader) -> dict[str, Any]:
     rows = ops.fleet(_cdp())
     return {"jobs": rows, "counts": ops.state_counts(rows)}
@@ -231,8 +240,11 @@ def list_jobs(user: Reader) -> dict[str, Any]:
     description="Rows: `legacy_crm_note_id`, `reason_code`, `details`, `outcome`, `created_at`. "
     "`outcome=errors` (default) lists note failures and attachment failures; `all` adds the skips. "
     "JSON with `format=json` or `Accept: application/json`.",
-    responses={200: {"content": {"text/csv": {}, "application/json": {}}},
-               404: {"model": Refusal, "description": "no such job"}, **UNAUTHENTICATED},
+    responses={
+        200: {"content": {"text/csv": {}, "application/json": {}}},
+        404: {"model": Refusal, "description": "no such job"},
+        **UNAUTHENTICATED,
+    },
     tags=["monitor"],
 )
 def get_errors(
@@ -251,8 +263,11 @@ def get_errors(
     if wants_json:
         return JSONResponse({"job_id": job_id, "outcome": outcome_name, "count": len(entries), "entries": entries})
     filename = f"crm-notes-migration-{job_id}-{outcome_name}.csv"
-    return Response(ops.error_log_csv(entries), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        ops.error_log_csv(entries),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @app.get(
@@ -261,9 +276,8 @@ def get_errors(
     responses={404: {"model": Refusal, "description": "CID unknown to the CRM"}, **UNAUTHENTICATED},
     tags=["monitor"],
 )
-def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader,
-                 include_activities: bool = False) -> Any:
-    from crm_notes_migration import crm_source
+def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader, include_activities: bool = False) -> Any:
+    from notes_migration import crm_source
 
     with _crm() as crm:
         if not crm_source.cid_exists(crm, cid):
@@ -279,7 +293,8 @@ class TriggerBody(BaseModel):
     """The DAG's params: a run of one CID."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True,
+        extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"cid": 3001, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]},
     )
 
@@ -312,19 +327,22 @@ class TriggerResponse(BaseModel):
     description="Checks synchronously what the DAG's first task checks (flag, CID, company UUID, already "
     "migrated, a run holding or about to hold the CID) and only then creates a queued DAG run with the body as "
     "its conf. A refusal writes nothing. The DAG's first task checks again (runs triggered elsewhere, races).",
-    responses={403: {"model": Refusal, "description": "FLAG_DISABLED (or no permission to trigger)"},
-               404: {"model": Refusal, "description": "CID_NOT_FOUND"},
-               409: {"model": Refusal, "description": "ALREADY_MIGRATED or JOB_ALREADY_RUNNING"},
-               401: UNAUTHENTICATED[401],
-               503: {"model": Refusal, "description": "the DAG is not available in Airflow"}},
+    responses={
+        403: {"model": Refusal, "description": "FLAG_DISABLED (or no permission to trigger)"},
+        404: {"model": Refusal, "description": "CID_NOT_FOUND"},
+        409: {"model": Refusal, "description": "ALREADY_MIGRATED or JOB_ALREADY_RUNNING"},
+        401: UNAUTHENTICATED[401],
+        503: {"model": Refusal, "description": "the DAG is not available in Airflow"},
+    },
     tags=["operate"],
 )
 def trigger_job(body: TriggerBody, request: Request, response: Response, user: Operator) -> Any:
     cfg = RunConfig(thresholds=settings.thresholds(), **body.model_dump())
     with _crm() as crm:
         try:
-            ops.check_trigger(crm, _cdp(), cfg, flag_cids=settings.flag_cids(),
-                              active_run_ids=airflow_runs.active_run_ids(cfg.cid))
+            ops.check_trigger(
+                crm, _cdp(), cfg, flag_cids=settings.flag_cids(), active_run_ids=airflow_runs.active_run_ids(cfg.cid)
+            )
         except Refused as refused:
             return _refusal(refused)
     conf = body.model_dump()
@@ -335,9 +353,16 @@ def trigger_job(body: TriggerBody, request: Request, response: Response, user: O
     status_url = f"{_mount_path(request)}/api/status?cid={cfg.cid}"
     response.headers["Location"] = status_url
     return TriggerResponse(
-        job_id=job_id_for(run["run_id"], cfg.cid), run_id=run["run_id"], dag_id=DAG_ID, cid=cfg.cid,
-        company_sso_id=cfg.company_sso_id, state=run["state"], conf=conf, dag_paused=airflow_runs.dag_is_paused(),
-        status_url=status_url, airflow_run_url=f"{_airflow_path(request)}/{airflow_runs.run_path(run['run_id'])}",
+        job_id=job_id_for(run["run_id"], cfg.cid),
+        run_id=run["run_id"],
+        dag_id=DAG_ID,
+        cid=cfg.cid,
+        company_sso_id=cfg.company_sso_id,
+        state=run["state"],
+        conf=conf,
+        dag_paused=airflow_runs.dag_is_paused(),
+        status_url=status_url,
+        airflow_run_url=f"{_airflow_path(request)}/{airflow_runs.run_path(run['run_id'])}",
     )
 
 
@@ -348,8 +373,10 @@ def trigger_job(body: TriggerBody, request: Request, response: Response, user: O
 def _templates() -> Any:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("crm_notes_migration", "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env = Environment(
+        loader=PackageLoader("crm_notes_migration", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
     env.filters["pct"] = lambda v, digits=1: "—" if v is None else f"{float(v):.{digits}f}%"
     env.filters["rate"] = lambda v: "—" if v is None else f"{100.0 * float(v):.2f}%"
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str, ensure_ascii=False)
@@ -365,15 +392,23 @@ def _when(value: Any) -> str:
 
 
 def _page(request: Request, body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status_code, headers={**_page_headers(request.state.nonce), **(headers or {})})
+    return HTMLResponse(
+        body, status_code=status_code, headers={**_page_headers(request.state.nonce), **(headers or {})}
+    )
 
 
 def _page_headers(nonce: str) -> dict[str, str]:
-    csp = ("default-src 'none'; img-src 'self' data:; "
-           f"style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; connect-src 'self'; "
-           "base-uri 'none'; form-action 'self'; frame-ancestors 'self'")
-    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
-            "Cache-Control": "no-store"}
+    csp = (
+        "default-src 'none'; img-src 'self' data:; "
+        f"style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
 
 
 @app.get("/", include_in_schema=False)
@@ -381,8 +416,13 @@ async def root(request: Request, user: Reader) -> RedirectResponse:
     return RedirectResponse(f"{_mount_path(request)}/ui", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
 
-@app.get("/ui", response_class=HTMLResponse, summary="The Ops page (nav view of the Airflow UI)", tags=["ui"],
-         responses=UNAUTHENTICATED)
+@app.get(
+    "/ui",
+    response_class=HTMLResponse,
+    summary="The Ops page (nav view of the Airflow UI)",
+    tags=["ui"],
+    responses=UNAUTHENTICATED,
+)
 async def ui(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
@@ -394,15 +434,20 @@ async def ui(
     try:
         await reader(credentials, cookie_token)
     except HTTPException as exc:
-        body = env.get_template("denied.html").render(status_code=exc.status_code, detail=exc.detail,
-                                                      login_url=_login_url(request),
-                                                      nonce=request.state.nonce)
+        body = env.get_template("denied.html").render(
+            status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request), nonce=request.state.nonce
+        )
         return _page(request, body, exc.status_code, exc.headers)
     from starlette.concurrency import run_in_threadpool
 
     context = await run_in_threadpool(_ui_context, cid)
-    body = env.get_template("ui.html").render(nonce=request.state.nonce, refresh_seconds=UI_REFRESH_SECONDS,
-                                              dag_id=DAG_ID, run_path=airflow_runs.run_path, **context)
+    body = env.get_template("ui.html").render(
+        nonce=request.state.nonce,
+        refresh_seconds=UI_REFRESH_SECONDS,
+        dag_id=DAG_ID,
+        run_path=airflow_runs.run_path,
+        **context,
+    )
     return _page(request, body)
 
 
@@ -418,9 +463,15 @@ def _login_url(request: Request) -> str:
 def _ui_context(cid_param: str | None) -> dict[str, Any]:
     db = _cdp()
     rows = ops.fleet(db)
-    context: dict[str, Any] = {"rows": rows, "counts": ops.state_counts(rows), "detail": None, "lookup": cid_param,
-                               "lookup_error": None, "states": [s.value for s in State],
-                               "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    context: dict[str, Any] = {
+        "rows": rows,
+        "counts": ops.state_counts(rows),
+        "detail": None,
+        "lookup": cid_param,
+        "lookup_error": None,
+        "states": [s.value for s in State],
+        "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
     if cid_param:
         if not cid_param.isdigit() or int(cid_param) < 1:
             context["lookup_error"] = "A CID is a positive whole number."

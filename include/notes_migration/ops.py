@@ -15,12 +15,12 @@ from typing import Any
 
 from pymongo.database import Database
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source
-from crm_notes_migration.codes import AttachmentOutcome, Event, Outcome, Reason, State
-from crm_notes_migration.config import RunConfig
-from crm_notes_migration.migration import Refused, check_preconditions
-from crm_notes_migration.status import build_status
+from notes_migration import cdp_store as store
+from notes_migration import crm_source
+from notes_migration.codes import AttachmentOutcome, Event, Outcome, Reason, State
+from notes_migration.config import RunConfig
+from notes_migration.migration import Refused, check_preconditions
+from notes_migration.status import build_status
 
 # HTTP status of each refusal of the trigger endpoint (the DAG's first task refuses the same way).
 REFUSAL_HTTP_STATUS: dict[Reason, int] = {
@@ -97,8 +97,9 @@ def fleet_row(job: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, An
         "job_id": job["_id"],
         "run_id": job.get("run_id"),
         "company_sso_id": job.get("company_sso_id"),
-        "progress_pct": 100.0 if st["status"] in (State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS) else (
-            min(100.0, round(100.0 * attempted / notes_total, 1)) if notes_total else 0.0),
+        "progress_pct": 100.0
+        if st["status"] in (State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS)
+        else (min(100.0, round(100.0 * attempted / notes_total, 1)) if notes_total else 0.0),
         "notes_migrated": migrated if validation.get("found") is None else validation["found"],
         "notes_total": notes_total,
         "notes_failed": failed,
@@ -134,8 +135,16 @@ def state_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 def cid_detail(crm, db: Database, cid: int) -> dict[str, Any]:
     """Status, event timeline, failures by reason and the effective config of the CID's latest job."""
     status = status_of(crm, db, cid)
-    detail: dict[str, Any] = {"cid": cid, "status": status, "timeline": [], "event_counts": {},
-                              "failures_by_reason": [], "skips_by_reason": [], "config": None, "coverage": None}
+    detail: dict[str, Any] = {
+        "cid": cid,
+        "status": status,
+        "timeline": [],
+        "event_counts": {},
+        "failures_by_reason": [],
+        "skips_by_reason": [],
+        "config": None,
+        "coverage": None,
+    }
     job_id = status.get("job_id")
     if not job_id:
         return detail
@@ -153,7 +162,9 @@ def cid_detail(crm, db: Database, cid: int) -> dict[str, Any]:
 
 
 def _by_reason(by_outcome: Mapping[str, Mapping[str, int]], outcomes: Iterable[str]) -> list[dict[str, Any]]:
-    rows = [{"outcome": o, "reason_code": r, "count": n} for o in outcomes for r, n in (by_outcome.get(o) or {}).items()]
+    rows = [
+        {"outcome": o, "reason_code": r, "count": n} for o in outcomes for r, n in (by_outcome.get(o) or {}).items()
+    ]
     return sorted(rows, key=lambda r: (-r["count"], r["reason_code"]))
 
 
@@ -200,8 +211,9 @@ def lock_is_live(lock: Mapping[str, Any] | None, lease_seconds: int, now: dt.dat
     return ((now or store.now()) - beat).total_seconds() <= lease_seconds
 
 
-def check_trigger(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int],
-                  active_run_ids: Iterable[str] = ()) -> None:
+def check_trigger(
+    crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int], active_run_ids: Iterable[str] = ()
+) -> None:
     """Every refusal the DAG's first task would give, checked before a run exists; raises Refused, writes nothing.
 
     Adds what only the API can see: a run of this CID that is queued or running
@@ -209,8 +221,10 @@ def check_trigger(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int]
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
     lock = store.get_lock(db, cfg.cid)
     if lock_is_live(lock, cfg.thresholds.lock_lease_seconds):
-        raise Refused(Reason.JOB_ALREADY_RUNNING,
-                      f"CID {cfg.cid} is locked by job {lock.get('job_id')} (run {lock.get('run_id')})")
+        raise Refused(
+            Reason.JOB_ALREADY_RUNNING,
+            f"CID {cfg.cid} is locked by job {lock.get('job_id')} (run {lock.get('run_id')})",
+        )
     active = sorted(active_run_ids)
     if active:
         raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cfg.cid} already has a queued or running DAG run: {active[0]}")

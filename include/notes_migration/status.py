@@ -8,10 +8,10 @@ from typing import Any
 
 from pymongo.database import Database
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration.accounting import sum_pages
-from crm_notes_migration.codes import Outcome, State
-from crm_notes_migration.config import RunConfig
+from notes_migration import cdp_store as store
+from notes_migration.accounting import sum_pages
+from notes_migration.codes import Outcome, State
+from notes_migration.config import RunConfig
 
 
 def error_log_url(job_id: str, base: str) -> str:
@@ -33,8 +33,13 @@ def build_status(
     state = State(job["state"])
     totals = sum_pages(pages)
     scope = job.get("scope") or {}
-    out: dict[str, Any] = {"cid": cid, "status": state.value, "job_id": job["_id"],
-                           "company_sso_id": job["company_sso_id"], "dry_run": cfg.dry_run}
+    out: dict[str, Any] = {
+        "cid": cid,
+        "status": state.value,
+        "job_id": job["_id"],
+        "company_sso_id": job["company_sso_id"],
+        "dry_run": cfg.dry_run,
+    }
     notes_total = int(job.get("notes_total") or 0)
     validation = job.get("validation") or {}
     failed_by_reason = dict(by_outcome.get(Outcome.FAILED.value, {}))
@@ -45,8 +50,11 @@ def build_status(
 
     if state == State.IN_PROGRESS:
         processed = totals.attempted
-        out.update(progress_pct=round(100.0 * processed / notes_total, 1) if notes_total else 0.0,
-                   notes_processed=processed, notes_total=notes_total)
+        out.update(
+            progress_pct=round(100.0 * processed / notes_total, 1) if notes_total else 0.0,
+            notes_processed=processed,
+            notes_total=notes_total,
+        )
         started = job.get("created_at")
         elapsed = ((now or store.now()) - started).total_seconds() if started else 0.0
         rate = processed / elapsed if elapsed > 0 else 0.0
@@ -55,20 +63,29 @@ def build_status(
     elif state == State.HALTED:
         halted = job.get("halted") or {}
         rate = halted.get("failure_rate")
-        out.update(failure_rate=round(totals.failure_rate if rate is None else rate, 6), error_log_url=url,
-                   halted_reason=halted.get("reason"))
+        out.update(
+            failure_rate=round(totals.failure_rate if rate is None else rate, 6),
+            error_log_url=url,
+            halted_reason=halted.get("reason"),
+        )
         if halted.get("coverage"):
             out["coverage"] = halted["coverage"]
     else:
         out["notes_migrated"] = validation.get("found", totals.migrated + totals.already_migrated)
-        out["validation"] = {"match_pct": validation.get("match_pct"),
-                             "content_mismatches": validation.get("content_mismatches", 0),
-                             "expected": validation.get("expected"), "found": validation.get("found")}
+        out["validation"] = {
+            "match_pct": validation.get("match_pct"),
+            "content_mismatches": validation.get("content_mismatches", 0),
+            "expected": validation.get("expected"),
+            "found": validation.get("found"),
+        }
         if validation.get("skipped"):
             out["validation"]["skipped"] = validation["skipped"]
         if state == State.COMPLETED_WITH_ERRORS:
-            out.update(failure_rate=round(totals.failure_rate, 6), error_log_url=url,
-                       mismatch_samples=validation.get("mismatch_samples", []))
+            out.update(
+                failure_rate=round(totals.failure_rate, 6),
+                error_log_url=url,
+                mismatch_samples=validation.get("mismatch_samples", []),
+            )
     out["counts"] = {
         "notes_total": notes_total,
         "migrated": totals.migrated,

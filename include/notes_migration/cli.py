@@ -2,11 +2,11 @@
 
 The feature flag is an ordinary Airflow Variable: `airflow variables set crm_notes_migration_enabled '[100, 5000]'`.
 
-    python -m crm_notes_migration.cli run --cid 100 [--company-sso-id UUID] [--batch-size 500] ...
-    python -m crm_notes_migration.cli status --cid 100
-    python -m crm_notes_migration.cli coverage --cid 100 --company-sso-id UUID
-    python -m crm_notes_migration.cli errors --job-id JOB
-    python -m crm_notes_migration.cli release-lock --cid 100     # a lock left by a dead run
+    python -m notes_migration.cli run --cid 100 [--company-sso-id UUID] [--batch-size 500] ...
+    python -m notes_migration.cli status --cid 100
+    python -m notes_migration.cli coverage --cid 100 --company-sso-id UUID
+    python -m notes_migration.cli errors --job-id JOB
+    python -m notes_migration.cli release-lock --cid 100     # a lock left by a dead run
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ def _print(obj: Any) -> None:
 
 def run_in_process(conf: dict[str, Any]) -> str:
     """Run the DAG once with dag.test() (no scheduler needed); returns the run's state."""
-    from pathlib import Path
-
+    from airflow.configuration import conf as airflow_conf
     from airflow.dag_processing.dagbag import DagBag
 
-    from crm_notes_migration.config import DAG_ID
+    from notes_migration.config import DAG_ID
 
-    dags = Path(__file__).resolve().parents[2] / "dags"
-    dag = DagBag(dag_folder=str(dags / f"{DAG_ID}.py")).get_dag(DAG_ID)
+    dag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder")).get_dag(DAG_ID)
     return str(dag.test(run_conf=conf).state)
 
 
@@ -56,29 +54,42 @@ def main(argv: list[str] | None = None) -> int:
     rl.add_argument("--cid", type=int, required=True)
     args = parser.parse_args(argv)
 
-    from crm_notes_migration import cdp_store as store
-    from crm_notes_migration.connections import cdp_database, crm_connection
+    from notes_migration import cdp_store as store
+    from notes_migration.connections import cdp_database, crm_connection
 
     if args.cmd == "run":
-        from crm_notes_migration.seed import company_for
+        from tests.support.seed import company_for
 
-        conf = {"cid": args.cid, "company_sso_id": args.company_sso_id or company_for(args.cid),
-                "batch_size": args.batch_size, "include_activities": args.include_activities,
-                "dry_run": args.dry_run, "force_rerun": args.force_rerun}
+        conf = {
+            "cid": args.cid,
+            "company_sso_id": args.company_sso_id or company_for(args.cid),
+            "batch_size": args.batch_size,
+            "include_activities": args.include_activities,
+            "dry_run": args.dry_run,
+            "force_rerun": args.force_rerun,
+        }
         state = run_in_process(conf)
         print(f"dag run finished: {state}", file=sys.stderr)
         return 0
     if args.cmd == "status":
-        from crm_notes_migration.status import cid_status
+        from notes_migration.status import cid_status
 
         _print(cid_status(cdp_database(), args.cid))
     elif args.cmd == "coverage":
-        from crm_notes_migration.config import Thresholds
-        from crm_notes_migration.migration import coverage_report
+        from notes_migration.config import Thresholds
+        from notes_migration.migration import coverage_report
 
         with crm_connection() as crm:
-            _print(coverage_report(crm, cdp_database(), args.cid, args.company_sso_id,
-                                   include_activities=args.include_activities, gate=Thresholds().coverage_gate))
+            _print(
+                coverage_report(
+                    crm,
+                    cdp_database(),
+                    args.cid,
+                    args.company_sso_id,
+                    include_activities=args.include_activities,
+                    gate=Thresholds().coverage_gate,
+                )
+            )
     elif args.cmd == "errors":
         _print(store.note_log(cdp_database(), args.job_id))
     elif args.cmd == "release-lock":

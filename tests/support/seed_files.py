@@ -43,29 +43,45 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def png(n: int) -> bytes:
     rgb = bytes(((n * 37) % 256, (n * 91) % 256, (n * 53) % 256))
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" + rgb)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" + rgb))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg(n: int) -> bytes:
     """An 8×8 mid-grey baseline JPEG: one block, DC difference 0 then end-of-block, each a 1-bit Huffman code."""
+
     def seg(marker: int, body: bytes) -> bytes:
         return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
 
     comment = f"crm seed file {n}".encode()
-    return (b"\xff\xd8" + seg(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00") + seg(0xFE, comment)
-            + seg(0xDB, b"\x00" + bytes([1] * 64))  # quantisation table 0, all ones
-            + seg(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")  # 8-bit, 8×8, one component, table 0
-            + seg(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")  # DC table 0: one code, category 0
-            + seg(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")  # AC table 0: one code, EOB
-            + seg(0xDA, b"\x01\x01\x00\x00\x3f\x00")  # scan: component 1, tables 0/0, spectral 0..63
-            + b"\x3f" + b"\xff\xd9")  # bits 0 (DC cat 0), 0 (EOB), padded with ones
+    return (
+        b"\xff\xd8"
+        + seg(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + seg(0xFE, comment)
+        + seg(0xDB, b"\x00" + bytes([1] * 64))  # quantisation table 0, all ones
+        + seg(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")  # 8-bit, 8×8, one component, table 0
+        + seg(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")  # DC table 0: one code, category 0
+        + seg(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")  # AC table 0: one code, EOB
+        + seg(0xDA, b"\x01\x01\x00\x00\x3f\x00")  # scan: component 1, tables 0/0, spectral 0..63
+        + b"\x3f"
+        + b"\xff\xd9"
+    )  # bits 0 (DC cat 0), 0 (EOB), padded with ones
 
 
 def gif(n: int) -> bytes:
     comment = f"crm seed file {n}".encode()[:255]
-    return (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00" + b"\x21\xfe" + bytes([len(comment)])
-            + comment + b"\x00" + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+    return (
+        b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00"
+        + b"\x21\xfe"
+        + bytes([len(comment)])
+        + comment
+        + b"\x00"
+        + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+    )
 
 
 # The well-known 1×1 lossless WebP (RIFF/WEBP/VP8L), 26 bytes of payload.
@@ -89,9 +105,15 @@ def _box(kind: bytes, body: bytes) -> bytes:
 def m4a(n: int) -> bytes:
     ftyp = _box(b"ftyp", b"M4A " + struct.pack(">I", 0) + b"M4A mp42isom")
     # version/flags, creation, modification, timescale, duration, rate; volume; reserved; matrix; pre-defined; next track
-    mvhd = _box(b"mvhd", struct.pack(">IIIIII", 0, 0, 0, 1000, 0, 0x00010000) + struct.pack(">H", 0x0100) + bytes(10)
-                + struct.pack(">9I", 0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000) + bytes(24)
-                + struct.pack(">I", 1))
+    mvhd = _box(
+        b"mvhd",
+        struct.pack(">IIIIII", 0, 0, 0, 1000, 0, 0x00010000)
+        + struct.pack(">H", 0x0100)
+        + bytes(10)
+        + struct.pack(">9I", 0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000)
+        + bytes(24)
+        + struct.pack(">I", 1),
+    )
     return ftyp + _box(b"moov", mvhd) + _box(b"free", f"crm seed file {n}".encode())
 
 
@@ -108,7 +130,12 @@ def _ogg_crc(data: bytes) -> int:
 def ogg(n: int) -> bytes:
     """One Ogg page (beginning of stream) holding a Vorbis identification header, with its CRC."""
     packet = b"\x01vorbis" + struct.pack("<IBIiiiBB", 0, 1, 44100, 0, 0, 0, 0xB8, 1)
-    header = b"OggS\x00\x02" + struct.pack("<qII", 0, (1000 + n) & 0xFFFFFFFF, 0) + b"\x00\x00\x00\x00" + bytes([1, len(packet)])
+    header = (
+        b"OggS\x00\x02"
+        + struct.pack("<qII", 0, (1000 + n) & 0xFFFFFFFF, 0)
+        + b"\x00\x00\x00\x00"
+        + bytes([1, len(packet)])
+    )
     page = header + packet
     crc = _ogg_crc(page)
     return page[:22] + struct.pack("<I", crc) + page[26:]
@@ -154,43 +181,50 @@ def _zip(parts: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-_RELS = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/'
-         'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
-         'relationships/officeDocument" Target="{target}"/></Relationships>')
+_RELS = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+    'package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+    'relationships/officeDocument" Target="{target}"/></Relationships>'
+)
 
 
 def docx(n: int) -> bytes:
-    return _zip({
-        "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.'
-        'openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxml'
-        'formats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override '
-        'PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.'
-        'document.main+xml"/></Types>',
-        "_rels/.rels": _RELS.format(target="word/document.xml"),
-        "word/document.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:document xmlns:w="http://'
-        'schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body><w:p><w:r><w:t>'
-        f"Contract draft {n}</w:t></w:r></w:p></w:body></w:document>",
-    })
+    return _zip(
+        {
+            "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.'
+            'openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxml'
+            'formats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override '
+            'PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.'
+            'document.main+xml"/></Types>',
+            "_rels/.rels": _RELS.format(target="word/document.xml"),
+            "word/document.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><w:document xmlns:w="http://'
+            'schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body><w:p><w:r><w:t>'
+            f"Contract draft {n}</w:t></w:r></w:p></w:body></w:document>",
+        }
+    )
 
 
 def xlsx(n: int) -> bytes:
-    return _zip({
-        "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.'
-        'openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxml'
-        'formats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override '
-        'PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.'
-        'main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
-        'officedocument.spreadsheetml.worksheet+xml"/></Types>',
-        "_rels/.rels": _RELS.format(target="xl/workbook.xml"),
-        "xl/workbook.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><workbook xmlns="http://schemas.'
-        'openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/'
-        'relationships"><sheets><sheet name="Prices" sheetId="1" r:id="rId1"/></sheets></workbook>',
-        "xl/_rels/workbook.xml.rels": _RELS.replace("officeDocument\" Target", "worksheet\" Target").format(
-            target="worksheets/sheet1.xml"),
-        "xl/worksheets/sheet1.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="http://'
-        'schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1"><v>'
-        f"{n}</v></c></row></sheetData></worksheet>",
-    })
+    return _zip(
+        {
+            "[Content_Types].xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.'
+            'openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxml'
+            'formats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override '
+            'PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.'
+            'main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
+            'officedocument.spreadsheetml.worksheet+xml"/></Types>',
+            "_rels/.rels": _RELS.format(target="xl/workbook.xml"),
+            "xl/workbook.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><workbook xmlns="http://schemas.'
+            'openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/'
+            'relationships"><sheets><sheet name="Prices" sheetId="1" r:id="rId1"/></sheets></workbook>',
+            "xl/_rels/workbook.xml.rels": _RELS.replace('officeDocument" Target', 'worksheet" Target').format(
+                target="worksheets/sheet1.xml"
+            ),
+            "xl/worksheets/sheet1.xml": '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="http://'
+            'schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1"><v>'
+            f"{n}</v></c></row></sheetData></worksheet>",
+        }
+    )
 
 
 def text(n: int) -> bytes:
@@ -208,8 +242,22 @@ def heic(n: int) -> bytes:
 
 
 GENERATORS: dict[str, Callable[[int], bytes]] = {
-    "png": png, "jpg": jpeg, "jpeg": jpeg, "gif": gif, "webp": webp, "mp3": mp3, "m4a": m4a, "ogg": ogg,
-    "oga": ogg, "wav": wav, "pdf": pdf, "docx": docx, "xlsx": xlsx, "txt": text, "csv": text, "exe": exe,
+    "png": png,
+    "jpg": jpeg,
+    "jpeg": jpeg,
+    "gif": gif,
+    "webp": webp,
+    "mp3": mp3,
+    "m4a": m4a,
+    "ogg": ogg,
+    "oga": ogg,
+    "wav": wav,
+    "pdf": pdf,
+    "docx": docx,
+    "xlsx": xlsx,
+    "txt": text,
+    "csv": text,
+    "exe": exe,
     "heic": heic,
 }
 
@@ -232,15 +280,21 @@ class SeedFile:
 
 def variant(cid: int, ref: str, spec: Any) -> str:
     r = random.Random(f"files/{cid}/{ref}").random()
-    for name, share in (("missing", spec.missing_file_share), ("mislabelled", spec.mislabelled_file_share),
-                        ("disguised", spec.disguised_file_share), ("oversized", spec.oversized_file_share)):
+    for name, share in (
+        ("missing", spec.missing_file_share),
+        ("mislabelled", spec.mislabelled_file_share),
+        ("disguised", spec.disguised_file_share),
+        ("oversized", spec.oversized_file_share),
+    ):
         if r < share:
             return name
         r -= share
     return "ok"
 
 
-def prepare(spec: Any, assets: list[tuple], docs: list[tuple]) -> tuple[list[tuple], list[tuple], list[SeedFile], Counter]:
+def prepare(
+    spec: Any, assets: list[tuple], docs: list[tuple]
+) -> tuple[list[tuple], list[tuple], list[SeedFile], Counter]:
     """Rows with real declared sizes (and the variants' content types/sizes), plus the objects to upload.
 
     assets rows: (id, type, assetable_type, note_id, name, content_type, size, s3_key, created, updated);
@@ -272,8 +326,8 @@ def prepare(spec: Any, assets: list[tuple], docs: list[tuple]) -> tuple[list[tup
 
 def upload(cid: int, company_sso_id: str, files: list[SeedFile], *, threads: int = 16) -> dict[str, int]:
     """Replace the CID's objects in the CRM bucket (and clear its company's CDP prefix, as the notes are reset)."""
-    from crm_notes_migration import s3_store as s3
-    from crm_notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+    from notes_migration import s3_store as s3
+    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
 
     crm = s3.bucket_for(CRM_S3_CONN_ID, concurrency=threads)
     cdp = s3.bucket_for(CDP_S3_CONN_ID, concurrency=threads)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from crm_notes_migration.config import UNKNOWN_OWNER_LABEL
+from notes_migration.config import UNKNOWN_OWNER_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,10 @@ def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> 
         if match.ambiguous:
             log.warning(
                 "person %s matches %d contacts %s; chose %s (crm_data.id first, then oldest, then smallest id)",
-                person_id, len(ranked), list(match.candidates), match.contact_id,
+                person_id,
+                len(ranked),
+                list(match.candidates),
+                match.contact_id,
             )
         out[person_id] = match
     return out

@@ -19,8 +19,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from crm_notes_migration import config as C
-from crm_notes_migration.codes import AttachmentOutcome
+from notes_migration import config as C
+from notes_migration.codes import AttachmentOutcome
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def ensure_indexes(db: Database) -> dict[str, str]:
     report = {}
     try:
         notes.create_index(
-            NOTE_KEY, name=NOTE_KEY_NAME, unique=True,
+            NOTE_KEY,
+            name=NOTE_KEY_NAME,
+            unique=True,
             partialFilterExpression={"legacy_crm_note_id": {"$exists": True}},
         )
         report["contact_notes"] = "partial unique"
@@ -55,9 +57,12 @@ def ensure_indexes(db: Database) -> dict[str, str]:
             notes.create_index(NOTE_KEY, name=NOTE_KEY_NAME, unique=True)
             log.warning(
                 "server refused a partial index (%s); created the plain unique index %s on contact_notes instead",
-                exc.code, NOTE_KEY_NAME,
+                exc.code,
+                NOTE_KEY_NAME,
             )
-        report["contact_notes"] = "partial unique" if existing and existing.get("partialFilterExpression") else "plain unique"
+        report["contact_notes"] = (
+            "partial unique" if existing and existing.get("partialFilterExpression") else "plain unique"
+        )
     db[C.JOBS].create_index([("cid", ASCENDING), ("created_at", DESCENDING)])
     db[C.PAGES].create_index([("job_id", ASCENDING), ("page_no", ASCENDING)])
     db[C.NOTE_LOG].create_index([("job_id", ASCENDING), ("outcome", ASCENDING)])
@@ -158,8 +163,9 @@ class MongoNoteWriter:
 
 def migrated_notes(db: Database, company_sso_id: str, projection: dict | None = None):
     """A cursor over every migrated note of the company (one pass, streamed)."""
-    return db[C.CONTACT_NOTES].find({"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}},
-                                    projection)
+    return db[C.CONTACT_NOTES].find(
+        {"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}}, projection
+    )
 
 
 _PERSON_MAP_CHUNK = 5000
@@ -172,8 +178,10 @@ def save_person_map(db: Database, job_id: str, mapping: Mapping[int, str]) -> No
     items = sorted(mapping.items())
     chunks = [items[i : i + _PERSON_MAP_CHUNK] for i in range(0, len(items), _PERSON_MAP_CHUNK)] or [[]]
     db[C.PERSON_MAPS].insert_many(
-        [{"_id": f"{job_id}:{n}", "job_id": job_id, "persons": ";".join(f"{p}={c}" for p, c in chunk)}
-         for n, chunk in enumerate(chunks)]
+        [
+            {"_id": f"{job_id}:{n}", "job_id": job_id, "persons": ";".join(f"{p}={c}" for p, c in chunk)}
+            for n, chunk in enumerate(chunks)
+        ]
     )
 
 
@@ -188,7 +196,9 @@ def load_person_map(db: Database, job_id: str) -> dict[int, str] | None:
     return out
 
 
-def stored_notes(db: Database, company_sso_id: str, legacy_ids: list[int], projection: dict | None = None) -> list[dict]:
+def stored_notes(
+    db: Database, company_sso_id: str, legacy_ids: list[int], projection: dict | None = None
+) -> list[dict]:
     if not legacy_ids:
         return []
     query = {"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$in": legacy_ids}}
@@ -253,8 +263,12 @@ def acquire_lock(db: Database, cid: int, *, job_id: str, run_id: str, lease_seco
                 return holder
             beat = holder.get("heartbeat_at") or holder.get("acquired_at")
             if beat and (stamp - beat).total_seconds() > lease_seconds:
-                log.warning("taking over stale lock of CID %s held by %s (last heartbeat %s)", cid, holder.get("run_id"), beat)
-                locks.delete_one({"_id": cid, "run_id": holder.get("run_id"), "heartbeat_at": holder.get("heartbeat_at")})
+                log.warning(
+                    "taking over stale lock of CID %s held by %s (last heartbeat %s)", cid, holder.get("run_id"), beat
+                )
+                locks.delete_one(
+                    {"_id": cid, "run_id": holder.get("run_id"), "heartbeat_at": holder.get("heartbeat_at")}
+                )
                 continue
             raise LockHeld(holder) from None
     raise LockHeld(locks.find_one({"_id": cid}) or {"_id": cid})
@@ -392,8 +406,16 @@ def page_totals(db: Database, job_ids: list[str]) -> dict[str, dict[str, int]]:
     of a `$group` stage (the others come back 0)."""
     if not job_ids:
         return {}
-    keys = ("rows", "attempted", "migrated", "already_migrated", "skipped", "failed", "checkins_dropped",
-            "owners_unresolved")
+    keys = (
+        "rows",
+        "attempted",
+        "migrated",
+        "already_migrated",
+        "skipped",
+        "failed",
+        "checkins_dropped",
+        "owners_unresolved",
+    )
     out: dict[str, dict[str, int]] = {}
     projection = {"_id": 0, "job_id": 1, **dict.fromkeys(keys, 1)}
     for page in db[C.PAGES].find({"job_id": {"$in": list(job_ids)}}, projection):
@@ -433,8 +455,10 @@ def set_note_attachments(db: Database, updates: list[tuple[Any, list[dict]]]) ->
     holds one pooled connection per statement of an update command until the command ends, so a
     bulk of more statements than its pool (50) waits on itself forever and wedges the server."""
     notes = db[C.CONTACT_NOTES]
-    return sum(notes.update_one({"_id": note_id}, {"$set": {"attachments": attachments}}).modified_count
-               for note_id, attachments in updates)
+    return sum(
+        notes.update_one({"_id": note_id}, {"$set": {"attachments": attachments}}).modified_count
+        for note_id, attachments in updates
+    )
 
 
 _ATTACHMENT_OUTCOMES = [o.value for o in AttachmentOutcome]
@@ -443,8 +467,13 @@ _ATTACHMENT_OUTCOMES = [o.value for o in AttachmentOutcome]
 def replace_attachment_log(db: Database, job_id: str, legacy_ids: list[int], entries: list[dict]) -> None:
     """The per-file records of a page's notes for this job, replaced (note-level records untouched)."""
     if legacy_ids:
-        db[C.NOTE_LOG].delete_many({"job_id": job_id, "legacy_crm_note_id": {"$in": list(legacy_ids)},
-                                    "outcome": {"$in": _ATTACHMENT_OUTCOMES}})
+        db[C.NOTE_LOG].delete_many(
+            {
+                "job_id": job_id,
+                "legacy_crm_note_id": {"$in": list(legacy_ids)},
+                "outcome": {"$in": _ATTACHMENT_OUTCOMES},
+            }
+        )
     _insert_all(db[C.NOTE_LOG], entries)
 
 

@@ -33,9 +33,7 @@ ALLOWED_TAGS = frozenset(
     sup time tt ul var""".split()
 )
 # ... DEFAULT_ALLOWED_ATTRIBUTES (allowed on every allowed tag)
-ALLOWED_ATTRIBUTES = frozenset(
-    "abbr alt cite class datetime height href lang name src title width xml:lang".split()
-)
+ALLOWED_ATTRIBUTES = frozenset("abbr alt cite class datetime height href lang name src title width xml:lang".split())
 # Loofah ACCEPTABLE_PROTOCOLS, less `data:` (Loofah allows it only for some image
 # media types, which bleach cannot check; we drop it rather than widen the set).
 ALLOWED_PROTOCOLS = frozenset(
@@ -135,9 +133,7 @@ _SAFE_SCREEN = nh3.Cleaner(
     strip_comments=True,
 )
 # A mention in the canonical shape CRM stored: no markup and no entity inside.
-_SIMPLE_MENTION = re.compile(
-    r'<(a|span)(?: href="[^"<>&]*")? data-user-id="\d+">([^<>&]*)</\1>'
-)
+_SIMPLE_MENTION = re.compile(r'<(a|span)(?: href="[^"<>&]*")? data-user-id="\d+">([^<>&]*)</\1>')
 
 
 # Characters the HTML parser rewrites (CR, controls, noncharacters): such notes take the full path.

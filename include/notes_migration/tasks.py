@@ -14,9 +14,9 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from crm_notes_migration import alerts, migration, settings
-from crm_notes_migration.config import RunConfig
-from crm_notes_migration.connections import cdp_database, crm_connection
+from notes_migration import alerts, migration, settings
+from notes_migration.config import RunConfig
+from notes_migration.connections import cdp_database, crm_connection
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,12 @@ def preconditions() -> dict:
     with crm_connection() as crm:
         try:
             return migration.start_job(
-                crm, cdp_database(), cfg, run_id=dag_run.run_id,
-                triggered_by=getattr(dag_run, "triggering_user_name", None), flag_cids=settings.flag_cids(),
+                crm,
+                cdp_database(),
+                cfg,
+                run_id=dag_run.run_id,
+                triggered_by=getattr(dag_run, "triggering_user_name", None),
+                flag_cids=settings.flag_cids(),
             )
         except migration.Refused as refused:
             log.error("run refused, nothing written: %s", refused)

@@ -15,15 +15,15 @@ from typing import Any
 
 from pymongo.database import Database
 
-from crm_notes_migration import cdp_store as store
-from crm_notes_migration import crm_source, metrics
-from crm_notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
-from crm_notes_migration.attachments import summarise_job as summarise_attachments
-from crm_notes_migration.codes import Event, Outcome, Reason, State
-from crm_notes_migration.config import DAG_ID, UUID_RE, RunConfig
-from crm_notes_migration.events import event
-from crm_notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
-from crm_notes_migration.transform import Decision, content_mismatches, crm_users, decide, note_hash
+from notes_migration import cdp_store as store
+from notes_migration import crm_source, metrics
+from notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
+from notes_migration.attachments import summarise_job as summarise_attachments
+from notes_migration.codes import Event, Outcome, Reason, State
+from notes_migration.config import DAG_ID, UUID_RE, RunConfig
+from notes_migration.events import event
+from notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
+from notes_migration.transform import Decision, content_mismatches, crm_users, decide, note_hash
 
 log = logging.getLogger(__name__)
 _JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
@@ -80,7 +80,9 @@ def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterabl
         )
 
 
-def start_job(crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: str | None, flag_cids: Iterable[int]) -> dict:
+def start_job(
+    crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: str | None, flag_cids: Iterable[int]
+) -> dict:
     """Preconditions, the per-CID lock, the job record and the started event."""
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
     job_id = job_id_for(run_id, cfg.cid)
@@ -111,8 +113,17 @@ def start_job(crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: s
         )
         store.record_events(
             db,
-            [event(Event.STARTED, job_id=job_id, cid=cfg.cid, company_sso_id=cfg.company_sso_id,
-                   triggered_by=triggered_by or "unknown", config=cfg.as_dict(), purged_note_log=purged)],
+            [
+                event(
+                    Event.STARTED,
+                    job_id=job_id,
+                    cid=cfg.cid,
+                    company_sso_id=cfg.company_sso_id,
+                    triggered_by=triggered_by or "unknown",
+                    config=cfg.as_dict(),
+                    purged_note_log=purged,
+                )
+            ],
         )
         metrics.run_started(cfg.cid)
     except Exception:
@@ -139,8 +150,9 @@ def resolve_all_persons(crm, db: Database, cid: int, company_sso_id: str, includ
     return per_person, resolve_contacts(per_person, store.find_contacts(db, company_sso_id, per_person))
 
 
-def coverage_report(crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float,
-                    resolved=None) -> dict:
+def coverage_report(
+    crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float, resolved=None
+) -> dict:
     """OQ-2: the share of in-scope notes whose person resolves to a CDP contact."""
     per_person, matches = resolved or resolve_all_persons(crm, db, cid, company_sso_id, include_activities)
     notes_total = sum(per_person.values())
@@ -167,8 +179,15 @@ def run_coverage(crm, db: Database, job_id: str) -> dict:
     resolution per run, so every page of a run sees the same answer and no page queries contacts)."""
     job, cfg = _job(db, job_id)
     resolved = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
-    report = coverage_report(crm, db, cfg.cid, cfg.company_sso_id, include_activities=cfg.include_activities,
-                             gate=cfg.thresholds.coverage_gate, resolved=resolved)
+    report = coverage_report(
+        crm,
+        db,
+        cfg.cid,
+        cfg.company_sso_id,
+        include_activities=cfg.include_activities,
+        gate=cfg.thresholds.coverage_gate,
+        resolved=resolved,
+    )
     store.save_person_map(db, job_id, {p: m.contact_id for p, m in resolved[1].items()})
     store.update_job(db, job_id, coverage=report)
     if not report["passes_gate"]:
@@ -189,9 +208,17 @@ def plan(crm, db: Database, job_id: str) -> list[dict]:
     pages = crm_source.plan_pages(crm, cfg.cid, cfg.batch_size)
     scope = crm_source.scope_counts(crm, cfg.cid)
     notes_total = scope["person_notes"] + (scope["person_activities"] if cfg.include_activities else 0)
-    store.update_job(db, job_id, scope=scope, notes_total=notes_total, pages_total=len(pages),
-                     rows_total=sum(p.size for p in pages))
-    log.info("CID %s: %d pages of ≤ %d rows, %d in-scope notes, scope %s", cfg.cid, len(pages), cfg.batch_size, notes_total, scope)
+    store.update_job(
+        db, job_id, scope=scope, notes_total=notes_total, pages_total=len(pages), rows_total=sum(p.size for p in pages)
+    )
+    log.info(
+        "CID %s: %d pages of ≤ %d rows, %d in-scope notes, scope %s",
+        cfg.cid,
+        len(pages),
+        cfg.batch_size,
+        notes_total,
+        scope,
+    )
     return [p.as_dict() for p in pages]
 
 
@@ -230,8 +257,14 @@ def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, Conta
     """Bulk owner resolution (one users query) then one decision per row."""
     owners = resolve_owners(crm_users(rows), store.company_users(db, cfg.company_sso_id))
     return [
-        decide(r, company_sso_id=cfg.company_sso_id, include_activities=cfg.include_activities,
-               contacts=contacts, owners=owners, note_size_cap_bytes=cfg.thresholds.note_size_cap_bytes)
+        decide(
+            r,
+            company_sso_id=cfg.company_sso_id,
+            include_activities=cfg.include_activities,
+            contacts=contacts,
+            owners=owners,
+            note_size_cap_bytes=cfg.thresholds.note_size_cap_bytes,
+        )
         for r in rows
     ]
 
@@ -241,7 +274,9 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
     started = time.perf_counter()
     job, cfg = _job(db, job_id)
     if job.get("state") == State.HALTED:
-        raise AlreadyHalted(Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing")
+        raise AlreadyHalted(
+            Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing"
+        )
     rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
     t_read = time.perf_counter()
     decisions = transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows))
@@ -265,20 +300,51 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
             d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
         if d.failure:
             entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.FAILED, d.failure, d.details))
-            events_out.append(event(Event.NOTE_FAILED, subject=d.note_id, legacy_crm_note_id=d.note_id,
-                                    reason_code=d.failure.value, details=d.details, **ev))
+            events_out.append(
+                event(
+                    Event.NOTE_FAILED,
+                    subject=d.note_id,
+                    legacy_crm_note_id=d.note_id,
+                    reason_code=d.failure.value,
+                    details=d.details,
+                    **ev,
+                )
+            )
             continue
         if d.checkin_dropped:
-            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.MIGRATED, Reason.CHECKIN_DROPPED,
-                                      "check-in not migrated (D-10)"))
+            entries.append(
+                _log_entry(
+                    job,
+                    page["page_no"],
+                    d.note_id,
+                    Outcome.MIGRATED,
+                    Reason.CHECKIN_DROPPED,
+                    "check-in not migrated (D-10)",
+                )
+            )
         if d.owner_unresolved and d.doc is not None:
-            events_out.append(event(Event.OWNER_NOT_RESOLVED, subject=d.note_id, legacy_crm_note_id=d.note_id,
-                                    legacy_owner_label=d.doc.get("legacy_owner_label"), **ev))
+            events_out.append(
+                event(
+                    Event.OWNER_NOT_RESOLVED,
+                    subject=d.note_id,
+                    legacy_crm_note_id=d.note_id,
+                    legacy_owner_label=d.doc.get("legacy_owner_label"),
+                    **ev,
+                )
+            )
 
     if not cfg.dry_run:  # notes found already migrated are in the audit of the job that inserted them
-        store.record_audit(db, {"_id": f"{job_id}:{page['page_no']}", "job_id": job_id, "cid": cfg.cid,
-                                "company_sso_id": cfg.company_sso_id, "created_at": store.now(),
-                                **store.audit_arrays(result.inserted)})
+        store.record_audit(
+            db,
+            {
+                "_id": f"{job_id}:{page['page_no']}",
+                "job_id": job_id,
+                "cid": cfg.cid,
+                "company_sso_id": cfg.company_sso_id,
+                "created_at": store.now(),
+                **store.audit_arrays(result.inserted),
+            },
+        )
     store.replace_note_log(db, page_key(job_id, page["page_no"]), entries, [o.value for o in Outcome])
 
     failed_by_reason: dict[str, int] = {}
@@ -294,33 +360,69 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
     already = len(result.already_migrated)
     assert inserted + already + failed + skipped == len(rows), "every note must have exactly one outcome"
     page_result = {
-        "job_id": job_id, "cid": cfg.cid, "page_no": page["page_no"], "lo_id": page["lo_id"], "hi_id": page["hi_id"],
-        "rows": len(rows), "attempted": len(rows) - skipped, "migrated": inserted, "already_migrated": already,
-        "skipped": skipped, "failed": failed, "failed_by_reason": failed_by_reason,
+        "job_id": job_id,
+        "cid": cfg.cid,
+        "page_no": page["page_no"],
+        "lo_id": page["lo_id"],
+        "hi_id": page["hi_id"],
+        "rows": len(rows),
+        "attempted": len(rows) - skipped,
+        "migrated": inserted,
+        "already_migrated": already,
+        "skipped": skipped,
+        "failed": failed,
+        "failed_by_reason": failed_by_reason,
         "skipped_by_reason": skipped_by_reason,
         "checkins_dropped": sum(1 for d in decisions if d.checkin_dropped and not d.skip and not d.failure),
         "owners_unresolved": sum(1 for d in decisions if d.owner_unresolved),
         "mentions_rewritten": sum(d.mentions for d in decisions),
-        "timings_s": {"read": t_read - started, "transform": t_transform - t_read, "write": t_write - t_transform,
-                      "total": time.perf_counter() - started},
+        "timings_s": {
+            "read": t_read - started,
+            "transform": t_transform - t_read,
+            "write": t_write - t_transform,
+            "total": time.perf_counter() - started,
+        },
         "finished_at": store.now(),
     }
     store.save_page_result(db, page_result)
     metrics.page_completed(page_result)
-    events_out.append(event(Event.BATCH_COMPLETED, subject=f"page{page['page_no']}", page_no=page["page_no"],
-                            rows=len(rows), migrated=inserted, already_migrated=already, failed=failed,
-                            skipped=skipped, duration_s=round(page_result["timings_s"]["total"], 3), **ev))
+    events_out.append(
+        event(
+            Event.BATCH_COMPLETED,
+            subject=f"page{page['page_no']}",
+            page_no=page["page_no"],
+            rows=len(rows),
+            migrated=inserted,
+            already_migrated=already,
+            failed=failed,
+            skipped=skipped,
+            duration_s=round(page_result["timings_s"]["total"], 3),
+            **ev,
+        )
+    )
     store.record_events(db, events_out)
     store.heartbeat_lock(db, cfg.cid, job["run_id"])
 
     totals = sum_pages(store.page_results(db, job_id))
-    if should_halt(totals, batch_size=cfg.batch_size, notes_total=job.get("notes_total", 0),
-                   max_failure_rate=cfg.thresholds.max_failure_rate):
-        halt_job(db, job, Reason.FAILURE_RATE_EXCEEDED, failure_rate=round(totals.failure_rate, 6),
-                 failed=totals.failed, attempted=totals.attempted)
-        raise Halted(Reason.FAILURE_RATE_EXCEEDED,
-                     f"{totals.failed} of {totals.attempted} notes failed ({totals.failure_rate:.2%}) "
-                     f"> {cfg.thresholds.max_failure_rate:.2%}; remaining pages write nothing")
+    if should_halt(
+        totals,
+        batch_size=cfg.batch_size,
+        notes_total=job.get("notes_total", 0),
+        max_failure_rate=cfg.thresholds.max_failure_rate,
+    ):
+        halt_job(
+            db,
+            job,
+            Reason.FAILURE_RATE_EXCEEDED,
+            failure_rate=round(totals.failure_rate, 6),
+            failed=totals.failed,
+            attempted=totals.attempted,
+        )
+        raise Halted(
+            Reason.FAILURE_RATE_EXCEEDED,
+            f"{totals.failed} of {totals.attempted} notes failed ({totals.failure_rate:.2%}) "
+            f"> {cfg.thresholds.max_failure_rate:.2%}; remaining pages write nothing",
+        )
     return {k: page_result[k] for k in ("page_no", "rows", "migrated", "already_migrated", "skipped", "failed")}
 
 
@@ -332,8 +434,17 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
 
     One streamed read of the company's migrated notes (hashes kept, not bodies), one fresh
     resolution of all persons, then the source page by page."""
-    projection = {"_id": 0, "legacy_crm_note_id": 1, "contact_id": 1, "owner_id": 1, "legacy_owner_label": 1,
-                  "company_sso_id": 1, "created_at": 1, "updated_at": 1, "note": 1}
+    projection = {
+        "_id": 0,
+        "legacy_crm_note_id": 1,
+        "contact_id": 1,
+        "owner_id": 1,
+        "legacy_owner_label": 1,
+        "company_sso_id": 1,
+        "created_at": 1,
+        "updated_at": 1,
+        "note": 1,
+    }
     stored = {}
     for doc in store.migrated_notes(db, cfg.company_sso_id, projection):
         doc["note_hash"] = note_hash(doc.pop("note", "") or "")
@@ -354,8 +465,13 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
                 mismatch_count += 1
                 if len(mismatches) < sample_limit:
                     mismatches.append({"legacy_crm_note_id": d.note_id, "fields": problems})
-    return {"expected": expected, "found": found, "match_pct": match_pct(expected, found),
-            "content_mismatches": mismatch_count, "mismatch_samples": mismatches}
+    return {
+        "expected": expected,
+        "found": found,
+        "match_pct": match_pct(expected, found),
+        "content_mismatches": mismatch_count,
+        "mismatch_samples": mismatches,
+    }
 
 
 def validate(crm, db: Database, job_id: str) -> Verdict:
@@ -366,23 +482,53 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
     halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
     if halted or cfg.dry_run:
         report: dict[str, Any] = {"skipped": "halted" if halted else "dry_run"}
-        verdict = decide_verdict(halted_reason=halted, match=None, failure_rate=totals.failure_rate, mismatches=0,
-                                 min_match_pct=cfg.thresholds.validation_match_pct,
-                                 max_failure_rate=cfg.thresholds.max_failure_rate, dry_run=cfg.dry_run,
-                                 attachment_failure_share=attachments.get("failure_share", 0.0))
+        verdict = decide_verdict(
+            halted_reason=halted,
+            match=None,
+            failure_rate=totals.failure_rate,
+            mismatches=0,
+            min_match_pct=cfg.thresholds.validation_match_pct,
+            max_failure_rate=cfg.thresholds.max_failure_rate,
+            dry_run=cfg.dry_run,
+            attachment_failure_share=attachments.get("failure_share", 0.0),
+        )
     else:
         report = content_check(crm, db, cfg)
-        verdict = decide_verdict(halted_reason=None, match=report["match_pct"], failure_rate=totals.failure_rate,
-                                 mismatches=report["content_mismatches"],
-                                 min_match_pct=cfg.thresholds.validation_match_pct,
-                                 max_failure_rate=cfg.thresholds.max_failure_rate,
-                                 attachment_failure_share=attachments.get("failure_share", 0.0))
+        verdict = decide_verdict(
+            halted_reason=None,
+            match=report["match_pct"],
+            failure_rate=totals.failure_rate,
+            mismatches=report["content_mismatches"],
+            min_match_pct=cfg.thresholds.validation_match_pct,
+            max_failure_rate=cfg.thresholds.max_failure_rate,
+            attachment_failure_share=attachments.get("failure_share", 0.0),
+        )
     report["failure_rate"] = verdict.failure_rate
-    store.update_job(db, job_id, state=verdict.state.value, validation=report, totals=totals.as_dict(),
-                     verdict=verdict.as_dict(), finished_at=store.now())
-    store.record_events(db, [event(Event.COMPLETED, job_id=job_id, cid=cfg.cid, subject="final", status=verdict.state.value,
-                                   match_pct=verdict.match_pct, failure_rate=verdict.failure_rate,
-                                   notes_migrated=report.get("found"), content_mismatches=verdict.content_mismatches)])
+    store.update_job(
+        db,
+        job_id,
+        state=verdict.state.value,
+        validation=report,
+        totals=totals.as_dict(),
+        verdict=verdict.as_dict(),
+        finished_at=store.now(),
+    )
+    store.record_events(
+        db,
+        [
+            event(
+                Event.COMPLETED,
+                job_id=job_id,
+                cid=cfg.cid,
+                subject="final",
+                status=verdict.state.value,
+                match_pct=verdict.match_pct,
+                failure_rate=verdict.failure_rate,
+                notes_migrated=report.get("found"),
+                content_mismatches=verdict.content_mismatches,
+            )
+        ],
+    )
     metrics.run_finished(cfg.cid, verdict.state.value)
     return verdict
 
