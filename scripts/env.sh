@@ -26,17 +26,16 @@ export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
 # checkout root makes the dev-only tests.support and benchmarks importable by the scripts
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# Local connections (the same values as airflow_settings.yaml; a test keeps
-# them in step). Export your own AIRFLOW_CONN_* before calling a script to use
-# other servers.
-export AIRFLOW_CONN_CRM_POSTGRES="${AIRFLOW_CONN_CRM_POSTGRES:-{\"conn_type\": \"postgres\", \"host\": \"127.0.0.1\", \"port\": $CRM_PG_PORT, \"login\": \"postgres\", \"schema\": \"$CRM_PG_DB\"}}"
-export AIRFLOW_CONN_CDP_MONGO="${AIRFLOW_CONN_CDP_MONGO:-{\"conn_type\": \"mongo\", \"host\": \"127.0.0.1\", \"port\": $CDP_MONGO_PORT, \"schema\": \"cdp\"}}"
-export AIRFLOW_CONN_CRM_S3="${AIRFLOW_CONN_CRM_S3:-{\"conn_type\": \"aws\", \"login\": \"local\", \"password\": \"local-secret\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:$S3_PORT\", \"region_name\": \"us-east-1\", \"bucket\": \"crm-assets\"}}}"
-export AIRFLOW_CONN_CDP_S3="${AIRFLOW_CONN_CDP_S3:-{\"conn_type\": \"aws\", \"login\": \"local\", \"password\": \"local-secret\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:$S3_PORT\", \"region_name\": \"us-east-1\", \"bucket\": \"cdp-files\"}}}"
-# Alerting (issue 4). Loopback only: the Slack webhook URL points at a local
-# sink (nothing listens there unless you start one, so an alert is logged as
-# undeliverable); PagerDuty's client only speaks https to the SaaS, so the local
-# connection carries `"deliver": false` and alerts are logged instead of sent.
+# Local connections: generated from airflow_settings.yaml (the single source of local settings) by
+# scripts/local_settings.py, with the loopback ports above. An AIRFLOW_CONN_* exported before calling
+# a script wins (use other servers that way). The loader needs PyYAML: the venv's python, else the
+# system one (before bootstrap.sh created the venv nothing needs a connection).
 export ALERT_SINK_PORT="${ALERT_SINK_PORT:-9337}"
-export AIRFLOW_CONN_SLACK_ALERTS="${AIRFLOW_CONN_SLACK_ALERTS:-{\"conn_type\": \"slackwebhook\", \"password\": \"http://127.0.0.1:$ALERT_SINK_PORT/slack/local-dev\", \"extra\": {\"timeout\": 10}}}"
-export AIRFLOW_CONN_PAGERDUTY_EVENTS="${AIRFLOW_CONN_PAGERDUTY_EVENTS:-{\"conn_type\": \"pagerduty_events\", \"password\": \"local-dev-routing-key\", \"extra\": {\"deliver\": false}}}"
+_settings_py="$VENV/bin/python"
+[ -x "$_settings_py" ] || _settings_py="$(command -v python3 || true)"
+if [ -n "$_settings_py" ] && _settings_exports="$("$_settings_py" "$ROOT/scripts/local_settings.py" env 2>/dev/null)"; then
+  eval "$_settings_exports"
+elif [ -x "$VENV/bin/python" ]; then
+  echo "[env] could not read $ROOT/airflow_settings.yaml: no AIRFLOW_CONN_* exported" >&2
+fi
+unset _settings_py _settings_exports
