@@ -21,8 +21,7 @@ import uuid
 
 from tests.support.seed import SeedSpec, company_for, seed
 
-from notes_migration import cdp_store as store
-from notes_migration import crm_source, migration
+from notes_migration import cdp_store, crm_source, job_store, migration
 from notes_migration.config import RunConfig
 from notes_migration.connections import cdp_database, crm_connection
 from notes_migration.html import _bleach_fixpoint, _fast_path, normalise
@@ -58,13 +57,13 @@ def page_path(crm, db, cid: int, batch_size: int, *, trace_memory: bool = False,
             tracemalloc.stop()
         written += summary["migrated"] + summary["already_migrated"] + summary["failed"]
     phases = dict.fromkeys(("read", "transform", "write", "total"), 0.0)
-    for result in store.page_results(db, job_id):
+    for result in job_store.page_results(db, job_id):
         inserts.append(result["timings_s"]["write"])
         for key in phases:
             phases[key] += result["timings_s"][key]
     phases["bookkeeping"] = sum(walls) - phases["read"] - phases["transform"] - phases["write"]
-    job = store.get_job(db, job_id)
-    store.release_lock(db, cid, job["run_id"])
+    job = job_store.get_job(db, job_id)
+    job_store.release_lock(db, cid, job["run_id"])
     return {
         "job_id": job_id,
         "pages": len(pages),
@@ -90,7 +89,7 @@ def raw_ceiling(crm, db, cid: int, batch_size: int) -> dict:
     docs_by_page = [[d.doc for d in migration.transform_page(r, db, cfg, contacts) if d.doc] for r in rows_by_page]
     scratch = db["bench_raw_contact_notes"]
     scratch.drop()
-    scratch.create_index(store.NOTE_KEY, name=store.NOTE_KEY_NAME, unique=True)
+    scratch.create_index(cdp_store.NOTE_KEY, name=cdp_store.NOTE_KEY_NAME, unique=True)
     batch_times = []
     for docs in docs_by_page:
         t = time.perf_counter()

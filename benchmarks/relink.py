@@ -1,6 +1,6 @@
 """Relink throughput against the local S3 server: the chosen concurrency next to a sequential run.
 
-Measures the relinker's own copy path (`attachments.copy_files`: HEAD target, streamed
+Measures the relinker's own copy path (`copy_engine.copy_files`: HEAD target, streamed
 GET into a spool, content check, PUT with Content-MD5) on synthetic files placed in
 the CRM bucket under `bench/relink/`, copied to a benchmark-only company prefix of
 the CDP bucket. Both runs happen in the same process on the same files; the target
@@ -19,9 +19,11 @@ import uuid
 from typing import Any
 
 from notes_migration import s3_store as s3
-from notes_migration.attachments import copy_files, percentile, plan_note_files, target_listing
+from notes_migration.accounting import percentile
+from notes_migration.attachment_plan import plan_note_files
 from notes_migration.codes import AttachmentOutcome
 from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID, Thresholds
+from notes_migration.copy_engine import copy_files, target_listing
 from notes_migration.crm_source import FileRow
 
 BENCH_COMPANY = str(uuid.uuid5(uuid.NAMESPACE_URL, "crm-notes-migration/relink-benchmark"))

@@ -13,7 +13,7 @@ and proves it by validation before calling the CID done.
 |---|---|
 | `cid` | CRM organization id (required) |
 | `company_sso_id` | CDP company UUID the CID moves into (required) |
-| `batch_size` | notes per page, 1–1000 (default 500) |
+| `batch_size` | notes per insert batch, 1–1000 (default 500) |
 | `include_activities` | also migrate Calls/Emails/Meetings/WhatsApp/SMS entries (default off) |
 | `dry_run` | read, transform and account, write no notes |
 | `force_rerun` | run a CID that already completed (re-inserts nothing that exists) |
@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Param, dag, task, teardown
+from airflow.sdk import dag, task, teardown
 
-from notes_migration.config import DAG_ID
+from notes_migration.contract import DAG_ID, dag_params
 from notes_migration.lazy import lazy_import
 from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
 
 tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at parse time
-
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 @dag(
@@ -56,14 +54,7 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
         "retry_delay": dt.timedelta(seconds=30),
         "retry_exponential_backoff": True,
     },
-    params={
-        "cid": Param(type="integer", minimum=1, description="CRM organization id (CID)"),
-        "company_sso_id": Param(type="string", pattern=UUID_PATTERN, description="CDP company UUID"),
-        "batch_size": Param(500, type="integer", minimum=1, maximum=1000),
-        "include_activities": Param(False, type="boolean"),
-        "dry_run": Param(False, type="boolean"),
-        "force_rerun": Param(False, type="boolean"),
-    },
+    params=dag_params(),  # the run contract (notes_migration/contract.py)
 )
 def crm_notes_migration():
     @task(retries=0)
@@ -84,11 +75,12 @@ def crm_notes_migration():
 
     @task(trigger_rule="all_done")
     def validate() -> dict:
+        """Runs whatever the pages did; finds its job from the run (a setup's output feeds all_success tasks only)."""
         return tasks.validate()
 
     @task.branch
     def choose_outcome(verdict: dict) -> str:
-        return tasks.choose_outcome(verdict)
+        return "send_alerts" if tasks.alerts_planned(verdict) else "no_alert"
 
     @task
     def send_alerts(verdict: dict) -> list[str]:
@@ -112,8 +104,7 @@ def crm_notes_migration():
     coverage >> pages
     migrated = migrate_page.partial(job=job).expand(page=pages)
     # Step 5 once every page is done, whatever their states (a failed page must not strand the other
-    # pages' files); it skips itself on a dry run or a halted job, and pulls the job from preconditions'
-    # XCom (a setup task may only feed all_success tasks directly).
+    # pages' files); it skips itself on a dry run or a halted job, and finds its job from the run.
     relinked = AttachmentRelinkOperator.partial(
         task_id="relink_attachments",
         trigger_rule="all_done",

@@ -1,17 +1,20 @@
-"""Airflow plugin registration of the CRM notes migration's Ops surface (logic: include/crm_notes_migration/api.py).
+"""Airflow plugin registration of the CRM notes migration's Ops surface (package: crm_notes_migration_ops/).
 
 * `fastapi_apps`: the Ops REST API and page, mounted on the API server at
   `/crm-notes-migration` (every route checks Airflow's JWT itself).
 * `external_views`: the nav entry "CRM Notes Migration", an iframe of the page.
   Its `href` is relative (no leading slash): the Airflow UI resolves it against
   its `<base href>`, so it works when Airflow is served under a base URL path.
+
+plugins/.airflowignore keeps Airflow from loading the package's modules as plugin files of their own.
 """
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from notes_migration.api import URL_PREFIX, app
+from crm_notes_migration_ops import URL_PREFIX
+from crm_notes_migration_ops.app import app
 
 
 class CrmNotesMigrationPlugin(AirflowPlugin):

@@ -109,3 +109,23 @@ def run_dag(migration_dag, monkeypatch):
         return migration_dag.test(run_conf=conf)
 
     return _run
+
+
+_TIER_OF_FOLDER = {
+    "unit": "unit",
+    "dags": "dags",
+    "integration": "integration",
+    "plugin": "plugin",
+    "stack": "stack",
+    "fault": "fault",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """Every test carries its tier marker, from the folder it lives in (tests/<tier>/...)."""
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts
+        tier = _TIER_OF_FOLDER.get(parts[0]) if len(parts) > 1 else None
+        if tier and item.get_closest_marker(tier) is None:
+            item.add_marker(getattr(pytest.mark, tier))

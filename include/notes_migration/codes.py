@@ -76,3 +76,37 @@ class State(StrEnum):
 
 
 TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS})
+
+# The error log: what went wrong (note failures and attachment failures); `all` adds the skips.
+ERROR_OUTCOMES = (Outcome.FAILED.value, AttachmentOutcome.FAILED.value)
+OUTCOME_FILTERS: dict[str, tuple[str, ...] | None] = {
+    "errors": ERROR_OUTCOMES,
+    "failed": (Outcome.FAILED.value,),
+    "skipped": (Outcome.SKIPPED.value,),
+    "attachment_failed": (AttachmentOutcome.FAILED.value,),
+    "attachment_skipped": (AttachmentOutcome.SKIPPED.value,),
+    "all": None,
+}
+
+
+# --------------------------------------------------------------------------- the exceptions that carry a reason
+
+
+class Refused(Exception):
+    """The run must not start; nothing was written."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+
+
+class Halted(Exception):
+    """The run stopped on purpose; later pages write nothing."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+
+
+class AlreadyHalted(Halted):
+    """Raised by a page that starts after the run halted: it read and wrote nothing."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import re
+import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DAG_ID = "crm_notes_migration"
+from notes_migration.contract import DAG_ID, UUID_RE, param, run_options
+
+_JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
 
 # Connections (credentials only ever come through these).
 CRM_POSTGRES_CONN_ID = "crm_postgres"
@@ -40,7 +43,7 @@ CONTACT_NOTES = "contact_notes"
 CONTACTS = "contacts"
 LAUNCHPAD_USERS = "launchpad_users"
 
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+__all__ = ["DAG_ID", "UUID_RE", "RunConfig", "Thresholds"]
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,23 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The effective configuration of one run: DAG params plus thresholds."""
+    """The effective configuration of one run: the run contract's parameters plus thresholds.
+
+    Stored whole on the job record by preconditions; every later task reads this snapshot
+    (thresholds included) and nothing else."""
 
     cid: int
     company_sso_id: str
-    batch_size: int = 500
-    include_activities: bool = False
-    dry_run: bool = False
-    force_rerun: bool = False
+    batch_size: int = param("batch_size").default
+    include_activities: bool = param("include_activities").default
+    dry_run: bool = param("dry_run").default
+    force_rerun: bool = param("force_rerun").default
     thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], thresholds: Thresholds) -> RunConfig:
+        """From a run's params/conf, checked against the run contract."""
+        return cls(**run_options(params), thresholds=thresholds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,3 +115,8 @@ def parse_flag(value: Any) -> frozenset[int]:
         except (TypeError, ValueError):
             continue
     return frozenset(out)
+
+
+def job_id_for(run_id: str, cid: int) -> str:
+    """Stable per (run, CID): a retried task finds the same job."""
+    return str(uuid.uuid5(_JOB_NS, f"{DAG_ID}/{run_id}/{cid}"))

@@ -9,75 +9,34 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration import cdp_store as store
-from notes_migration import crm_source, metrics
+from notes_migration import cdp_store, crm_source, job_store, metrics
 from notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
 from notes_migration.attachments import summarise_job as summarise_attachments
-from notes_migration.codes import Event, Outcome, Reason, State
-from notes_migration.config import DAG_ID, UUID_RE, RunConfig
+from notes_migration.codes import AlreadyHalted, Event, Halted, Outcome, Reason, Refused, State
+from notes_migration.config import DAG_ID, RunConfig, job_id_for
 from notes_migration.events import event
+from notes_migration.plain import utc_now
+from notes_migration.preflight import check_preconditions, coverage_report, resolve_all_persons
 from notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
 from notes_migration.transform import Decision, content_mismatches, crm_users, decide, note_hash
 
 log = logging.getLogger(__name__)
-_JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
-
-
-class Refused(Exception):
-    """The run must not start; nothing was written."""
-
-    def __init__(self, reason: Reason, message: str):
-        super().__init__(f"{reason.value}: {message}")
-        self.reason = reason
-
-
-class Halted(Exception):
-    """The run stopped on purpose; later pages write nothing."""
-
-    def __init__(self, reason: Reason, message: str):
-        super().__init__(f"{reason.value}: {message}")
-        self.reason = reason
-
-
-class AlreadyHalted(Halted):
-    """Raised by a page that starts after the run halted: it read and wrote nothing."""
-
-
-def job_id_for(run_id: str, cid: int) -> str:
-    """Stable per (run, CID): a retried task finds the same job."""
-    return str(uuid.uuid5(_JOB_NS, f"{DAG_ID}/{run_id}/{cid}"))
+__all__ = ["AlreadyHalted", "Halted", "Refused", "job_id_for"]  # re-exported: callers catch them from here
 
 
 def _job(db: Database, job_id: str) -> tuple[dict, RunConfig]:
-    job = store.get_job(db, job_id)
+    job = job_store.get_job(db, job_id)
     if job is None:
         raise LookupError(f"job {job_id} not found")
     return job, RunConfig.from_dict(job["config"])
 
 
 # --------------------------------------------------------------------------- 1. preconditions
-
-
-def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int]) -> None:
-    """Every reason to refuse that needs no lock; raises Refused, writes nothing."""
-    if cfg.cid not in set(flag_cids):
-        raise Refused(Reason.FLAG_DISABLED, f"feature flag is OFF for CID {cfg.cid}")
-    if not UUID_RE.match(cfg.company_sso_id or ""):
-        raise Refused(Reason.INVALID_COMPANY_SSO_ID, f"company_sso_id {cfg.company_sso_id!r} is not a UUID")
-    if not crm_source.cid_exists(crm, cfg.cid):
-        raise Refused(Reason.CID_NOT_FOUND, f"CID {cfg.cid} is not an organization of the CRM")
-    last = store.latest_job(db, cfg.cid)
-    if last and last.get("state") == State.COMPLETED_SUCCESS and not (cfg.force_rerun or cfg.dry_run):
-        raise Refused(
-            Reason.ALREADY_MIGRATED,
-            f"CID {cfg.cid} already completed_success in job {last['_id']}; use force_rerun to run it again",
-        )
 
 
 def start_job(
@@ -87,15 +46,17 @@ def start_job(
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
     job_id = job_id_for(run_id, cfg.cid)
     try:
-        store.acquire_lock(db, cfg.cid, job_id=job_id, run_id=run_id, lease_seconds=cfg.thresholds.lock_lease_seconds)
-    except store.LockHeld as held:
+        job_store.acquire_lock(
+            db, cfg.cid, job_id=job_id, run_id=run_id, lease_seconds=cfg.thresholds.lock_lease_seconds
+        )
+    except job_store.LockHeld as held:
         raise Refused(Reason.JOB_ALREADY_RUNNING, str(held)) from None
     try:
-        index_form = store.ensure_indexes(db)
-        purged = store.purge_expired_note_log(db, cfg.thresholds.failed_record_retention_days)
-        stamp = store.now()
-        existing = store.get_job(db, job_id)
-        store.create_job(
+        index_form = job_store.ensure_indexes(db)
+        purged = job_store.purge_expired_note_log(db, cfg.thresholds.failed_record_retention_days)
+        stamp = utc_now()
+        existing = job_store.get_job(db, job_id)
+        job_store.create_job(
             db,
             {
                 "_id": job_id,
@@ -111,7 +72,7 @@ def start_job(
                 "index_form": index_form,
             },
         )
-        store.record_events(
+        job_store.record_events(
             db,
             [
                 event(
@@ -127,51 +88,32 @@ def start_job(
         )
         metrics.run_started(cfg.cid)
     except Exception:
-        store.release_lock(db, cfg.cid, run_id)
+        job_store.release_lock(db, cfg.cid, run_id)
         raise
-    return {"job_id": job_id, "cid": cfg.cid, "company_sso_id": cfg.company_sso_id, "run_id": run_id}
+    return descriptor(job_store.get_job(db, job_id))
+
+
+def descriptor(job: dict) -> dict:
+    """The small job descriptor tasks pass to each other (never note bodies)."""
+    return {"job_id": job["_id"], "cid": job["cid"], "company_sso_id": job["company_sso_id"], "run_id": job["run_id"]}
+
+
+def job_of_run(db: Database, run_id: str, cid: int) -> dict | None:
+    """The descriptor of the job a DAG run recorded, or None when its preconditions refused it."""
+    job = job_store.get_job(db, job_id_for(run_id, cid))
+    return descriptor(job) if job else None
 
 
 def halt_job(db: Database, job: dict, reason: Reason, failure_rate: float | None = None, **details: Any) -> None:
-    halted = {"reason": reason.value, "failure_rate": failure_rate, "at": store.now(), **details}
-    store.update_job(db, job["_id"], state=State.HALTED.value, halted=halted)
-    store.record_events(
+    halted = {"reason": reason.value, "failure_rate": failure_rate, "at": utc_now(), **details}
+    job_store.update_job(db, job["_id"], state=State.HALTED.value, halted=halted)
+    job_store.record_events(
         db, [event(Event.HALTED, job_id=job["_id"], cid=job["cid"], reason=reason.value, failure_rate=failure_rate)]
     )
     metrics.run_halted(job["cid"], reason.value)
 
 
 # --------------------------------------------------------------------------- 2. coverage
-
-
-def resolve_all_persons(crm, db: Database, cid: int, company_sso_id: str, include_activities: bool):
-    """In-scope note counts per person and each resolvable person's contact, for the whole CID."""
-    per_person = crm_source.notes_per_person(crm, cid, include_activities)
-    return per_person, resolve_contacts(per_person, store.find_contacts(db, company_sso_id, per_person))
-
-
-def coverage_report(
-    crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool, gate: float, resolved=None
-) -> dict:
-    """OQ-2: the share of in-scope notes whose person resolves to a CDP contact."""
-    per_person, matches = resolved or resolve_all_persons(crm, db, cid, company_sso_id, include_activities)
-    notes_total = sum(per_person.values())
-    resolvable = sum(n for p, n in per_person.items() if p in matches)
-    unmapped = sorted(p for p in per_person if p not in matches)
-    share = resolvable / notes_total if notes_total else 1.0
-    return {
-        "cid": cid,
-        "company_sso_id": company_sso_id,
-        "notes_in_scope": notes_total,
-        "notes_resolvable": resolvable,
-        "coverage_pct": round(100.0 * share, 2),
-        "persons_total": len(per_person),
-        "persons_unmapped": len(unmapped),
-        "unmapped_person_ids_sample": unmapped[:20],
-        "persons_ambiguous": sum(1 for m in matches.values() if m.ambiguous),
-        "gate_pct": round(100.0 * gate, 2),
-        "passes_gate": share >= gate,
-    }
 
 
 def run_coverage(crm, db: Database, job_id: str) -> dict:
@@ -188,8 +130,8 @@ def run_coverage(crm, db: Database, job_id: str) -> dict:
         gate=cfg.thresholds.coverage_gate,
         resolved=resolved,
     )
-    store.save_person_map(db, job_id, {p: m.contact_id for p, m in resolved[1].items()})
-    store.update_job(db, job_id, coverage=report)
+    job_store.save_person_map(db, job_id, {p: m.contact_id for p, m in resolved[1].items()})
+    job_store.update_job(db, job_id, coverage=report)
     if not report["passes_gate"]:
         halt_job(db, job, Reason.COVERAGE_BELOW_GATE, coverage=report)
         raise Halted(
@@ -208,7 +150,7 @@ def plan(crm, db: Database, job_id: str) -> list[dict]:
     pages = crm_source.plan_pages(crm, cfg.cid, cfg.batch_size)
     scope = crm_source.scope_counts(crm, cfg.cid)
     notes_total = scope["person_notes"] + (scope["person_activities"] if cfg.include_activities else 0)
-    store.update_job(
+    job_store.update_job(
         db, job_id, scope=scope, notes_total=notes_total, pages_total=len(pages), rows_total=sum(p.size for p in pages)
     )
     log.info(
@@ -240,22 +182,22 @@ def _log_entry(job: dict, page_no: int, note_id: int, outcome: Outcome, reason: 
         "outcome": outcome.value,
         "reason_code": reason.value,
         "details": details,
-        "created_at": store.now(),
+        "created_at": utc_now(),
     }
 
 
 def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows) -> dict[int, ContactMatch]:
     """The run's person → contact answers (saved by the coverage step); resolved here only if absent."""
-    saved = store.load_person_map(db, job_id)
+    saved = job_store.load_person_map(db, job_id)
     if saved is not None:
         return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
     persons = {r.crm_person_id for r in rows}
-    return resolve_contacts(persons, store.find_contacts(db, cfg.company_sso_id, persons))
+    return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
 
 
 def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, ContactMatch]) -> list[Decision]:
     """Bulk owner resolution (one users query) then one decision per row."""
-    owners = resolve_owners(crm_users(rows), store.company_users(db, cfg.company_sso_id))
+    owners = resolve_owners(crm_users(rows), cdp_store.company_users(db, cfg.company_sso_id))
     return [
         decide(
             r,
@@ -269,7 +211,7 @@ def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, Conta
     ]
 
 
-def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.MongoNoteWriter | None = None) -> dict:
+def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
     """Read → resolve → normalise → build → insert one page, then account for every note."""
     started = time.perf_counter()
     job, cfg = _job(db, job_id)
@@ -283,9 +225,9 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
     t_transform = time.perf_counter()
 
     docs = [d.doc for d in decisions if d.doc is not None]
-    writer = writer or store.MongoNoteWriter(db)
+    writer = writer or cdp_store.MongoNoteWriter(db)
     if cfg.dry_run:
-        result = store.WriteResult(inserted={d["legacy_crm_note_id"]: None for d in docs})
+        result = cdp_store.WriteResult(inserted={d["legacy_crm_note_id"]: None for d in docs})
     else:
         result = writer.write(docs)
     t_write = time.perf_counter()
@@ -334,18 +276,18 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
             )
 
     if not cfg.dry_run:  # notes found already migrated are in the audit of the job that inserted them
-        store.record_audit(
+        job_store.record_audit(
             db,
             {
                 "_id": f"{job_id}:{page['page_no']}",
                 "job_id": job_id,
                 "cid": cfg.cid,
                 "company_sso_id": cfg.company_sso_id,
-                "created_at": store.now(),
-                **store.audit_arrays(result.inserted),
+                "created_at": utc_now(),
+                **job_store.audit_arrays(result.inserted),
             },
         )
-    store.replace_note_log(db, page_key(job_id, page["page_no"]), entries, [o.value for o in Outcome])
+    job_store.replace_note_log(db, page_key(job_id, page["page_no"]), entries, [o.value for o in Outcome])
 
     failed_by_reason: dict[str, int] = {}
     skipped_by_reason: dict[str, int] = {}
@@ -382,9 +324,9 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
             "write": t_write - t_transform,
             "total": time.perf_counter() - started,
         },
-        "finished_at": store.now(),
+        "finished_at": utc_now(),
     }
-    store.save_page_result(db, page_result)
+    job_store.save_page_result(db, page_result)
     metrics.page_completed(page_result)
     events_out.append(
         event(
@@ -400,10 +342,10 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: store.Mongo
             **ev,
         )
     )
-    store.record_events(db, events_out)
-    store.heartbeat_lock(db, cfg.cid, job["run_id"])
+    job_store.record_events(db, events_out)
+    job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
 
-    totals = sum_pages(store.page_results(db, job_id))
+    totals = sum_pages(job_store.page_results(db, job_id))
     if should_halt(
         totals,
         batch_size=cfg.batch_size,
@@ -446,7 +388,7 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
         "note": 1,
     }
     stored = {}
-    for doc in store.migrated_notes(db, cfg.company_sso_id, projection):
+    for doc in cdp_store.migrated_notes(db, cfg.company_sso_id, projection):
         doc["note_hash"] = note_hash(doc.pop("note", "") or "")
         stored[doc["legacy_crm_note_id"]] = doc
     _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
@@ -477,7 +419,7 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
 def validate(crm, db: Database, job_id: str) -> Verdict:
     summarise_attachments(db, job_id)  # final attachment figures onto the job before the verdict reads them
     job, cfg = _job(db, job_id)
-    totals = sum_pages(store.page_results(db, job_id))
+    totals = sum_pages(job_store.page_results(db, job_id))
     attachments = job.get("attachments") or {}
     halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
     if halted or cfg.dry_run:
@@ -504,16 +446,16 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
             attachment_failure_share=attachments.get("failure_share", 0.0),
         )
     report["failure_rate"] = verdict.failure_rate
-    store.update_job(
+    job_store.update_job(
         db,
         job_id,
         state=verdict.state.value,
         validation=report,
         totals=totals.as_dict(),
         verdict=verdict.as_dict(),
-        finished_at=store.now(),
+        finished_at=utc_now(),
     )
-    store.record_events(
+    job_store.record_events(
         db,
         [
             event(
@@ -537,6 +479,6 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
 
 
 def release(db: Database, cid: int, run_id: str) -> bool:
-    released = store.release_lock(db, cid, run_id)
+    released = job_store.release_lock(db, cid, run_id)
     log.info("lock of CID %s %s", cid, "released" if released else "was not held by this run")
     return released

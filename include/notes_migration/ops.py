@@ -1,49 +1,40 @@
-"""The Ops surface's logic (status, fleet, per-CID detail, error log, trigger checks), behind the plugin API.
+"""The Ops surface's queries (status, fleet, per-CID detail, error log, trigger checks), for the plugin and the CLI.
 
-Everything here is plain Python over the CRM connection, the CDP database and
-plain values; the FastAPI layer (api.py) only parses requests, authenticates
-and maps results and refusals to HTTP.
+Plain Python over the CRM connection and the CDP database, returning plain data;
+refusals are reason-coded exceptions (codes.Refused). The plugin
+(plugins/crm_notes_migration_ops) parses requests, authenticates and maps
+results and reason codes to HTTP.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration import cdp_store as store
-from notes_migration import crm_source
-from notes_migration.codes import AttachmentOutcome, Event, Outcome, Reason, State
+from notes_migration import crm_source, job_store
+from notes_migration.accounting import sum_pages
+from notes_migration.codes import (
+    ERROR_OUTCOMES,
+    OUTCOME_FILTERS,
+    AttachmentOutcome,
+    Event,
+    Outcome,
+    Reason,
+    Refused,
+    State,
+)
 from notes_migration.config import RunConfig
-from notes_migration.migration import Refused, check_preconditions
-from notes_migration.status import build_status
-
-# HTTP status of each refusal of the trigger endpoint (the DAG's first task refuses the same way).
-REFUSAL_HTTP_STATUS: dict[Reason, int] = {
-    Reason.FLAG_DISABLED: 403,
-    Reason.CID_NOT_FOUND: 404,
-    Reason.ALREADY_MIGRATED: 409,
-    Reason.JOB_ALREADY_RUNNING: 409,
-    Reason.INVALID_COMPANY_SSO_ID: 422,
-}
+from notes_migration.plain import as_plain
+from notes_migration.preflight import check_preconditions
+from notes_migration.status import build_status, progress_pct
 
 RUN_EVENTS = (Event.STARTED, Event.BATCH_COMPLETED, Event.HALTED, Event.COMPLETED)
 NOTE_EVENTS = (Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.ATTACHMENT_FAILED)
 
-# The error log: what went wrong (note failures and attachment failures); `all` adds the skips.
-ERROR_OUTCOMES = (Outcome.FAILED.value, AttachmentOutcome.FAILED.value)
-OUTCOME_FILTERS: dict[str, tuple[str, ...] | None] = {
-    "errors": ERROR_OUTCOMES,
-    "failed": (Outcome.FAILED.value,),
-    "skipped": (Outcome.SKIPPED.value,),
-    "attachment_failed": (AttachmentOutcome.FAILED.value,),
-    "attachment_skipped": (AttachmentOutcome.SKIPPED.value,),
-    "all": None,
-}
 ERROR_LOG_FIELDS = ("legacy_crm_note_id", "reason_code", "details", "outcome", "created_at")
 
 
@@ -54,16 +45,21 @@ class UnknownCid(LookupError):
     """The CID is not an organization of the CRM."""
 
 
-def status_of(crm, db: Database, cid: int) -> dict[str, Any]:
-    """The PRD §8 status of a CID's latest real run; a CID the CRM does not know is an error, not not_started."""
-    if not crm_source.cid_exists(crm, cid):
-        raise UnknownCid(cid)
-    job = store.latest_job(db, cid)
+def cid_status(db: Database, cid: int) -> dict[str, Any]:
+    """The PRD §8 status of the CID's latest real (not dry) run."""
+    job = job_store.latest_job(db, cid)
     if job is None:
         return build_status(cid, None, [], {})
-    out = build_status(cid, job, store.page_results(db, job["_id"]), store.counts_by_outcome(db, job["_id"]))
+    out = build_status(cid, job, job_store.page_results(db, job["_id"]), job_store.counts_by_outcome(db, job["_id"]))
     out["run_id"] = job.get("run_id")
     return out
+
+
+def status_of(crm, db: Database, cid: int) -> dict[str, Any]:
+    """As cid_status, for a CID the CRM knows; an unknown CID is an error (UnknownCid), not not_started."""
+    if not crm_source.cid_exists(crm, cid):
+        raise UnknownCid(cid)
+    return cid_status(db, cid)
 
 
 # --------------------------------------------------------------------------- fleet
@@ -82,32 +78,27 @@ def attachment_success_pct(attachments: Mapping[str, Any] | None) -> float | Non
     return None
 
 
-def fleet_row(job: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, Any]:
-    """One line of the fleet table, from a job and its summed page counters (pure)."""
-    st = build_status(job["cid"], job, [totals] if totals else [], {})
-    notes_total = int(job.get("notes_total") or 0)
-    attempted = int(totals.get("attempted", 0))
-    migrated = int(totals.get("migrated", 0)) + int(totals.get("already_migrated", 0))
-    failed = int(totals.get("failed", 0))
+def fleet_row(job: Mapping[str, Any], pages: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One line of the fleet table, from a job and its page results (pure)."""
+    st = build_status(job["cid"], job, pages, {})
+    totals = sum_pages(pages)
     validation = st.get("validation") or {}
-    failure_rate = st.get("failure_rate", round(failed / attempted, 6) if attempted else 0.0)
+    done = st["status"] in (State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS)
     return {
         "cid": job["cid"],
         "status": st["status"],
         "job_id": job["_id"],
         "run_id": job.get("run_id"),
         "company_sso_id": job.get("company_sso_id"),
-        "progress_pct": 100.0
-        if st["status"] in (State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS)
-        else (min(100.0, round(100.0 * attempted / notes_total, 1)) if notes_total else 0.0),
-        "notes_migrated": migrated if validation.get("found") is None else validation["found"],
-        "notes_total": notes_total,
-        "notes_failed": failed,
-        "failure_rate": failure_rate,
+        "progress_pct": 100.0 if done else st.get("progress_pct", progress_pct(job, totals)),
+        "notes_migrated": validation.get("found", totals.migrated + totals.already_migrated),
+        "notes_total": st["counts"]["notes_total"],
+        "notes_failed": totals.failed,
+        "failure_rate": st.get("failure_rate", round(totals.failure_rate, 6)),
         "match_pct": validation.get("match_pct"),
         "attachment_success_pct": attachment_success_pct(job.get("attachments")),
         "halted_reason": st.get("halted_reason"),
-        "pages_done": int(totals.get("pages_done", 0)),
+        "pages_done": totals.pages_done,
         "pages_total": job.get("pages_total"),
         "updated_at": st.get("updated_at"),
         "created_at": st.get("created_at"),
@@ -117,9 +108,9 @@ def fleet_row(job: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, An
 
 def fleet(db: Database) -> list[dict[str, Any]]:
     """Every CID that has a (real) job: its latest job as a fleet row, by CID. Two queries in all."""
-    jobs = store.jobs_overview(db)
-    totals = store.page_totals(db, [j["_id"] for j in jobs])
-    return [fleet_row(job, totals.get(job["_id"], {})) for job in jobs]
+    jobs = job_store.jobs_overview(db)
+    pages = job_store.pages_of_jobs(db, [j["_id"] for j in jobs])
+    return [fleet_row(job, pages.get(job["_id"], [])) for job in jobs]
 
 
 def state_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -148,15 +139,15 @@ def cid_detail(crm, db: Database, cid: int) -> dict[str, Any]:
     job_id = status.get("job_id")
     if not job_id:
         return detail
-    job = store.get_job(db, job_id) or {}
-    detail["timeline"] = [store.as_plain(e) for e in store.run_events(db, job_id, [e.value for e in RUN_EVENTS])]
-    detail["event_counts"] = store.event_counts(db, job_id)
-    by_outcome = store.counts_by_outcome(db, job_id)
+    job = job_store.get_job(db, job_id) or {}
+    detail["timeline"] = [as_plain(e) for e in job_store.run_events(db, job_id, [e.value for e in RUN_EVENTS])]
+    detail["event_counts"] = job_store.event_counts(db, job_id)
+    by_outcome = job_store.counts_by_outcome(db, job_id)
     detail["failures_by_reason"] = _by_reason(by_outcome, ERROR_OUTCOMES)
     detail["skips_by_reason"] = _by_reason(by_outcome, (Outcome.SKIPPED.value, AttachmentOutcome.SKIPPED.value))
     detail["config"] = job.get("config")
     detail["coverage"] = job.get("coverage")
-    detail["halted"] = store.as_plain(job.get("halted"))
+    detail["halted"] = as_plain(job.get("halted"))
     detail["validation"] = job.get("validation")
     return detail
 
@@ -173,11 +164,11 @@ def _by_reason(by_outcome: Mapping[str, Mapping[str, int]], outcomes: Iterable[s
 
 def error_log(db: Database, job_id: str, outcome: str = "errors", limit: int = 0) -> list[dict[str, Any]] | None:
     """The job's reason-coded log entries (None when the job does not exist)."""
-    if store.get_job(db, job_id) is None:
+    if job_store.get_job(db, job_id) is None:
         return None
     outcomes = OUTCOME_FILTERS[outcome]
-    entries = store.note_log(db, job_id, outcomes, limit=limit)
-    return [{k: v for k, v in (store.as_plain(e) or {}).items() if k in ERROR_LOG_FIELDS} for e in entries]
+    entries = job_store.note_log(db, job_id, outcomes, limit=limit)
+    return [{k: v for k, v in (as_plain(e) or {}).items() if k in ERROR_LOG_FIELDS} for e in entries]
 
 
 def _csv_cell(value: Any) -> Any:
@@ -199,18 +190,6 @@ def error_log_csv(entries: Iterable[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- trigger
 
 
-def lock_is_live(lock: Mapping[str, Any] | None, lease_seconds: int, now: dt.datetime | None = None) -> bool:
-    """A lock refreshed within its lease belongs to a live run (a stale one is taken over by the next run)."""
-    if not lock:
-        return False
-    beat = lock.get("heartbeat_at") or lock.get("acquired_at")
-    if beat is None:
-        return True
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=dt.UTC)
-    return ((now or store.now()) - beat).total_seconds() <= lease_seconds
-
-
 def check_trigger(
     crm, db: Database, cfg: RunConfig, *, flag_cids: Iterable[int], active_run_ids: Iterable[str] = ()
 ) -> None:
@@ -219,8 +198,8 @@ def check_trigger(
     Adds what only the API can see: a run of this CID that is queued or running
     in Airflow but has not taken the CID's lock yet."""
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
-    lock = store.get_lock(db, cfg.cid)
-    if lock_is_live(lock, cfg.thresholds.lock_lease_seconds):
+    lock = job_store.get_lock(db, cfg.cid)
+    if job_store.lock_is_live(lock, cfg.thresholds.lock_lease_seconds):
         raise Refused(
             Reason.JOB_ALREADY_RUNNING,
             f"CID {cfg.cid} is locked by job {lock.get('job_id')} (run {lock.get('run_id')})",

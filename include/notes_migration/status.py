@@ -1,4 +1,5 @@
-"""The Monitor API (PRD §8): one CID's status JSON, computed from the job, its pages and its note log."""
+"""The Monitor API (PRD §8), pure: one CID's status JSON from its job, page results and note-log counts
+(ops.py reads them)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from pymongo.database import Database
-
-from notes_migration import cdp_store as store
-from notes_migration.accounting import sum_pages
+from notes_migration.accounting import Totals, sum_pages
 from notes_migration.codes import Outcome, State
 from notes_migration.config import RunConfig
+from notes_migration.plain import as_plain, utc_now
 
 
 def error_log_url(job_id: str, base: str) -> str:
     return f"{base.rstrip('/')}/{job_id}/errors"
+
+
+def progress_pct(job: Mapping[str, Any], totals: Totals) -> float:
+    """Share of the job's in-scope notes processed so far, in percent."""
+    notes_total = int(job.get("notes_total") or 0)
+    return min(100.0, round(100.0 * totals.attempted / notes_total, 1)) if notes_total else 0.0
 
 
 def build_status(
@@ -51,12 +56,12 @@ def build_status(
     if state == State.IN_PROGRESS:
         processed = totals.attempted
         out.update(
-            progress_pct=round(100.0 * processed / notes_total, 1) if notes_total else 0.0,
+            progress_pct=progress_pct(job, totals),
             notes_processed=processed,
             notes_total=notes_total,
         )
         started = job.get("created_at")
-        elapsed = ((now or store.now()) - started).total_seconds() if started else 0.0
+        elapsed = ((now or utc_now()) - started).total_seconds() if started else 0.0
         rate = processed / elapsed if elapsed > 0 else 0.0
         out["throughput_notes_per_s"] = round(rate, 2)
         out["eta_seconds"] = round((notes_total - processed) / rate) if rate > 0 and notes_total >= processed else None
@@ -92,23 +97,15 @@ def build_status(
         "already_migrated": totals.already_migrated,
         "out_of_scope": skipped_by_reason,
         "failed": failed_by_reason,
-        "checkins_dropped": sum(int(p.get("checkins_dropped", 0)) for p in pages),
-        "owners_unresolved": sum(int(p.get("owners_unresolved", 0)) for p in pages),
-        "pages_done": len(pages),
+        "checkins_dropped": totals.checkins_dropped,
+        "owners_unresolved": totals.owners_unresolved,
+        "pages_done": totals.pages_done,
         "pages_total": job.get("pages_total"),
     }
     if job.get("attachments"):
         out["attachments"] = job["attachments"]
     for key in ("created_at", "updated_at", "finished_at"):
         if job.get(key):
-            out[key] = store.as_plain({"v": job[key]})["v"]
+            out[key] = as_plain({"v": job[key]})["v"]
     out["triggered_by"] = job.get("triggered_by")
     return out
-
-
-def cid_status(db: Database, cid: int) -> dict[str, Any]:
-    """The status of the CID's latest real (not dry) run, as the status endpoint returns it."""
-    job = store.latest_job(db, cid)
-    if job is None:
-        return build_status(cid, None, [], {})
-    return build_status(cid, job, store.page_results(db, job["_id"]), store.counts_by_outcome(db, job["_id"]))

@@ -3,7 +3,9 @@
 Each function reads what it needs from the Airflow context, opens the
 connections, calls one step and turns reason-coded outcomes into Airflow task
 states (a refusal or a halt fails the task with its reason in the message; a
-page after a halt is skipped).
+page after a halt is skipped). Only `preconditions` reads the Variables: every
+later task reads the run's configuration, thresholds included, from the job's
+stored snapshot. Task ids live in the DAG file only.
 """
 
 from __future__ import annotations
@@ -14,28 +16,17 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from notes_migration import alerts, migration, settings
+from notes_migration import alerts, job_store, migration, settings
+from notes_migration.codes import Halted, Refused
 from notes_migration.config import RunConfig
 from notes_migration.connections import cdp_database, crm_connection
 
 log = logging.getLogger(__name__)
 
 
-def run_config_from_params(params: dict[str, Any]) -> RunConfig:
-    return RunConfig(
-        cid=int(params["cid"]),
-        company_sso_id=str(params["company_sso_id"]),
-        batch_size=int(params.get("batch_size", 500)),
-        include_activities=bool(params.get("include_activities", False)),
-        dry_run=bool(params.get("dry_run", False)),
-        force_rerun=bool(params.get("force_rerun", False)),
-        thresholds=settings.thresholds(),
-    )
-
-
 def preconditions() -> dict:
     ctx = get_current_context()
-    cfg = run_config_from_params(dict(ctx["params"]))
+    cfg = RunConfig.from_params(dict(ctx["params"]), settings.thresholds())
     dag_run = ctx["dag_run"]
     with crm_connection() as crm:
         try:
@@ -47,7 +38,7 @@ def preconditions() -> dict:
                 triggered_by=getattr(dag_run, "triggering_user_name", None),
                 flag_cids=settings.flag_cids(),
             )
-        except migration.Refused as refused:
+        except Refused as refused:
             log.error("run refused, nothing written: %s", refused)
             raise AirflowFailException(str(refused)) from None
 
@@ -56,7 +47,7 @@ def coverage_preflight(job: dict) -> dict:
     with crm_connection() as crm:
         try:
             return migration.run_coverage(crm, cdp_database(), job["job_id"])
-        except migration.Halted as halted:
+        except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 
 
@@ -70,36 +61,48 @@ def page_label(page: dict) -> str:
 
 
 def migrate_page(job: dict, page: dict) -> dict:
-    get_current_context()["page_label"] = page_label(page)
+    get_current_context()["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
     with crm_connection() as crm:
         try:
             return migration.migrate_page(crm, cdp_database(), job["job_id"], page)
         except migration.AlreadyHalted as halted:
             raise AirflowSkipException(str(halted)) from None
-        except migration.Halted as halted:
+        except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 
 
-def _job_of_this_run() -> dict:
-    """The job of this run, or a skip when preconditions refused it (validate runs on all_done)."""
-    job = get_current_context()["ti"].xcom_pull(task_ids="preconditions")
-    if not job:
-        raise AirflowSkipException("preconditions refused this run: nothing to validate")
+def job_of_this_run(context: Any = None) -> dict:
+    """The job this run recorded (its id is derived from the run), or a skip when preconditions refused
+    the run and recorded none. For tasks that run on `all_done` and so cannot take the setup task's output."""
+    ctx = context or get_current_context()
+    job = migration.job_of_run(cdp_database(), ctx["dag_run"].run_id, int(ctx["params"]["cid"]))
+    if job is None:
+        raise AirflowSkipException("preconditions refused this run: it recorded no job, nothing to do")
     return job
 
 
 def validate() -> dict:
-    job = _job_of_this_run()
+    """The verdict, with the job it judges and the alerts it calls for, both from the job's snapshot."""
+    job = job_of_this_run()
     with crm_connection() as crm:
-        return migration.validate(crm, cdp_database(), job["job_id"]).as_dict()
+        verdict = migration.validate(crm, cdp_database(), job["job_id"]).as_dict()
+    thresholds = _snapshot_thresholds(job)
+    return {**verdict, "job": job, "alerts": [a.kind for a in alerts.plan(verdict, thresholds)]}
 
 
-def choose_outcome(verdict: dict) -> str:
-    return "send_alerts" if alerts.plan(verdict, settings.thresholds()) else "no_alert"
+def alerts_planned(verdict: dict) -> bool:
+    return bool(verdict["alerts"])
 
 
 def send_alerts(verdict: dict) -> list[str]:
-    return alerts.dispatch(_job_of_this_run(), verdict, settings.thresholds())
+    return alerts.dispatch(verdict["job"], verdict, _snapshot_thresholds(verdict["job"]))
+
+
+def _snapshot_thresholds(job: dict):
+    stored = job_store.get_job(cdp_database(), job["job_id"])
+    if stored is None:
+        raise LookupError(f"job {job['job_id']} not found")
+    return RunConfig.from_dict(stored["config"]).thresholds
 
 
 def finalise(verdict: dict) -> dict:

@@ -12,14 +12,15 @@ import os
 
 import pytest
 
-from notes_migration import attachments, migration, seed_files
-from notes_migration import cdp_store as store
+from notes_migration import attachments, job_store, migration
 from notes_migration import s3_store as s3
-from notes_migration.attachments import SAFE_KEY_RE, UNAVAILABLE_MESSAGE, RetryPolicy
+from notes_migration.attachment_plan import MIME_TYPES, SAFE_KEY_RE, UNAVAILABLE_MESSAGE, extension
 from notes_migration.codes import AttachmentOutcome, Event, Reason
 from notes_migration.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
-from notes_migration.status import cid_status
+from notes_migration.copy_engine import RetryPolicy
+from notes_migration.ops import cid_status
 from tests.helpers import task_states
+from tests.support import seed_files
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = [pytest.mark.integration]
@@ -83,7 +84,7 @@ def add_file(
     """A CRM file row (assets or crm_note_attachments) and, unless body is None, its object in the CRM bucket.
     The declared content type defaults to the right one for the extension."""
     key = f"crm/{note_id // 1_000_000}/{kind}s/{file_id}/{name}"
-    declared_type = declared_type or attachments.MIME_TYPES.get(attachments.extension(name), "application/octet-stream")
+    declared_type = declared_type or MIME_TYPES.get(extension(name), "application/octet-stream")
     size = declared_size if declared_size is not None else len(body or b"")
     with crm_rw.cursor() as cur:
         if kind == "asset":
@@ -243,11 +244,11 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
 
 
 def test_interrupted_run_notes_get_their_files_from_the_next_run(case, cdp):
-    first_run = store.page_results(cdp, case["job1"]["job_id"])
+    first_run = job_store.page_results(cdp, case["job1"]["job_id"])
     assert sum(p["migrated"] for p in first_run) == len(case["notes"]) and len(first_run) >= 2
-    assert store.attachment_page_results(cdp, case["job1"]["job_id"]) == []  # it died before relinking
+    assert job_store.attachment_page_results(cdp, case["job1"]["job_id"]) == []  # it died before relinking
     assert all(a == [] for a in case["attachments_before"].values())  # its notes have no files yet
-    assert len(store.attachment_page_results(cdp, case["job"]["job_id"])) == len(first_run)
+    assert len(job_store.attachment_page_results(cdp, case["job"]["job_id"])) == len(first_run)
     assert len(case["notes"][case["n"]["media"]]["attachments"]) == 9
 
 
@@ -289,7 +290,7 @@ def test_at_most_one_voice_note_per_note(case):
 def test_unsupported_and_oversized_files_are_skipped_with_reasons(case, cdp, cdp_bucket):
     f, note_id = case["f"], case["n"]["refused"]
     assert case["notes"][note_id]["attachments"] == []  # nothing of this note is allowlisted and under the cap
-    log = {e["file"]["ref"]: e for e in store.note_log(cdp, case["job"]["job_id"], AttachmentOutcome.SKIPPED.value)}
+    log = {e["file"]["ref"]: e for e in job_store.note_log(cdp, case["job"]["job_id"], AttachmentOutcome.SKIPPED.value)}
     assert {
         ref: log[ref]["reason_code"] for ref in (f["exe"], f["heic"], f["declared_big"], f["real_big"], f["disguised"])
     } == {
@@ -310,7 +311,7 @@ def test_missing_source_gives_download_failed_an_unavailable_entry_and_the_note_
     assert lost["unavailable"] is True and "url" not in lost
     assert lost["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED and lost["message"] == UNAVAILABLE_MESSAGE
     assert kept["url"].startswith(PROXY) and "unavailable" not in kept
-    failed = store.note_log(cdp, job_id, AttachmentOutcome.FAILED.value)
+    failed = job_store.note_log(cdp, job_id, AttachmentOutcome.FAILED.value)
     assert [(e["legacy_crm_note_id"], e["reason_code"]) for e in failed] == [
         (note_id, Reason.ATTACHMENT_DOWNLOAD_FAILED)
     ]
@@ -318,7 +319,7 @@ def test_missing_source_gives_download_failed_an_unavailable_entry_and_the_note_
     assert event["properties"]["legacy_crm_note_id"] == note_id
     assert event["properties"]["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED
     # the note is migrated and not a failed note
-    assert store.note_log(cdp, job_id, "failed") == []
+    assert job_store.note_log(cdp, job_id, "failed") == []
     assert case["verdict"].state == "completed_success" and case["verdict"].match_pct == 100.0
 
 
@@ -340,7 +341,7 @@ def test_mislabelled_content_type_is_corrected(case, cdp_bucket, cdp):
     assert (entry["type"], entry["mime_type"]) == ("image", "image/jpeg")
     key = entry["url"].removeprefix(PROXY + "/")
     assert cdp_bucket.client.head_object(Bucket=cdp_bucket.name, Key=key)["ContentType"] == "image/jpeg"
-    assert store.get_job(cdp, case["job"]["job_id"])["attachments"]["content_type_corrected"] == 1
+    assert job_store.get_job(cdp, case["job"]["job_id"])["attachments"]["content_type_corrected"] == 1
 
 
 def test_no_object_outside_the_company_prefix(case):
@@ -365,7 +366,7 @@ def test_second_run_copies_nothing_new_and_leaves_attachments_unchanged(case, cd
 
 
 def test_job_figures_and_status(case, cdp):
-    figures = store.get_job(cdp, case["job"]["job_id"])["attachments"]
+    figures = job_store.get_job(cdp, case["job"]["job_id"])["attachments"]
     assert figures["total"] == 21 - 1  # the activity's file is not counted
     assert figures["relinked"] == 14 and figures["failed"] == 1 and figures["skipped"] == 5
     assert figures["failed_by_reason"] == {"ATTACHMENT_DOWNLOAD_FAILED": 1}
@@ -411,13 +412,13 @@ def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, cr
     assert files > 10 and seeded["file_variants"].get("ok") == seeded["assets"] + seeded["documents"]
     assert sum(p["failed"] for p in out) == files and sum(p["relinked"] for p in out) == 0
     notes = notes_of(cdp, cid)
-    assert len(notes) == sum(r["migrated"] for r in store.page_results(cdp, job["job_id"]))  # every note is there
+    assert len(notes) == sum(r["migrated"] for r in job_store.page_results(cdp, job["job_id"]))  # every note is there
     entries = [e for d in notes.values() for e in d["attachments"]]
     assert len(entries) == files
     assert all(
         e["unavailable"] and e["reason_code"] == Reason.ATTACHMENT_UPLOAD_FAILED and "url" not in e for e in entries
     )
-    assert store.note_log(cdp, job["job_id"], "failed") == []  # no failed note
+    assert job_store.note_log(cdp, job["job_id"], "failed") == []  # no failed note
     assert cdp[EVENTS].count_documents({"job_id": job["job_id"], "event": Event.ATTACHMENT_FAILED.value}) == files
     figures = attachments.summarise_job(cdp, job["job_id"])
     assert figures["failure_share"] == 1.0 and figures["failed_by_reason"] == {"ATTACHMENT_UPLOAD_FAILED": files}
@@ -470,7 +471,7 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
             cdp_bucket,
             retry=RetryPolicy(attempts=3, base_delay_s=0.01, sleep=sleeps.append),
         )
-        failed = store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value)
+        failed = job_store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value)
         assert failed and len(failed) == sum(p["failed"] for p in out) == sum(p["files"] for p in out)
         assert all(e["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED and e["file"]["attempts"] == 3 for e in failed)
         assert len(sleeps) == 2 * len(failed)  # backoff between the attempts of every file
@@ -479,7 +480,7 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
         # the sources come back: a retry of the same pages copies everything and clears the failures
         again = relink_all(crm, cdp, job, pages, real, cdp_bucket)
         assert sum(p["relinked"] for p in again) == sum(p["files"] for p in out)
-        assert store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value) == []
+        assert job_store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value) == []
         assert all("unavailable" not in e for d in notes_of(cdp, cid).values() for e in d["attachments"])
     finally:
         migration.release(cdp, cid, "att-2003")
@@ -491,12 +492,12 @@ def test_dry_run_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, 
     migration.release(cdp, cid, "att-2003-dry")
     with pytest.raises(attachments.RelinkSkipped, match="dry run"):
         attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
-    store.update_job(
+    job_store.update_job(
         cdp, dry["job_id"], state="halted", halted={"reason": "FAILURE_RATE_EXCEEDED"}, **{"config.dry_run": False}
     )
     with pytest.raises(attachments.RelinkSkipped, match="halted"):
         attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
-    assert store.attachment_page_results(cdp, dry["job_id"]) == []
+    assert job_store.attachment_page_results(cdp, dry["job_id"]) == []
 
 
 # --------------------------------------------------------------------------- end to end with dag.test()

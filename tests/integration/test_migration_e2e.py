@@ -9,10 +9,10 @@ import datetime as dt
 
 import pytest
 
-from notes_migration import cdp_store as store
+from notes_migration import job_store
 from notes_migration.codes import Reason
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
-from notes_migration.status import cid_status
+from notes_migration.ops import cid_status
 from tests.helpers import PARAM_DEFAULTS, task_states
 from tests.support.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 
@@ -116,12 +116,12 @@ def test_migrated_content_matches_the_source(stage1, cdp, crm):
     )
     assert humans == 3
     # audit map: every migrated note, legacy id → CDP id
-    assert store.audit_entries(cdp, cid) == {k: d["_id"] for k, d in docs.items()}
+    assert job_store.audit_entries(cdp, cid) == {k: d["_id"] for k, d in docs.items()}
 
 
 def test_every_skip_and_drop_is_reason_coded(stage1, cdp, crm):
-    job = store.latest_job(cdp, 100)
-    log = store.note_log(cdp, job["_id"])
+    job = job_store.latest_job(cdp, 100)
+    log = job_store.note_log(cdp, job["_id"])
     assert log and all(e["reason_code"] in Reason.__members__ for e in log)
     skipped = {e["legacy_crm_note_id"] for e in log if e["outcome"] == "skipped"}
     src = source_rows(crm, 100)
@@ -174,7 +174,7 @@ def test_flag_off_writes_nothing(small, cdp, run_dag, caplog):
     dag_run = run_dag(conf(1001), flag=[999999])
     assert str(dag_run.state) == "failed"
     assert "FLAG_DISABLED" in caplog.text
-    assert _nothing_written(cdp, 1001) and store.get_lock(cdp, 1001) is None
+    assert _nothing_written(cdp, 1001) and job_store.get_lock(cdp, 1001) is None
 
 
 def test_unknown_cid_writes_nothing(cdp, run_dag, caplog):
@@ -185,15 +185,15 @@ def test_unknown_cid_writes_nothing(cdp, run_dag, caplog):
 
 
 def test_second_concurrent_run_is_refused_and_touches_nothing(small, cdp, run_dag, caplog):
-    holder = store.acquire_lock(cdp, 1001, job_id="other-job", run_id="other-run", lease_seconds=3600)
+    holder = job_store.acquire_lock(cdp, 1001, job_id="other-job", run_id="other-run", lease_seconds=3600)
     try:
         dag_run = run_dag(conf(1001))
         assert str(dag_run.state) == "failed"
         assert "JOB_ALREADY_RUNNING" in caplog.text
         assert _nothing_written(cdp, 1001)
-        assert store.get_lock(cdp, 1001)["run_id"] == holder["run_id"]  # the other run keeps its lock
+        assert job_store.get_lock(cdp, 1001)["run_id"] == holder["run_id"]  # the other run keeps its lock
     finally:
-        store.release_lock(cdp, 1001, "other-run")
+        job_store.release_lock(cdp, 1001, "other-run")
 
 
 def test_lock_left_by_a_dead_run_is_recovered(small, seed_cid, cdp, run_dag):
@@ -205,7 +205,7 @@ def test_lock_left_by_a_dead_run_is_recovered(small, seed_cid, cdp, run_dag):
     dag_run = run_dag(conf(1001))
     assert str(dag_run.state) == "success"
     assert cid_status(cdp, 1001)["status"] == "completed_success"
-    assert store.get_lock(cdp, 1001) is None  # released by the teardown
+    assert job_store.get_lock(cdp, 1001) is None  # released by the teardown
 
 
 def test_activities_skipped_by_default_and_included_on_request(seed_cid, cdp, crm, run_dag):
@@ -230,7 +230,7 @@ def test_dry_run_writes_no_notes(seed_cid, cdp, run_dag):
     assert str(dag_run.state) == "success"
     assert len(migrated_docs(cdp, 1003)) == 0
     assert cid_status(cdp, 1003)["status"] == "not_started"  # dry runs never change a CID's status
-    dry = store.latest_job(cdp, 1003, include_dry_runs=True)
+    dry = job_store.latest_job(cdp, 1003, include_dry_runs=True)
     assert dry["config"]["dry_run"] and dry["totals"]["migrated"] > 0
 
 
@@ -244,7 +244,7 @@ def test_coverage_below_gate_stops_before_any_write(seed_cid, cdp, run_dag):
     assert status["status"] == "halted" and status["halted_reason"] == "COVERAGE_BELOW_GATE"
     assert status["coverage"]["coverage_pct"] < 99 and status["coverage"]["persons_unmapped"] > 0
     assert len(migrated_docs(cdp, 1004)) == 0
-    assert store.get_lock(cdp, 1004) is None
+    assert job_store.get_lock(cdp, 1004) is None
 
 
 def test_failure_rate_halts_then_backfill_rerun_inserts_only_the_missing(seed_cid, cdp, run_dag):
@@ -262,7 +262,7 @@ def test_failure_rate_halts_then_backfill_rerun_inserts_only_the_missing(seed_ci
     first = migrated_docs(cdp, 1005)
     ran = len(pages) - pages.count("skipped")
     assert 0 < len(first) <= 100 * ran
-    failures = store.note_log(cdp, status["job_id"], outcome="failed")
+    failures = job_store.note_log(cdp, status["job_id"], outcome="failed")
     assert failures and {f["reason_code"] for f in failures} == {"CONTACT_NOT_MAPPED"}
     assert all(f["details"] for f in failures)
 

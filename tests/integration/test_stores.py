@@ -10,8 +10,7 @@ import threading
 
 import pytest
 
-from notes_migration import cdp_store as store
-from notes_migration import crm_source, migration
+from notes_migration import cdp_store, crm_source, job_store, migration
 from notes_migration.config import CONTACT_NOTES, RunConfig
 from tests.support.seed import SeedSpec, company_for
 
@@ -35,14 +34,14 @@ def note(legacy, **extra):
 
 @pytest.fixture
 def clean_company(cdp):
-    store.ensure_indexes(cdp)
+    job_store.ensure_indexes(cdp)
     cdp[CONTACT_NOTES].delete_many({"company_sso_id": COMPANY})
     yield
     cdp[CONTACT_NOTES].delete_many({"company_sso_id": COMPANY})
 
 
 def test_duplicate_key_is_already_migrated_and_other_errors_retry_once_then_fail(cdp, clean_company):
-    writer = store.MongoNoteWriter(cdp)
+    writer = cdp_store.MongoNoteWriter(cdp)
     first = writer.write([note(1), note(2)])
     assert set(first.inserted) == {1, 2} and not first.errors
     calls = []
@@ -64,7 +63,7 @@ def test_duplicate_key_is_already_migrated_and_other_errors_retry_once_then_fail
 
 def test_a_null_legacy_id_is_never_written(cdp, clean_company):
     with pytest.raises(ValueError, match="legacy_crm_note_id"):
-        store.MongoNoteWriter(cdp).write([note(None)])
+        cdp_store.MongoNoteWriter(cdp).write([note(None)])
     assert cdp[CONTACT_NOTES].count_documents({"company_sso_id": COMPANY}) == 0
 
 
@@ -76,32 +75,32 @@ def test_write_errors_become_batch_insert_failed_in_the_page_accounting(seed_cid
         migration.run_coverage(crm, cdp, job["job_id"])
         page = migration.plan(crm, cdp, job["job_id"])[0]
 
-        class Poisoning(store.MongoNoteWriter):
+        class Poisoning(cdp_store.MongoNoteWriter):
             def write(self, docs):
                 docs[0]["$bad"] = 1  # the server refuses this one document
                 return super().write(docs)
 
         with pytest.raises(migration.Halted, match="FAILURE_RATE_EXCEEDED"):  # 1 of ~30 notes is > 1%
             migration.migrate_page(crm, cdp, job["job_id"], page, writer=Poisoning(cdp))
-        (result,) = store.page_results(cdp, job["job_id"])
-        failed = store.note_log(cdp, job["job_id"], outcome="failed")
+        (result,) = job_store.page_results(cdp, job["job_id"])
+        failed = job_store.note_log(cdp, job["job_id"], outcome="failed")
         assert result["failed"] == 1 and [f["reason_code"] for f in failed] == ["BATCH_INSERT_FAILED"]
         assert result["migrated"] + result["skipped"] + result["failed"] == result["rows"]
     finally:
-        store.release_lock(cdp, 1101, "writer-test")
+        job_store.release_lock(cdp, 1101, "writer-test")
 
 
 def test_exactly_one_of_many_concurrent_runs_gets_the_lock(cdp):
-    store.release_lock(cdp, 1102)
+    job_store.release_lock(cdp, 1102)
     winners, losers = [], []
     barrier = threading.Barrier(8)
 
     def contend(i):
         barrier.wait()
         try:
-            store.acquire_lock(cdp, 1102, job_id=f"j{i}", run_id=f"r{i}", lease_seconds=3600)
+            job_store.acquire_lock(cdp, 1102, job_id=f"j{i}", run_id=f"r{i}", lease_seconds=3600)
             winners.append(i)
-        except store.LockHeld:
+        except job_store.LockHeld:
             losers.append(i)
 
     threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
@@ -110,9 +109,9 @@ def test_exactly_one_of_many_concurrent_runs_gets_the_lock(cdp):
     for t in threads:
         t.join()
     assert len(winners) == 1 and len(losers) == 7
-    assert store.get_lock(cdp, 1102)["run_id"] == f"r{winners[0]}"
-    assert not store.release_lock(cdp, 1102, "someone-else")  # only the holder releases
-    assert store.release_lock(cdp, 1102, f"r{winners[0]}")
+    assert job_store.get_lock(cdp, 1102)["run_id"] == f"r{winners[0]}"
+    assert not job_store.release_lock(cdp, 1102, "someone-else")  # only the holder releases
+    assert job_store.release_lock(cdp, 1102, f"r{winners[0]}")
 
 
 def test_crm_timestamps_are_read_as_utc_whatever_the_session_time_zone(seed_cid, crm_rw):
@@ -134,10 +133,10 @@ def test_crm_timestamps_are_read_as_utc_whatever_the_session_time_zone(seed_cid,
 
 
 def test_partial_index_or_its_logged_fallback(cdp, caplog):
-    if store.NOTE_KEY_NAME in cdp[CONTACT_NOTES].index_information():
-        cdp[CONTACT_NOTES].drop_index(store.NOTE_KEY_NAME)  # so this test sees the creation and its log line
-    report = store.ensure_indexes(cdp)
-    info = cdp[CONTACT_NOTES].index_information()[store.NOTE_KEY_NAME]
+    if cdp_store.NOTE_KEY_NAME in cdp[CONTACT_NOTES].index_information():
+        cdp[CONTACT_NOTES].drop_index(cdp_store.NOTE_KEY_NAME)  # so this test sees the creation and its log line
+    report = job_store.ensure_indexes(cdp)
+    info = cdp[CONTACT_NOTES].index_information()[cdp_store.NOTE_KEY_NAME]
     assert info.get("unique")
     if report["contact_notes"] == "plain unique":  # FerretDB v1 refuses partialFilterExpression
         assert "refused a partial index" in caplog.text

@@ -7,13 +7,13 @@ import logging
 
 from plugin_support import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
 
-from notes_migration import cdp_store as store
+from notes_migration import job_store
 from notes_migration.codes import Event
 
 
 def _events(cdp, cid: int) -> list[dict]:
-    job = store.latest_job(cdp, cid)
-    return store.events(cdp, job["_id"], limit=0)
+    job = job_store.latest_job(cdp, cid)
+    return job_store.events(cdp, job["_id"], limit=0)
 
 
 def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
@@ -45,7 +45,7 @@ def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
     assert [e["properties"]["reason"] for e in by_name[Event.HALTED]] == ["FAILURE_RATE_EXCEEDED"]
     # the relink step's event, wherever a file could not be copied
     failed_files = sum(
-        (store.latest_job(cdp, c).get("attachments") or {}).get("failed", 0)
+        (job_store.latest_job(cdp, c).get("attachments") or {}).get("failed", 0)
         for c in (IN_PROGRESS, SUCCESS, WITH_ERRORS)
     )
     assert len(by_name.get(Event.ATTACHMENT_FAILED, [])) == failed_files

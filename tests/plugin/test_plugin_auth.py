@@ -17,7 +17,7 @@ def plugin_routes(api_app) -> list[tuple[str, str]]:
     """(method, url) of every route of the mounted plugin app, found from the app itself (new routes included)."""
     from starlette.routing import Mount
 
-    from notes_migration.api import app as plugin_app
+    from crm_notes_migration_ops.app import app as plugin_app
 
     mounts = [r for r in api_app.routes if isinstance(r, Mount) and r.app is plugin_app]
     assert [m.path for m in mounts] == [PREFIX], "the plugin app is mounted once, at /crm-notes-migration"

@@ -9,6 +9,7 @@ from airflow.utils.types import DagRunTriggeredByType
 from plugin_support import PREFIX, SUCCESS, UNKNOWN_CID, dag_runs_of
 from tests.support.seed import SeedSpec
 
+from notes_migration import job_store
 from notes_migration.codes import Reason
 from notes_migration.migration import job_id_for
 
@@ -31,9 +32,8 @@ def fresh(seed_cid, dag_in_db):
 
 def snapshot(cdp, cid: int) -> tuple:
     """What a refusal must leave untouched: the CID's DAG runs, job records and lock."""
-    from notes_migration import cdp_store as store
 
-    return (sorted(r.run_id for r in dag_runs_of(cid)), store.count_jobs(cdp, cid), store.get_lock(cdp, cid))
+    return (sorted(r.run_id for r in dag_runs_of(cid)), job_store.count_jobs(cdp, cid), job_store.get_lock(cdp, cid))
 
 
 def body(cid: int, company: str, **extra) -> dict:
@@ -79,10 +79,9 @@ def test_409_while_a_run_of_the_cid_is_queued(client, auth, flag, fresh, cdp):
 
 
 def test_409_while_a_run_holds_the_cid_lock(client, auth, flag, seed_cid, cdp, dag_in_db):
-    from notes_migration import cdp_store as store
 
     seeded = seed_cid(SeedSpec(cid=LOCKED, notes=10))
-    store.acquire_lock(cdp, LOCKED, job_id="held-by-test", run_id="manual__held", lease_seconds=3600)
+    job_store.acquire_lock(cdp, LOCKED, job_id="held-by-test", run_id="manual__held", lease_seconds=3600)
     try:
         flag(LOCKED)
         before = snapshot(cdp, LOCKED)
@@ -92,7 +91,7 @@ def test_409_while_a_run_holds_the_cid_lock(client, auth, flag, seed_cid, cdp, d
         assert "held-by-test" in resp.json()["detail"]
         assert snapshot(cdp, LOCKED) == before
     finally:
-        store.release_lock(cdp, LOCKED)
+        job_store.release_lock(cdp, LOCKED)
 
 
 def test_403_when_the_flag_is_off(client, auth, flag, fresh, cdp):

@@ -63,13 +63,13 @@ def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
     """A run id chosen by whoever triggered through Airflow, event details and names are all untrusted."""
     from tests.support.seed import SeedSpec
 
-    from notes_migration import cdp_store as store
+    from notes_migration import job_store
     from notes_migration.config import RunConfig
 
     seeded = seed_cid(SeedSpec(cid=HOSTILE_CID, notes=5))
     stamp = dt.datetime.now(dt.UTC)
     job_id = "hostile-job"
-    store.create_job(
+    job_store.create_job(
         cdp,
         {
             "_id": job_id,
@@ -85,7 +85,7 @@ def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
             "halted": {"reason": "COVERAGE_BELOW_GATE", "failure_rate": 0.0, "at": stamp},
         },
     )
-    store.record_events(
+    job_store.record_events(
         cdp,
         [
             {

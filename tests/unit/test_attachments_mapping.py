@@ -7,25 +7,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.support import seed_files
 
-from notes_migration.attachments import (
+from notes_migration.accounting import attachment_figures, percentile
+from notes_migration.attachment_plan import (
     SAFE_KEY_RE,
     UNAVAILABLE_MESSAGE,
     FileResult,
-    RetryPolicy,
     attachment_entries,
     declared_mime_differs,
     display_name,
     extension,
     forbidden_content,
-    job_figures,
     merged_attachments,
     object_key,
-    percentile,
     plan_note_files,
     proxy_url,
     safe_file_name,
 )
 from notes_migration.codes import AttachmentOutcome, Reason
+from notes_migration.copy_engine import RetryPolicy
 from notes_migration.crm_source import FileRow
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
@@ -275,7 +274,7 @@ def test_job_figures_rates_shares_and_gate():
             "file_ms": [1000],
         },
     ]
-    f = job_figures(pages, gate=0.95, pages_total=3)
+    f = attachment_figures(pages, gate=0.95, pages_total=3)
     assert (f["total"], f["relinked"], f["failed"], f["skipped"]) == (15, 11, 3, 1)
     assert f["failed_by_reason"] == {"ATTACHMENT_DOWNLOAD_FAILED": 2, "ATTACHMENT_UPLOAD_FAILED": 1}
     assert f["success_rate"] == round(11 / 14, 6)
@@ -283,7 +282,7 @@ def test_job_figures_rates_shares_and_gate():
     assert f["failure_share"] == round(3 / 14, 6)
     assert f["gate_met"] is False and f["pages_done"] == 2 and f["pages_total"] == 3
     assert f["p95_file_seconds"] == 1.0
-    empty = job_figures([], gate=0.95)
+    empty = attachment_figures([], gate=0.95)
     assert (empty["success_rate"], empty["failure_share"], empty["gate_met"]) == (1.0, 0.0, True)
 
 

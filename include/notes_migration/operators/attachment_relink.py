@@ -25,16 +25,15 @@ class AttachmentRelinkOperator(BaseOperator):
     """Copy one page's note files from the CRM bucket to `{company_sso_id}/…` in CDP storage and set
     the notes' `attachments` (proxy URLs). Skips itself on a dry run or a halted job.
 
-    :param job: the job descriptor ({job_id, cid, company_sso_id, run_id}); by default pulled from the XCom of
-        `job_task_id` at run time: the operator runs on `all_done` (a failed page must not strand the others'
-        files), and Airflow wants a setup task (preconditions) followed by `all_success` tasks only
-    :param job_task_id: the task that pushed the job descriptor
+    :param job: the job descriptor ({job_id, cid, company_sso_id, run_id}); by default the job this DAG run
+        recorded: the operator runs on `all_done` (a failed page must not strand the others' files), and
+        Airflow wants a setup task (preconditions) followed by `all_success` tasks only
     :param page: one page descriptor of `plan_pages` ({page_no, lo_id, hi_id, size})
     :param source_conn_id: S3 connection of the CRM assets bucket (bucket in its extras)
     :param target_conn_id: S3 connection of CDP's files bucket (bucket in its extras)
     """
 
-    template_fields: Sequence[str] = ("job", "page", "job_task_id", "source_conn_id", "target_conn_id")
+    template_fields: Sequence[str] = ("job", "page", "source_conn_id", "target_conn_id")
     ui_color = "#e8f4ea"
 
     def __init__(
@@ -42,7 +41,6 @@ class AttachmentRelinkOperator(BaseOperator):
         *,
         page: dict[str, int],
         job: dict[str, Any] | None = None,
-        job_task_id: str = "preconditions",
         source_conn_id: str = CRM_S3_CONN_ID,
         target_conn_id: str = CDP_S3_CONN_ID,
         concurrency: int | None = None,
@@ -50,7 +48,6 @@ class AttachmentRelinkOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.job = job
-        self.job_task_id = job_task_id
         self.page = page
         self.source_conn_id = source_conn_id
         self.target_conn_id = target_conn_id
@@ -74,12 +71,11 @@ class AttachmentRelinkOperator(BaseOperator):
         from notes_migration import attachments
         from notes_migration.connections import cdp_database, crm_connection
         from notes_migration.s3_store import bucket_from_hook
+        from notes_migration.tasks import job_of_this_run, page_label
 
         page = self.page
-        job = self.job or context["ti"].xcom_pull(task_ids=self.job_task_id)
-        if not job:
-            raise AirflowSkipException(f"no job from {self.job_task_id}: the run was refused, nothing to relink")
-        context["page_label"] = f"page {page['page_no']} · ids {page['lo_id']}–{page['hi_id']}"  # type: ignore[typeddict-unknown-key]
+        job = self.job or job_of_this_run(context)
+        context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
         with crm_connection() as crm:
             try:
                 return attachments.relink_page(

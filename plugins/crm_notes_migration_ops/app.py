@@ -1,13 +1,7 @@
 """The Ops REST API and UI page of the migration, a FastAPI app mounted by the Airflow plugin.
 
-Airflow does not authenticate plugin apps, so every route here validates
-Airflow's own JWT through the configured auth manager and asks it whether the
-user may read (GET) or trigger (POST) runs of the migration DAG:
-
-* read routes take the token from `Authorization: Bearer …` or, inside the
-  Airflow UI, from its `_token` session cookie;
-* the state-changing route takes it only from the `Authorization` header, so a
-  page on another site cannot make a logged-in browser trigger a run.
+Every route authenticates with Airflow's JWT (auth.py). Routes parse the request,
+call one query of `notes_migration.ops` and map its result or reason code to HTTP.
 
 Mounted at `/crm-notes-migration` on the Airflow API server; see docs/api.md.
 """
@@ -27,23 +21,30 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, statu
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from notes_migration import airflow_runs, ops, settings
-from notes_migration.codes import Reason, State
-from notes_migration.config import DAG_ID, UUID_RE, RunConfig
-from notes_migration.migration import Refused, coverage_report, job_id_for
+from crm_notes_migration_ops import URL_PREFIX, airflow_runs
+from crm_notes_migration_ops.auth import (
+    UNAUTHENTICATED,
+    Operator,
+    Reader,
+    Refusal,
+    bearer_scheme,
+    cookie_scheme,
+    reader,
+)
+from notes_migration import contract, settings
+from notes_migration.codes import OUTCOME_FILTERS, Reason, Refused, State
+from notes_migration.config import DAG_ID, RunConfig, job_id_for
+from notes_migration.lazy import lazy_import
 
-URL_PREFIX = "/crm-notes-migration"
-COOKIE_NAME = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN
+# Loaded when a route first uses them, not when Airflow loads the plugin (they bring pymongo, psycopg …).
+ops = lazy_import("notes_migration.ops")
+preflight = lazy_import("notes_migration.preflight")
+
 UI_REFRESH_SECONDS = 15
 API_VERSION = "1.0.0"
-
-bearer_scheme = HTTPBearer(auto_error=False, description="An Airflow JWT, from `POST /auth/token`.")
-cookie_scheme = APIKeyCookie(
-    name=COOKIE_NAME, auto_error=False, description="The Airflow UI session cookie (read routes only)."
-)
 
 DESCRIPTION = """
 Ops surface of the `crm_notes_migration` DAG: the Monitor API of PRD §8, the
@@ -68,80 +69,19 @@ app = FastAPI(
 )
 
 
-# --------------------------------------------------------------------------- authentication
+OutcomeFilter = StrEnum("OutcomeFilter", {name: name for name in OUTCOME_FILTERS})
 
-
-class Refusal(BaseModel):
-    """A request the API refused: a human-readable message and, for business refusals, the reason code."""
-
-    detail: str
-    reason_code: str | None = None
-
-
-UNAUTHENTICATED = {
-    401: {"model": Refusal, "description": "No, an invalid or an expired Airflow JWT."},
-    403: {"model": Refusal, "description": "The user may not access runs of the DAG."},
-}
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _user_from_token(token: str | None) -> Any:
-    """Validate the JWT with Airflow's auth manager (signature, expiry, audience, revocation)."""
-    if not token:
-        raise _unauthorized("Not authenticated")
-    from airflow.api_fastapi.app import get_auth_manager
-    from jwt import ExpiredSignatureError, InvalidTokenError
-
-    try:
-        return await get_auth_manager().get_user_from_token(token)
-    except ExpiredSignatureError:
-        raise _unauthorized("Token expired") from None
-    except InvalidTokenError:
-        raise _unauthorized("Invalid token") from None
-
-
-def _authorize(user: Any, method: Literal["GET", "POST"]) -> None:
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
-
-    allowed = get_auth_manager().is_authorized_dag(
-        method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=DAG_ID), user=user
-    )
-    if not allowed:
-        action = "read" if method == "GET" else "trigger"
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"user may not {action} runs of DAG {DAG_ID}")
-
-
-def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
-
-
-async def reader(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    cookie_token: Annotated[str | None, Depends(cookie_scheme)],
-) -> Any:
-    """Read routes: the Bearer header wins; inside the Airflow UI the session cookie is used."""
-    user = await _user_from_token(_bearer_token(credentials) or cookie_token)
-    _authorize(user, "GET")
-    return user
-
-
-async def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> Any:
-    """State-changing routes: the Bearer header only, never the cookie (no cross-site forgery)."""
-    user = await _user_from_token(_bearer_token(credentials))
-    _authorize(user, "POST")
-    return user
-
-
-OutcomeFilter = StrEnum("OutcomeFilter", {name: name for name in ops.OUTCOME_FILTERS})
-
-Reader = Annotated[Any, Depends(reader)]
-Operator = Annotated[Any, Depends(operator)]
 CidQuery = Annotated[int, Query(ge=1, description="CRM organization id (CID)")]
-UuidQuery = Annotated[str, Query(pattern=UUID_RE.pattern, description="CDP company UUID")]
+UuidQuery = Annotated[str, Query(pattern=contract.UUID_PATTERN, description="CDP company UUID")]
+
+# HTTP status of each refusal of the trigger endpoint (the DAG's first task refuses with the same codes).
+REFUSAL_HTTP_STATUS: dict[Reason, int] = {
+    Reason.FLAG_DISABLED: 403,
+    Reason.CID_NOT_FOUND: 404,
+    Reason.ALREADY_MIGRATED: 409,
+    Reason.JOB_ALREADY_RUNNING: 409,
+    Reason.INVALID_COMPANY_SSO_ID: 422,
+}
 
 
 # --------------------------------------------------------------------------- external systems
@@ -162,7 +102,7 @@ def _cdp() -> Any:
 
 
 def _refusal(refused: Refused) -> JSONResponse:
-    code = ops.REFUSAL_HTTP_STATUS.get(refused.reason, status.HTTP_409_CONFLICT)
+    code = REFUSAL_HTTP_STATUS.get(refused.reason, status.HTTP_409_CONFLICT)
     message = str(refused).split(": ", 1)[-1]
     return JSONResponse(status_code=code, content={"detail": message, "reason_code": refused.reason.value})
 
@@ -283,27 +223,18 @@ def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader, include
         if not crm_source.cid_exists(crm, cid):
             return _not_found_cid(cid)
         gate = settings.thresholds().coverage_gate
-        return coverage_report(crm, _cdp(), cid, company_sso_id, include_activities=include_activities, gate=gate)
+        return preflight.coverage_report(
+            crm, _cdp(), cid, company_sso_id, include_activities=include_activities, gate=gate
+        )
 
 
 # --------------------------------------------------------------------------- trigger
 
 
-class TriggerBody(BaseModel):
-    """The DAG's params: a run of one CID."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={"examples": [{"cid": 3001, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]},
-    )
-
-    cid: int = Field(ge=1, description="CRM organization id (CID)")
-    company_sso_id: str = Field(pattern=UUID_RE.pattern, description="CDP company UUID the CID moves into")
-    batch_size: int = Field(500, ge=1, le=1000, description="notes per page")
-    include_activities: bool = Field(False, description="also migrate Calls/Emails/Meetings/WhatsApp/SMS entries")
-    dry_run: bool = Field(False, description="read, transform and account; write no notes")
-    force_rerun: bool = Field(False, description="run a CID that already completed_success")
+TriggerBody = contract.trigger_model()  # the run contract's parameters, bounds and defaults (contract.py)
+TriggerBody.model_config["json_schema_extra"] = {
+    "examples": [{"cid": 3001, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]
+}
 
 
 class TriggerResponse(BaseModel):
@@ -337,7 +268,7 @@ class TriggerResponse(BaseModel):
     tags=["operate"],
 )
 def trigger_job(body: TriggerBody, request: Request, response: Response, user: Operator) -> Any:
-    cfg = RunConfig(thresholds=settings.thresholds(), **body.model_dump())
+    cfg = RunConfig.from_params(body.model_dump(), settings.thresholds())
     with _crm() as crm:
         try:
             ops.check_trigger(
@@ -374,7 +305,7 @@ def _templates() -> Any:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
-        loader=PackageLoader("crm_notes_migration", "templates"),
+        loader=PackageLoader("crm_notes_migration_ops", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
     env.filters["pct"] = lambda v, digits=1: "—" if v is None else f"{float(v):.{digits}f}%"

@@ -1,0 +1,322 @@
+"""The migration's own bookkeeping in the CDP database: jobs, locks, pages, the note log
+(failed-record queue), the audit map, events, person maps and attachment page results.
+
+All collection names are prefixed `crm_migration_` (config.py) so they never
+collide with contact-service's. No counter is ever updated by two writers
+(FerretDB's updates are not atomic under concurrency): each page writes its own
+result document and totals are summed on read (accounting.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from notes_migration import cdp_store
+from notes_migration import config as C
+from notes_migration.accounting import PAGE_COUNTERS
+from notes_migration.cdp_store import DUPLICATE_KEY
+from notes_migration.codes import AttachmentOutcome
+from notes_migration.plain import utc_now as now
+
+log = logging.getLogger(__name__)
+
+
+def ensure_indexes(db: Database) -> dict[str, str]:
+    """The CDP idempotency index plus the bookkeeping indexes; says which form the note index took."""
+    report = cdp_store.ensure_note_index(db)
+    db[C.JOBS].create_index([("cid", ASCENDING), ("created_at", DESCENDING)])
+    db[C.PAGES].create_index([("job_id", ASCENDING), ("page_no", ASCENDING)])
+    db[C.NOTE_LOG].create_index([("job_id", ASCENDING), ("outcome", ASCENDING)])
+    db[C.NOTE_LOG].create_index([("job_page", ASCENDING)])
+    db[C.PERSON_MAPS].create_index([("job_id", ASCENDING)])
+    db[C.NOTE_LOG].create_index([("created_at", ASCENDING)])
+    db[C.EVENTS].create_index([("job_id", ASCENDING), ("at", ASCENDING)])
+    db[C.AUDIT].create_index([("cid", ASCENDING)])
+    db[C.ATTACHMENT_PAGES].create_index([("job_id", ASCENDING), ("page_no", ASCENDING)])
+    return report
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def create_job(db: Database, job: dict) -> None:
+    """Idempotent on the deterministic job id (a retried precondition task re-writes the same job)."""
+    db[C.JOBS].replace_one({"_id": job["_id"]}, job, upsert=True)
+
+
+def get_job(db: Database, job_id: str) -> dict | None:
+    return db[C.JOBS].find_one({"_id": job_id})
+
+
+def update_job(db: Database, job_id: str, **fields: Any) -> None:
+    db[C.JOBS].update_one({"_id": job_id}, {"$set": {**fields, "updated_at": now()}})
+
+
+def latest_job(db: Database, cid: int, *, include_dry_runs: bool = False) -> dict | None:
+    query: dict[str, Any] = {"cid": cid}
+    if not include_dry_runs:
+        query["config.dry_run"] = False
+    return db[C.JOBS].find_one(query, sort=[("created_at", DESCENDING), ("_id", DESCENDING)])
+
+
+def jobs_overview(db: Database) -> list[dict]:
+    """The latest real job of every CID that has one (the fleet view)."""
+    latest: dict[int, dict] = {}
+    for job in db[C.JOBS].find({"config.dry_run": False}).sort([("created_at", DESCENDING)]):
+        latest.setdefault(job["cid"], job)
+    return sorted(latest.values(), key=lambda j: j["cid"])
+
+
+def count_jobs(db: Database, cid: int) -> int:
+    """How many job records a CID has (the trigger endpoint's tests prove a refusal wrote none)."""
+    return db[C.JOBS].count_documents({"cid": cid})
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class LockHeld(RuntimeError):
+    def __init__(self, holder: dict):
+        super().__init__(f"CID {holder['_id']} is locked by job {holder.get('job_id')} (run {holder.get('run_id')})")
+        self.holder = holder
+
+
+def acquire_lock(db: Database, cid: int, *, job_id: str, run_id: str, lease_seconds: int) -> dict:
+    """Atomic per-CID lock: the unique `_id` makes exactly one insert win.
+
+    The same run may re-acquire (a retried task). A lock whose heartbeat is older
+    than the lease belongs to a dead run and is taken over (delete + insert, so
+    two rescuers still cannot both win)."""
+    locks = db[C.LOCKS]
+    for _ in range(2):
+        stamp = now()
+        try:
+            lock = {"_id": cid, "job_id": job_id, "run_id": run_id, "acquired_at": stamp, "heartbeat_at": stamp}
+            locks.insert_one(lock)
+            return lock
+        except DuplicateKeyError:
+            holder = locks.find_one({"_id": cid})
+            if holder is None:
+                continue  # released between our insert and read: try again
+            if holder.get("run_id") == run_id:
+                return holder
+            if not lock_is_live(holder, lease_seconds, at=stamp):
+                beat = holder.get("heartbeat_at") or holder.get("acquired_at")
+                log.warning(
+                    "taking over stale lock of CID %s held by %s (last heartbeat %s)", cid, holder.get("run_id"), beat
+                )
+                locks.delete_one(
+                    {"_id": cid, "run_id": holder.get("run_id"), "heartbeat_at": holder.get("heartbeat_at")}
+                )
+                continue
+            raise LockHeld(holder) from None
+    raise LockHeld(locks.find_one({"_id": cid}) or {"_id": cid})
+
+
+def lock_is_live(lock: Mapping[str, Any] | None, lease_seconds: int, at: dt.datetime | None = None) -> bool:
+    """The one stale-lock rule: a lock refreshed within its lease belongs to a live run; an older
+    one belongs to a dead run and is taken over by the next run (or released by housekeeping)."""
+    if not lock:
+        return False
+    beat = lock.get("heartbeat_at") or lock.get("acquired_at")
+    if beat is None:
+        return True
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=dt.UTC)
+    return ((at or now()) - beat).total_seconds() <= lease_seconds
+
+
+def heartbeat_lock(db: Database, cid: int, run_id: str) -> None:
+    db[C.LOCKS].update_one({"_id": cid, "run_id": run_id}, {"$set": {"heartbeat_at": now()}})
+
+
+def release_lock(db: Database, cid: int, run_id: str | None = None) -> bool:
+    """Release the CID's lock, only if this run holds it (None: Ops' forced release)."""
+    query: dict[str, Any] = {"_id": cid}
+    if run_id is not None:
+        query["run_id"] = run_id
+    return db[C.LOCKS].delete_one(query).deleted_count == 1
+
+
+def get_lock(db: Database, cid: int) -> dict | None:
+    return db[C.LOCKS].find_one({"_id": cid})
+
+
+# --------------------------------------------------------------------------- person maps (the coverage step's answers)
+
+
+_PERSON_MAP_CHUNK = 5000
+
+
+def save_person_map(db: Database, job_id: str, mapping: Mapping[int, str]) -> None:
+    """A run's person → contact answers, as compact `person=contact;…` strings of ≤ 5,000 entries:
+    FerretDB decodes one long string ~5× faster than a document with thousands of keys."""
+    db[C.PERSON_MAPS].delete_many({"job_id": job_id})
+    items = sorted(mapping.items())
+    chunks = [items[i : i + _PERSON_MAP_CHUNK] for i in range(0, len(items), _PERSON_MAP_CHUNK)] or [[]]
+    db[C.PERSON_MAPS].insert_many(
+        [
+            {"_id": f"{job_id}:{n}", "job_id": job_id, "persons": ";".join(f"{p}={c}" for p, c in chunk)}
+            for n, chunk in enumerate(chunks)
+        ]
+    )
+
+
+def load_person_map(db: Database, job_id: str) -> dict[int, str] | None:
+    """None when the run saved no map (then the caller resolves by itself)."""
+    out: dict[int, str] | None = None
+    for doc in db[C.PERSON_MAPS].find({"job_id": job_id}):
+        out = out or {}
+        for pair in filter(None, doc["persons"].split(";")):
+            person, _, contact = pair.partition("=")
+            out[int(person)] = contact
+    return out
+
+
+# --------------------------------------------------------------------------- per-page bookkeeping
+
+
+def save_page_result(db: Database, result: dict) -> None:
+    """One document per (job, page), replaced whole: a retried page never double-counts."""
+    db[C.PAGES].replace_one({"_id": f"{result['job_id']}:{result['page_no']}"}, result, upsert=True)
+
+
+def page_results(db: Database, job_id: str) -> list[dict]:
+    return list(db[C.PAGES].find({"job_id": job_id}).sort("page_no", ASCENDING))
+
+
+def _insert_all(collection, docs: list[dict]) -> None:
+    """Unordered insert of documents with deterministic ids; an id already there (a retried task) is kept."""
+    if not docs:
+        return
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others:
+            raise
+
+
+def replace_note_log(db: Database, job_page: str, entries: list[dict], outcomes: Iterable[str]) -> None:
+    """The failed-record queue and skip log of one page of a job, replaced: a retried page that now
+    succeeds leaves no stale failure behind. Entries of other outcomes (notes vs files) stay."""
+    db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": list(outcomes)}})
+    _insert_all(db[C.NOTE_LOG], entries)
+
+
+def note_log(db: Database, job_id: str, outcome: str | Iterable[str] | None = None, limit: int = 0) -> list[dict]:
+    """A job's reason-coded note-log entries (all, one outcome, or any of several), by legacy note id."""
+    query: dict[str, Any] = {"job_id": job_id}
+    if isinstance(outcome, str):
+        query["outcome"] = outcome
+    elif outcome is not None:
+        query["outcome"] = {"$in": list(outcome)}
+    return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
+
+
+def purge_expired_note_log(db: Database, retention_days: int) -> int:
+    """The 30-day retention of the failed-record queue (FerretDB has no TTL index, so we purge)."""
+    cutoff = now() - dt.timedelta(days=retention_days)
+    return db[C.NOTE_LOG].delete_many({"created_at": {"$lt": cutoff}}).deleted_count
+
+
+def audit_arrays(mapping: Mapping[int, Any]) -> dict[str, list]:
+    """Parallel arrays (FerretDB v1 stores no nested arrays): legacy ids and their CDP note ids."""
+    pairs = sorted(mapping.items())
+    return {"legacy_crm_note_ids": [p[0] for p in pairs], "cdp_note_ids": [p[1] for p in pairs]}
+
+
+def record_audit(db: Database, page_audit: dict) -> None:
+    """legacy_crm_note_id → CDP note id of one page of one job, as one document replaced whole."""
+    db[C.AUDIT].replace_one({"_id": page_audit["_id"]}, page_audit, upsert=True)
+
+
+def audit_entries(db: Database, cid: int) -> dict[int, Any]:
+    """The audit map of a CID over all its jobs: legacy id → CDP note id."""
+    out: dict[int, Any] = {}
+    for page in db[C.AUDIT].find({"cid": cid}).sort("created_at", ASCENDING):
+        for legacy, note_id in zip(page["legacy_crm_note_ids"], page["cdp_note_ids"], strict=True):
+            out.setdefault(int(legacy), note_id)
+    return out
+
+
+def record_events(db: Database, events: list[dict]) -> None:
+    _insert_all(db[C.EVENTS], events)
+
+
+def events(db: Database, job_id: str, limit: int = 500) -> list[dict]:
+    return list(db[C.EVENTS].find({"job_id": job_id}, {"_id": 0}).sort("at", ASCENDING).limit(limit))
+
+
+def counts_by_outcome(db: Database, job_id: str) -> dict[str, dict[str, int]]:
+    """{outcome: {reason_code: n}} over a job's note log, counted on the server."""
+    pipeline = [
+        {"$match": {"job_id": job_id}},
+        {"$group": {"_id": {"o": "$outcome", "r": "$reason_code"}, "n": {"$sum": 1}}},
+    ]
+    out: dict[str, dict[str, int]] = {}
+    for row in db[C.NOTE_LOG].aggregate(pipeline):
+        out.setdefault(row["_id"]["o"], {})[row["_id"]["r"]] = row["n"]
+    return out
+
+
+# --------------------------------------------------------------------------- ops surface (plugin API and UI)
+
+
+def pages_of_jobs(db: Database, job_ids: list[str]) -> dict[str, list[dict]]:
+    """{job_id: its page results' counters} for many jobs in one query (the fleet table; summed by
+    accounting.sum_pages, not in a `$group`: FerretDB v1 computes only a `$group`'s first accumulator)."""
+    if not job_ids:
+        return {}
+    projection = {"_id": 0, "job_id": 1, **dict.fromkeys(PAGE_COUNTERS, 1)}
+    out: dict[str, list[dict]] = {}
+    for page in db[C.PAGES].find({"job_id": {"$in": list(job_ids)}}, projection):
+        out.setdefault(page["job_id"], []).append(page)
+    return out
+
+
+def run_events(db: Database, job_id: str, names: Iterable[str], limit: int = 200) -> list[dict]:
+    """The job's run-level events (started, batches, halt, completion), newest first."""
+    query = {"job_id": job_id, "event": {"$in": list(names)}}
+    return list(db[C.EVENTS].find(query, {"_id": 0}).sort("at", DESCENDING).limit(limit))
+
+
+def event_counts(db: Database, job_id: str) -> dict[str, int]:
+    """{event name: n} of a job, counted on the server (note-level events can be thousands)."""
+    pipeline = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$event", "n": {"$sum": 1}}}]
+    return {row["_id"]: row["n"] for row in db[C.EVENTS].aggregate(pipeline)}
+
+
+# --------------------------------------------------------------------------- attachment pages
+
+
+_ATTACHMENT_OUTCOMES = [o.value for o in AttachmentOutcome]
+
+
+def replace_attachment_log(db: Database, job_id: str, legacy_ids: list[int], entries: list[dict]) -> None:
+    """The per-file records of a page's notes for this job, replaced (note-level records untouched)."""
+    if legacy_ids:
+        db[C.NOTE_LOG].delete_many(
+            {
+                "job_id": job_id,
+                "legacy_crm_note_id": {"$in": list(legacy_ids)},
+                "outcome": {"$in": _ATTACHMENT_OUTCOMES},
+            }
+        )
+    _insert_all(db[C.NOTE_LOG], entries)
+
+
+def save_attachment_page(db: Database, result: dict) -> None:
+    """One document per (job, page) in its own collection, replaced whole (no shared counters)."""
+    db[C.ATTACHMENT_PAGES].replace_one({"_id": result["_id"]}, result, upsert=True)
+
+
+def attachment_page_results(db: Database, job_id: str) -> list[dict]:
+    return list(db[C.ATTACHMENT_PAGES].find({"job_id": job_id}).sort("page_no", ASCENDING))
