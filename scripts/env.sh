@@ -24,7 +24,7 @@ export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CON
 export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
 # the logic package `notes_migration` is installed (editable) into .venv by bootstrap.sh; the
 # checkout root makes the dev-only tests.support and benchmarks importable by the scripts
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT:$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"  # + the Ops package (CLI) outside Airflow
 
 # Local connections: generated from airflow_settings.yaml (the single source of local settings) by
 # scripts/local_settings.py, with the loopback ports above. An AIRFLOW_CONN_* exported before calling

@@ -74,6 +74,7 @@ class Verdict:
     content_mismatches: int
     attachment_failure_share: float = 0.0
     halted_reason: str | None = None
+    validation_skipped: str | None = None  # VALIDATION_SKIPPED: the count source was unavailable (PRD §9 #8)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}
@@ -89,17 +90,29 @@ def decide_verdict(
     max_failure_rate: float,
     attachment_failure_share: float = 0.0,
     dry_run: bool = False,
+    validation_skipped: str | None = None,
 ) -> Verdict:
-    """Success is decided by validation, never by reaching the end (a dry run wrote nothing to match)."""
+    """Success is decided by validation, never by reaching the end (a dry run wrote nothing to match;
+    a validation that could not count proves nothing: completed_with_errors)."""
     if halted_reason:
         state = State.HALTED
+    elif validation_skipped:
+        state = State.COMPLETED_WITH_ERRORS
     elif dry_run:
         state = State.COMPLETED_SUCCESS if failure_rate <= max_failure_rate else State.COMPLETED_WITH_ERRORS
     elif match is not None and match >= min_match_pct and failure_rate <= max_failure_rate and mismatches == 0:
         state = State.COMPLETED_SUCCESS
     else:
         state = State.COMPLETED_WITH_ERRORS
-    return Verdict(state, match, round(failure_rate, 6), mismatches, round(attachment_failure_share, 6), halted_reason)
+    return Verdict(
+        state,
+        match,
+        round(failure_rate, 6),
+        mismatches,
+        round(attachment_failure_share, 6),
+        halted_reason,
+        validation_skipped if not halted_reason else None,
+    )
 
 
 # --------------------------------------------------------------------------- attachment figures
@@ -139,6 +152,7 @@ def attachment_figures(
     skipped_by: Counter[str] = Counter()
     ms: list[int] = []
     n_pages = 0
+    seconds = 0.0
     for page in pages:
         n_pages += 1
         for k in keys:
@@ -146,6 +160,7 @@ def attachment_figures(
         failed_by.update(page.get("failed_by_reason") or {})
         skipped_by.update(page.get("skipped_by_reason") or {})
         ms.extend(page.get("file_ms") or [])
+        seconds += float((page.get("timings_s") or {}).get("total") or 0.0)
     tried = sums["files"] - sums["skipped"]
     with_source = tried - sums["source_missing"]
     where_source = sums["relinked"] / with_source if with_source else 1.0
@@ -172,4 +187,5 @@ def attachment_figures(
         "p95_file_seconds": round(p95 / 1000, 3) if p95 is not None else None,
         "pages_done": n_pages,
         "pages_total": pages_total,
+        "seconds_total": round(seconds, 3),
     }

@@ -20,6 +20,11 @@ class Reason(StrEnum):
     JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
     COVERAGE_BELOW_GATE = "COVERAGE_BELOW_GATE"
     FAILURE_RATE_EXCEEDED = "FAILURE_RATE_EXCEEDED"
+    # run-level, after start: the CRM kept failing (PRD §9 #2), validation could not count (§9 #8), cancel
+    CRM_EXTRACT_FAILED = "CRM_EXTRACT_FAILED"
+    VALIDATION_SKIPPED = "VALIDATION_SKIPPED"
+    CANCELLED = "CANCELLED"
+    RUN_FAILED = "RUN_FAILED"  # Airflow saw the run die (task killed, marked failed) before the job finished
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
     NOTE_TOO_LARGE = "NOTE_TOO_LARGE"
@@ -77,8 +82,11 @@ class State(StrEnum):
 
 TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS})
 
-# The error log: what went wrong (note failures and attachment failures); `all` adds the skips.
-ERROR_OUTCOMES = (Outcome.FAILED.value, AttachmentOutcome.FAILED.value)
+# A run-level entry of the error log (no note id): CRM_EXTRACT_FAILED, VALIDATION_SKIPPED.
+RUN_ERROR_OUTCOME = "run_error"
+
+# The error log: what went wrong (run errors, note failures and attachment failures); `all` adds the skips.
+ERROR_OUTCOMES = (RUN_ERROR_OUTCOME, Outcome.FAILED.value, AttachmentOutcome.FAILED.value)
 OUTCOME_FILTERS: dict[str, tuple[str, ...] | None] = {
     "errors": ERROR_OUTCOMES,
     "failed": (Outcome.FAILED.value,),

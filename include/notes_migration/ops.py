@@ -30,7 +30,7 @@ from notes_migration.codes import (
 from notes_migration.config import RunConfig
 from notes_migration.plain import as_plain
 from notes_migration.preflight import check_preconditions
-from notes_migration.status import build_status, progress_pct
+from notes_migration.status import build_status, progress_pct, with_airflow_runs
 
 RUN_EVENTS = (Event.STARTED, Event.BATCH_COMPLETED, Event.HALTED, Event.COMPLETED)
 NOTE_EVENTS = (Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.ATTACHMENT_FAILED)
@@ -45,21 +45,22 @@ class UnknownCid(LookupError):
     """The CID is not an organization of the CRM."""
 
 
-def cid_status(db: Database, cid: int) -> dict[str, Any]:
-    """The PRD §8 status of the CID's latest real (not dry) run."""
+def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The PRD §8 status of the CID's latest real (not dry) run, corrected by what Airflow knows of the
+    CID's DAG runs when the caller can see them (`runs`, newest first: the plugin and the CLI pass them)."""
     job = job_store.latest_job(db, cid)
     if job is None:
-        return build_status(cid, None, [], {})
+        return with_airflow_runs(build_status(cid, None, [], {}), None, runs)
     out = build_status(cid, job, job_store.page_results(db, job["_id"]), job_store.counts_by_outcome(db, job["_id"]))
     out["run_id"] = job.get("run_id")
-    return out
+    return with_airflow_runs(out, job, runs)
 
 
-def status_of(crm, db: Database, cid: int) -> dict[str, Any]:
+def status_of(crm, db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """As cid_status, for a CID the CRM knows; an unknown CID is an error (UnknownCid), not not_started."""
     if not crm_source.cid_exists(crm, cid):
         raise UnknownCid(cid)
-    return cid_status(db, cid)
+    return cid_status(db, cid, runs)
 
 
 # --------------------------------------------------------------------------- fleet
@@ -106,11 +107,20 @@ def fleet_row(job: Mapping[str, Any], pages: list[Mapping[str, Any]]) -> dict[st
     }
 
 
-def fleet(db: Database) -> list[dict[str, Any]]:
-    """Every CID that has a (real) job: its latest job as a fleet row, by CID. Two queries in all."""
+def fleet(db: Database, runs_by_cid: Mapping[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Every CID that has a (real) job: its latest job as a fleet row, by CID. Two queries in all.
+    With `runs_by_cid` a row whose run Airflow saw die says so (RUN_FAILED), as the status does."""
     jobs = job_store.jobs_overview(db)
     pages = job_store.pages_of_jobs(db, [j["_id"] for j in jobs])
-    return [fleet_row(job, pages.get(job["_id"], [])) for job in jobs]
+    rows = []
+    for job in jobs:
+        row = fleet_row(job, pages.get(job["_id"], []))
+        runs = (runs_by_cid or {}).get(job["cid"])
+        if row["status"] == State.IN_PROGRESS and runs:
+            corrected = with_airflow_runs({"status": row["status"], "job_id": job["_id"]}, job, runs)
+            row.update(status=corrected["status"], halted_reason=corrected.get("halted_reason"))
+        rows.append(row)
+    return rows
 
 
 def state_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -123,9 +133,9 @@ def state_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 # --------------------------------------------------------------------------- per-CID detail
 
 
-def cid_detail(crm, db: Database, cid: int) -> dict[str, Any]:
+def cid_detail(crm, db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Status, event timeline, failures by reason and the effective config of the CID's latest job."""
-    status = status_of(crm, db, cid)
+    status = status_of(crm, db, cid, runs)
     detail: dict[str, Any] = {
         "cid": cid,
         "status": status,

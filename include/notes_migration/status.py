@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from notes_migration.accounting import Totals, sum_pages
-from notes_migration.codes import Outcome, State
+from notes_migration.codes import Outcome, Reason, State
 from notes_migration.config import RunConfig
 from notes_migration.plain import as_plain, utc_now
 
@@ -21,6 +21,44 @@ def progress_pct(job: Mapping[str, Any], totals: Totals) -> float:
     """Share of the job's in-scope notes processed so far, in percent."""
     notes_total = int(job.get("notes_total") or 0)
     return min(100.0, round(100.0 * totals.attempted / notes_total, 1)) if notes_total else 0.0
+
+
+# Phases of an in-progress run, in order (the status says which one the run is in).
+PHASE_NOTES, PHASE_ATTACHMENTS, PHASE_VALIDATING = "migrating_notes", "relinking_attachments", "validating"
+
+
+def run_progress(
+    job: Mapping[str, Any], pages: list[Mapping[str, Any]], totals: Totals, elapsed_s: float
+) -> dict[str, Any]:
+    """Progress over the whole run, notes and attachments, each phase weighted by its measured cost.
+
+    Both phases run over the same pages: a phase's weight is its mean seconds per page measured so
+    far (the note phase's until the first attachment page is done; no attachment phase on a dry
+    run). The ETA extrapolates the elapsed time over the weighted share still to do."""
+    pages_total = int(job.get("pages_total") or 0)
+    notes_share = progress_pct(job, totals) / 100.0
+    attachments = job.get("attachments") or {}
+    files_pages = int(attachments.get("pages_done") or 0)
+    note_seconds = [float((p.get("timings_s") or {}).get("total") or 0.0) for p in pages]
+    note_cost = (sum(note_seconds) / len(note_seconds)) if note_seconds else 1.0
+    dry_run = bool((job.get("config") or {}).get("dry_run"))
+    if dry_run:
+        file_cost = 0.0
+    elif files_pages:
+        file_cost = float(attachments.get("seconds_total") or 0.0) / files_pages
+    else:
+        file_cost = note_cost
+    files_share = min(1.0, files_pages / pages_total) if pages_total else 0.0
+    weight = note_cost + file_cost
+    share = (note_cost * notes_share + file_cost * files_share) / weight if weight > 0 else notes_share
+    if pages_total and totals.pages_done < pages_total:
+        phase = PHASE_NOTES
+    elif not dry_run and pages_total and files_pages < pages_total:
+        phase = PHASE_ATTACHMENTS
+    else:
+        phase = PHASE_VALIDATING
+    eta = round(elapsed_s * (1 - share) / share) if 0 < share and elapsed_s > 0 else None
+    return {"phase": phase, "progress_pct": min(100.0, round(100.0 * share, 1)), "eta_seconds": eta}
 
 
 def build_status(
@@ -55,16 +93,10 @@ def build_status(
 
     if state == State.IN_PROGRESS:
         processed = totals.attempted
-        out.update(
-            progress_pct=progress_pct(job, totals),
-            notes_processed=processed,
-            notes_total=notes_total,
-        )
         started = job.get("created_at")
         elapsed = ((now or utc_now()) - started).total_seconds() if started else 0.0
-        rate = processed / elapsed if elapsed > 0 else 0.0
-        out["throughput_notes_per_s"] = round(rate, 2)
-        out["eta_seconds"] = round((notes_total - processed) / rate) if rate > 0 and notes_total >= processed else None
+        out.update(run_progress(job, pages, totals, elapsed), notes_processed=processed, notes_total=notes_total)
+        out["throughput_notes_per_s"] = round(processed / elapsed, 2) if elapsed > 0 else 0.0
     elif state == State.HALTED:
         halted = job.get("halted") or {}
         rate = halted.get("failure_rate")
@@ -108,4 +140,61 @@ def build_status(
         if job.get(key):
             out[key] = as_plain({"v": job[key]})["v"]
     out["triggered_by"] = job.get("triggered_by")
+    return out
+
+
+DEAD_RUN_STATES = frozenset({"failed", "success"})  # Airflow is done with the run, whatever the job says
+
+
+def with_airflow_runs(
+    status: dict[str, Any], job: Mapping[str, Any] | None, runs: list[Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    """The status corrected by what Airflow knows of the CID's DAG runs (newest first), so a poller
+    never waits on a run that is dead: a job still in_progress whose run Airflow has finished, or a
+    failed run that recorded no job at all, is reported `halted` with reason RUN_FAILED, the run's
+    id and state and its failed tasks. A newer run that recorded no job is shown beside the job."""
+    if not runs:
+        return status
+    out = dict(status)
+    job_run = next((r for r in runs if job and r["run_id"] == job.get("run_id")), None)
+    newest = runs[0]
+    if job is not None and status["status"] == State.IN_PROGRESS and job_run and job_run["state"] in DEAD_RUN_STATES:
+        return _run_failed(
+            out,
+            job_run,
+            url=error_log_url(job["_id"], RunConfig.from_dict(job["config"]).thresholds.error_log_url_base),
+        )
+    if newest is not job_run:
+        if job is None and newest["state"] == "failed":
+            return _run_failed(out, newest, url=None)
+        out["latest_run"] = _run_info(newest)
+    return out
+
+
+def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
+    info = {k: run.get(k) for k in ("run_id", "state", "failed_tasks")}
+    for key in ("start_date", "end_date"):
+        if run.get(key):
+            info[key] = as_plain({"v": run[key]})["v"]
+    return info
+
+
+def _run_failed(out: dict[str, Any], run: Mapping[str, Any], *, url: str | None) -> dict[str, Any]:
+    for key in ("progress_pct", "eta_seconds", "phase", "notes_processed", "throughput_notes_per_s"):
+        out.pop(key, None)
+    failed = run.get("failed_tasks") or []
+    out.update(
+        status=State.HALTED.value,
+        halted_reason=Reason.RUN_FAILED.value,
+        airflow_run=_run_info(run),
+        detail=f"Airflow run {run['run_id']} is {run['state']}"
+        + (f" (failed: {', '.join(failed)})" if failed else "")
+        + (" before the job finished" if "job_id" in out else " before it recorded a job"),
+    )
+    if url:
+        out["error_log_url"] = url
+    counts = out.get("counts") or {}
+    failed_n = sum((counts.get("failed") or {}).values())
+    attempted = int(counts.get("migrated") or 0) + int(counts.get("already_migrated") or 0) + failed_n
+    out.setdefault("failure_rate", round(failed_n / attempted, 6) if attempted else 0.0)
     return out

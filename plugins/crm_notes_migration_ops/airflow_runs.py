@@ -42,6 +42,48 @@ def active_run_ids(cid: int) -> list[str]:
     return sorted(run_id for run_id, conf in rows if _conf_cid(conf) == cid)
 
 
+def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict[str, Any]]]:
+    """{cid: its newest DAG runs, newest first}: run id, state, dates and the tasks that failed.
+
+    What the status needs so that a run Airflow saw die (killed task process, unreachable
+    execution API, marked failed by hand) is never reported as not_started or in_progress."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    out: dict[int, list[dict[str, Any]]] = {}
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.conf, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.run_after)
+            .where(DagRun.dag_id == DAG_ID)
+            .order_by(DagRun.run_after.desc(), DagRun.id.desc())
+        ).all()
+        for run_id, conf, state, start, end, run_after in rows:
+            run_cid = _conf_cid(conf)
+            if run_cid is None or (cid is not None and run_cid != cid) or len(out.get(run_cid, [])) >= per_cid:
+                continue
+            out.setdefault(run_cid, []).append(
+                {"run_id": run_id, "state": str(state), "start_date": start, "end_date": end, "run_after": run_after}
+            )
+        wanted = [r["run_id"] for runs in out.values() for r in runs if r["state"] == "failed"]
+        failed: dict[str, list[str]] = {}
+        if wanted:
+            for run_id, task_id, map_index in session.execute(
+                select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index).where(
+                    TaskInstance.dag_id == DAG_ID,
+                    TaskInstance.run_id.in_(wanted),
+                    TaskInstance.state == TaskInstanceState.FAILED,
+                )
+            ).all():
+                failed.setdefault(run_id, []).append(task_id if map_index < 0 else f"{task_id}[{map_index}]")
+    for runs in out.values():
+        for run in runs:
+            run["failed_tasks"] = sorted(failed.get(run["run_id"], []))
+    return out
+
+
 def dag_is_paused() -> bool | None:
     """Whether the DAG is paused (a triggered run then waits); None when the DAG is unknown."""
     from airflow.models.dag import DagModel

@@ -161,7 +161,8 @@ class StatusResponse(BaseModel):
 def get_status(cid: CidQuery, user: Reader) -> Any:
     with _crm() as crm:
         try:
-            return JSONResponse(jsonable_encoder(ops.status_of(crm, _cdp(), cid)))
+            runs = airflow_runs.runs_by_cid(cid).get(cid)
+            return JSONResponse(jsonable_encoder(ops.status_of(crm, _cdp(), cid, runs)))
         except ops.UnknownCid:
             return _not_found_cid(cid)
 
@@ -170,7 +171,7 @@ def get_status(cid: CidQuery, user: Reader) -> Any:
     "/api/jobs", summary="Fleet: the latest job of every CID that has one", tags=["monitor"], responses=UNAUTHENTICATED
 )
 def list_jobs(user: Reader) -> dict[str, Any]:
-    rows = ops.fleet(_cdp())
+    rows = ops.fleet(_cdp(), airflow_runs.runs_by_cid())
     return {"jobs": rows, "counts": ops.state_counts(rows)}
 
 
@@ -393,7 +394,8 @@ def _login_url(request: Request) -> str:
 
 def _ui_context(cid_param: str | None) -> dict[str, Any]:
     db = _cdp()
-    rows = ops.fleet(db)
+    runs = airflow_runs.runs_by_cid()
+    rows = ops.fleet(db, runs)
     context: dict[str, Any] = {
         "rows": rows,
         "counts": ops.state_counts(rows),
@@ -409,7 +411,8 @@ def _ui_context(cid_param: str | None) -> dict[str, Any]:
             return context
         with _crm() as crm:
             try:
-                context["detail"] = jsonable_encoder(ops.cid_detail(crm, db, int(cid_param)))
+                cid = int(cid_param)
+                context["detail"] = jsonable_encoder(ops.cid_detail(crm, db, cid, runs.get(cid)))
             except ops.UnknownCid:
                 context["lookup_error"] = f"CID {cid_param} is not an organization of the CRM."
     return context

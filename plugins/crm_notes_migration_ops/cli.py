@@ -1,12 +1,12 @@
-"""Ops command line: run a CID in-process, read its status, coverage and errors, release a dead run's lock.
+"""Ops command line (the terminal twin of the plugin's web surface): run a CID in-process, read its status, coverage and errors, release a dead run's lock.
 
 The feature flag is an ordinary Airflow Variable: `airflow variables set crm_notes_migration_enabled '[100, 5000]'`.
 
-    python -m notes_migration.cli run --cid 100 --company-sso-id UUID [--batch-size 500] [--dry-run] ...
-    python -m notes_migration.cli status --cid 100
-    python -m notes_migration.cli coverage --cid 100 --company-sso-id UUID
-    python -m notes_migration.cli errors --job-id JOB
-    python -m notes_migration.cli release-lock --cid 100     # a lock left by a dead run
+    python -m crm_notes_migration_ops.cli run --cid 100 --company-sso-id UUID [--batch-size 500] [--dry-run] ...
+    python -m crm_notes_migration_ops.cli status --cid 100
+    python -m crm_notes_migration_ops.cli coverage --cid 100 --company-sso-id UUID
+    python -m crm_notes_migration_ops.cli errors --job-id JOB
+    python -m crm_notes_migration_ops.cli release-lock --cid 100     # a lock left by a dead run
 
 `run`'s options are the run contract's parameters (contract.py), the same as the DAG's params.
 """
@@ -34,6 +34,18 @@ def run_in_process(conf: dict[str, Any]) -> str:
 
     dag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder")).get_dag(DAG_ID)
     return str(dag.test(run_conf=conf).state)
+
+
+def _airflow_runs(cid: int) -> list[dict[str, Any]] | None:
+    """What Airflow's metadata DB knows of the CID's runs: the plugin's own lookup, so the CLI
+    reports a dead run (RUN_FAILED) exactly as the status endpoint does."""
+    from crm_notes_migration_ops.airflow_runs import runs_by_cid
+
+    try:
+        return runs_by_cid(cid).get(cid)
+    except Exception as exc:  # no metadata DB reachable: the job records alone answer
+        print(f"note: Airflow's runs not consulted ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argparse.ArgumentParser:
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     db = cdp_database()
     if args.cmd == "status":
         with crm_connection() as crm:
-            _print(ops.status_of(crm, db, args.cid))
+            _print(ops.status_of(crm, db, args.cid, _airflow_runs(args.cid)))
     elif args.cmd == "coverage":
         from notes_migration.config import Thresholds
         from notes_migration.preflight import coverage_report

@@ -1,0 +1,97 @@
+"""A status that never goes silent: Airflow's view of a CID's runs corrects the job records (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from notes_migration.accounting import sum_pages
+from notes_migration.config import RunConfig
+from notes_migration.status import (
+    PHASE_ATTACHMENTS,
+    PHASE_NOTES,
+    PHASE_VALIDATING,
+    build_status,
+    run_progress,
+    with_airflow_runs,
+)
+
+COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
+T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def job(state="in_progress", run_id="manual__1", **kw):
+    return {
+        "_id": "job-1",
+        "cid": 7,
+        "company_sso_id": COMPANY,
+        "run_id": run_id,
+        "state": state,
+        "config": RunConfig(cid=7, company_sso_id=COMPANY).as_dict(),
+        "created_at": T0,
+        "notes_total": 1000,
+        "pages_total": 2,
+        **kw,
+    }
+
+
+def run(run_id="manual__1", state="running", failed=()):
+    return {"run_id": run_id, "state": state, "failed_tasks": list(failed), "start_date": T0, "end_date": None}
+
+
+PAGE = {"attempted": 500, "migrated": 495, "failed": 5, "timings_s": {"total": 2.0}}
+
+
+def status_of(j, pages=(), runs=None):
+    return with_airflow_runs(build_status(7, j, list(pages), {"failed": {"CONTACT_NOT_MAPPED": 5}}, now=T0), j, runs)
+
+
+@pytest.mark.parametrize("airflow_state", ["failed", "success"])
+def test_in_progress_job_whose_run_is_over_is_halted_run_failed(airflow_state):
+    s = status_of(job(), [PAGE], [run(state=airflow_state, failed=["migrate_page[1]"])])
+    assert s["status"] == "halted" and s["halted_reason"] == "RUN_FAILED"
+    assert s["airflow_run"]["run_id"] == "manual__1" and s["airflow_run"]["state"] == airflow_state
+    assert s["error_log_url"].endswith("/job-1/errors") and s["failure_rate"] == 0.01
+    assert "progress_pct" not in s and "eta_seconds" not in s
+
+
+def test_running_run_keeps_the_job_in_progress():
+    s = status_of(job(), [PAGE], [run(state="running")])
+    assert s["status"] == "in_progress" and "halted_reason" not in s
+
+
+def test_failed_run_without_a_job_is_terminal_not_not_started():
+    s = status_of(None, runs=[run("manual__2", "failed", ["preconditions"])])
+    assert s["status"] == "halted" and s["halted_reason"] == "RUN_FAILED"
+    assert s["airflow_run"]["failed_tasks"] == ["preconditions"] and "before it recorded a job" in s["detail"]
+
+
+def test_queued_run_without_a_job_is_not_started_with_the_run_shown():
+    s = status_of(None, runs=[run("manual__2", "queued")])
+    assert s["status"] == "not_started" and s["latest_run"]["state"] == "queued"
+
+
+def test_a_refused_rerun_does_not_hide_a_finished_job():
+    done = job("completed_success", validation={"match_pct": 100.0, "found": 1000})
+    s = status_of(done, [PAGE], [run("manual__2", "failed", ["preconditions"]), run("manual__1", "success")])
+    assert s["status"] == "completed_success" and s["latest_run"]["run_id"] == "manual__2"
+
+
+def test_progress_covers_the_attachment_phase():
+    pages = [PAGE, PAGE]
+    notes_done = run_progress(job(), pages, sum_pages(pages), elapsed_s=10.0)
+    assert notes_done["phase"] == PHASE_ATTACHMENTS and notes_done["progress_pct"] == 50.0  # equal prior weights
+    half = job(attachments={"pages_done": 1, "seconds_total": 6.0})  # files cost 3× the notes per page
+    p = run_progress(half, pages, sum_pages(pages), elapsed_s=10.0)
+    assert p["progress_pct"] == pytest.approx(100 * (2 * 1.0 + 6 * 0.5) / 8, abs=0.1) and p["eta_seconds"] == 6
+    all_done = run_progress(job(attachments={"pages_done": 2, "seconds_total": 12.0}), pages, sum_pages(pages), 10.0)
+    assert all_done["phase"] == PHASE_VALIDATING and all_done["progress_pct"] == 100.0
+    first = run_progress(job(), [PAGE], sum_pages([PAGE]), elapsed_s=5.0)
+    assert first["phase"] == PHASE_NOTES and first["progress_pct"] < 50.0
+
+
+def test_dry_run_progress_has_no_attachment_phase():
+    dry = job(config=RunConfig(cid=7, company_sso_id=COMPANY, dry_run=True).as_dict())
+    p = run_progress(dry, [PAGE, PAGE], sum_pages([PAGE, PAGE]), elapsed_s=4.0)
+    assert p["phase"] == PHASE_VALIDATING and p["progress_pct"] == 100.0
