@@ -62,6 +62,7 @@ class RunParam:
             raise ValueError(f"{self.name} must be an integer, got {value!r}")
         if not isinstance(value, self.type):
             raise ValueError(f"{self.name} must be {_JSON_TYPES[self.type]}, got {value!r}")
+        value = _as_any(value)
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{self.name} must be ≥ {self.minimum}, got {value}")
         if self.maximum is not None and value > self.maximum:
@@ -79,6 +80,10 @@ RUN_PARAMS: tuple[RunParam, ...] = (
     RunParam("dry_run", bool, "read, transform and account; write no notes and copy no file", False),
     RunParam("force_rerun", bool, "run a CID that already completed_success (inserts only what is missing)", False),
 )
+
+
+def _as_any(value: Any) -> Any:
+    return value
 
 
 def param(name: str, spec: Iterable[RunParam] = RUN_PARAMS) -> RunParam:
@@ -114,7 +119,8 @@ def dag_params(spec: Iterable[RunParam] = RUN_PARAMS) -> dict[str, Any]:
     out = {}
     for p in spec:
         args = () if p.required else (p.default,)
-        out[p.name] = Param(*args, description=p.description, **p.json_schema())
+        kwargs: dict[str, Any] = {"description": p.description, **p.json_schema()}
+        out[p.name] = Param(*args, **kwargs)
     return out
 
 
@@ -126,7 +132,8 @@ def trigger_model(spec: Iterable[RunParam] = RUN_PARAMS, name: str = "TriggerBod
     for p in spec:
         bounds = {k: v for k, v in (("ge", p.minimum), ("le", p.maximum), ("pattern", p.pattern)) if v is not None}
         default = ... if p.required else p.default
-        fields[p.name] = (p.type, Field(default, description=p.description, **bounds))
+        kwargs: dict[str, Any] = {"description": p.description, **bounds}
+        fields[p.name] = (p.type, Field(default, **kwargs))
     config = ConfigDict(extra="forbid", strict=True)
     return create_model(name, __config__=config, __doc__="The run parameters of one CID's migration.", **fields)
 

@@ -105,7 +105,7 @@ def alert(channel: str, kind: str, *, delivered: bool, cid: int | None = None) -
 
 def attachment_page_completed(page_result: Mapping[str, Any]) -> None:
     """Counters and timer of one page's attachment relink (called by the relink step once per page attempt)."""
-    cid = page_result.get("cid")
+    cid = int(page_result["cid"])
     tags = _tags(cid)
     _incr(ATTACHMENTS_RELINKED, int(page_result.get("relinked", 0)), tags)
     for reason, n in (page_result.get("failed_by_reason") or {}).items():

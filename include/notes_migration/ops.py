@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo.database import Database
@@ -79,7 +79,7 @@ def attachment_success_pct(attachments: Mapping[str, Any] | None) -> float | Non
     return None
 
 
-def fleet_row(job: Mapping[str, Any], pages: list[Mapping[str, Any]]) -> dict[str, Any]:
+def fleet_row(job: Mapping[str, Any], pages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One line of the fleet table, from a job and its page results (pure)."""
     st = build_status(job["cid"], job, pages, {})
     totals = sum_pages(pages)
@@ -209,7 +209,7 @@ def check_trigger(
     in Airflow but has not taken the CID's lock yet."""
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
     lock = job_store.get_lock(db, cfg.cid)
-    if job_store.lock_is_live(lock, cfg.thresholds.lock_lease_seconds):
+    if lock is not None and job_store.lock_is_live(lock, cfg.thresholds.lock_lease_seconds):
         raise Refused(
             Reason.JOB_ALREADY_RUNNING,
             f"CID {cfg.cid} is locked by job {lock.get('job_id')} (run {lock.get('run_id')})",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ class ContactMatch:
     @property
     def ambiguous(self) -> bool:
         return len(self.candidates) > 1
+
+
+def _rank_for(person_id: int, contact: Mapping) -> tuple:
+    return _contact_rank(contact, person_id)
 
 
 def _contact_rank(contact: Mapping, person_id: int) -> tuple:
@@ -44,14 +49,14 @@ def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> 
             keys.add(crm_id)
         if contact.get("source") == "crm":
             try:
-                keys.add(int(contact.get("source_id")))
+                keys.add(int(contact["source_id"]))
             except (TypeError, ValueError):
                 pass
         for person_id in keys & wanted:
             matches.setdefault(person_id, []).append(contact)
     out: dict[int, ContactMatch] = {}
     for person_id, found in matches.items():
-        ranked = sorted(found, key=lambda c, p=person_id: _contact_rank(c, p))
+        ranked = sorted(found, key=functools.partial(_rank_for, person_id))
         match = ContactMatch(str(ranked[0]["_id"]), tuple(str(c["_id"]) for c in ranked))
         if match.ambiguous:
             log.warning(
@@ -83,13 +88,13 @@ def resolve_owners(users: Iterable[CrmUser], launchpad_users: Iterable[Mapping])
     """crm_user_id first, then case-insensitive email in the company; else a readable label."""
     by_crm_id: dict[int, str] = {}
     by_email: dict[str, str] = {}
-    for user in sorted(launchpad_users, key=lambda u: str(u["_id"])):
-        crm_id = user.get("crm_user_id")
+    for account in sorted(launchpad_users, key=lambda u: str(u["_id"])):
+        crm_id = account.get("crm_user_id")
         if isinstance(crm_id, int):
-            by_crm_id.setdefault(crm_id, str(user["_id"]))
-        email = (user.get("email") or "").strip().casefold()
+            by_crm_id.setdefault(crm_id, str(account["_id"]))
+        email = (account.get("email") or "").strip().casefold()
         if email:
-            by_email.setdefault(email, str(user["_id"]))
+            by_email.setdefault(email, str(account["_id"]))
     out: dict[int, OwnerMatch] = {}
     for user in users:
         owner = by_crm_id.get(user.id)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from notes_migration.accounting import Totals, sum_pages
 from notes_migration.codes import Outcome, Reason, State
 from notes_migration.config import RunConfig
-from notes_migration.plain import as_plain, utc_now
+from notes_migration.plain import plain_value, utc_now
 
 
 def error_log_url(job_id: str, base: str) -> str:
@@ -28,7 +28,7 @@ PHASE_NOTES, PHASE_ATTACHMENTS, PHASE_VALIDATING = "migrating_notes", "relinking
 
 
 def run_progress(
-    job: Mapping[str, Any], pages: list[Mapping[str, Any]], totals: Totals, elapsed_s: float
+    job: Mapping[str, Any], pages: Sequence[Mapping[str, Any]], totals: Totals, elapsed_s: float
 ) -> dict[str, Any]:
     """Progress over the whole run, notes and attachments, each phase weighted by its measured cost.
 
@@ -64,7 +64,7 @@ def run_progress(
 def build_status(
     cid: int,
     job: Mapping[str, Any] | None,
-    pages: list[Mapping[str, Any]],
+    pages: Sequence[Mapping[str, Any]],
     by_outcome: Mapping[str, Mapping[str, int]],
     *,
     now: dt.datetime | None = None,
@@ -138,7 +138,7 @@ def build_status(
         out["attachments"] = job["attachments"]
     for key in ("created_at", "updated_at", "finished_at"):
         if job.get(key):
-            out[key] = as_plain({"v": job[key]})["v"]
+            out[key] = plain_value(job[key])
     out["triggered_by"] = job.get("triggered_by")
     return out
 
@@ -147,7 +147,7 @@ DEAD_RUN_STATES = frozenset({"failed", "success"})  # Airflow is done with the r
 
 
 def with_airflow_runs(
-    status: dict[str, Any], job: Mapping[str, Any] | None, runs: list[Mapping[str, Any]] | None
+    status: dict[str, Any], job: Mapping[str, Any] | None, runs: Sequence[Mapping[str, Any]] | None
 ) -> dict[str, Any]:
     """The status corrected by what Airflow knows of the CID's DAG runs (newest first), so a poller
     never waits on a run that is dead: a job still in_progress whose run Airflow has finished, or a
@@ -175,7 +175,7 @@ def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
     info = {k: run.get(k) for k in ("run_id", "state", "failed_tasks")}
     for key in ("start_date", "end_date"):
         if run.get(key):
-            info[key] = as_plain({"v": run[key]})["v"]
+            info[key] = plain_value(run[key])
     return info
 
 

@@ -21,7 +21,7 @@ class DagUnavailable(RuntimeError):
 
 def _conf_cid(conf: Any) -> int | None:
     try:
-        return int(conf.get("cid")) if isinstance(conf, dict) and conf.get("cid") is not None else None
+        return int(conf["cid"]) if isinstance(conf, dict) and conf.get("cid") is not None else None
     except (TypeError, ValueError):
         return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cache
@@ -69,7 +69,7 @@ app = FastAPI(
 )
 
 
-OutcomeFilter = StrEnum("OutcomeFilter", {name: name for name in OUTCOME_FILTERS})
+OutcomeFilter = StrEnum("OutcomeFilter", {name: name for name in OUTCOME_FILTERS})  # type: ignore[misc]
 
 CidQuery = Annotated[int, Query(ge=1, description="CRM organization id (CID)")]
 UuidQuery = Annotated[str, Query(pattern=contract.UUID_PATTERN, description="CDP company UUID")]
@@ -232,7 +232,7 @@ def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader, include
 # --------------------------------------------------------------------------- trigger
 
 
-TriggerBody = contract.trigger_model()  # the run contract's parameters, bounds and defaults (contract.py)
+TriggerBody: Any = contract.trigger_model()  # the run contract's parameters, bounds and defaults (contract.py)
 TriggerBody.model_config["json_schema_extra"] = {
     "examples": [{"cid": 3001, "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]
 }
@@ -323,7 +323,7 @@ def _when(value: Any) -> str:
     return text.replace("T", " ")[:19] + " UTC" if "T" in text else text
 
 
-def _page(request: Request, body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+def _page(request: Request, body: str, status_code: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse:
     return HTMLResponse(
         body, status_code=status_code, headers={**_page_headers(request.state.nonce), **(headers or {})}
     )

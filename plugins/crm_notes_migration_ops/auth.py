@@ -35,7 +35,7 @@ class Refusal(BaseModel):
     reason_code: str | None = None
 
 
-UNAUTHENTICATED = {
+UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {
     401: {"model": Refusal, "description": "No, an invalid or an expired Airflow JWT."},
     403: {"model": Refusal, "description": "The user may not access runs of the DAG."},
 }
