@@ -58,10 +58,13 @@ class Thresholds:
     attachment_size_cap_bytes: int = 25 * 1024 * 1024
     lock_lease_seconds: int = 3 * 3600  # a lock not refreshed for this long is stale
     failed_record_retention_days: int = 30
+    job_retention_days: int = 365  # job records, pages, person maps, events (the audit map is kept forever)
     attachment_concurrency: int = 8
     attachment_relink_gate: float = 0.95  # PRD Stage-1 QA: relinked share where the source exists
     proxy_url_base: str = "https://cdp.example/api/v1/files"
     error_log_url_base: str = "/crm-notes-migration/api/jobs"
+    crm_retries: int = 3  # PRD §9 #2: a CRM read is retried this many times with backoff, then CRM_EXTRACT_FAILED
+    crm_retry_backoff_seconds: float = 2.0  # first backoff; doubles on each retry (2, 4, 8 s)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Thresholds:
