@@ -42,7 +42,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import PARAM_DEFAULTS  # noqa: E402
+from tests.helpers import PARAM_DEFAULTS, assert_run_conserved  # noqa: E402
 
 if not _template.exists():
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
@@ -92,11 +92,12 @@ def migration_dag():
 
 
 @pytest.fixture
-def run_dag(migration_dag, monkeypatch):
+def run_dag(migration_dag, monkeypatch, crm, cdp):
     """Run the DAG with dag.test(); returns the DagRun. `flag` is the list of enabled CIDs.
 
     The conf is completed with the params' defaults: dag.test() keeps the params of the
-    previous run on the (session-wide) DAG object otherwise."""
+    previous run on the (session-wide) DAG object otherwise. After the run, the job it recorded is
+    checked for conservation (tests/helpers.assert_conserved)."""
 
     def _run(conf: dict, *, flag: list[int] | None = None, settings: dict | None = None):
         conf = {**PARAM_DEFAULTS, **conf}
@@ -106,7 +107,9 @@ def run_dag(migration_dag, monkeypatch):
             monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings))
         else:
             monkeypatch.delenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", raising=False)
-        return migration_dag.test(run_conf=conf)
+        dag_run = migration_dag.test(run_conf=conf)
+        assert_run_conserved(crm, cdp, dag_run)  # every run: each source row in exactly one outcome
+        return dag_run
 
     return _run
 

@@ -13,3 +13,92 @@ def task_states(dag_run) -> dict[str, list[str]]:
     for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
         out.setdefault(ti.task_id, []).append(str(ti.state))
     return out
+
+
+def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set[int]]]:
+    """Conservation of one job: every source row of the CID is in exactly one of migrated, already
+    migrated, skipped (by reason, NOT_A_PERSON_NOTE included) or failed (by reason), and the sets match
+    the job's page counters. A halted run may leave rows `not_processed`, never inside a page it did.
+
+    Returns {outcome: {reason or outcome: ids}} for further checks."""
+    from collections import Counter
+
+    from notes_migration import config as C
+    from notes_migration.codes import Outcome, State
+
+    job = cdp[C.JOBS].find_one({"_id": job_id})
+    assert job is not None, f"job {job_id} not found"
+    company = job["company_sso_id"]
+    with crm.cursor() as cur:
+        cur.execute("SELECT id, crm_person_id IS NOT NULL FROM crm_notes WHERE organization_id = %s", (cid,))
+        source = dict(cur.fetchall())
+    pages = list(cdp[C.PAGES].find({"job_id": job_id}))
+    done_ranges = [(p["lo_id"], p["hi_id"]) for p in pages]
+    log = list(cdp[C.NOTE_LOG].find({"job_id": job_id, "outcome": {"$in": [Outcome.FAILED, Outcome.SKIPPED]}}))
+    failed: dict[str, set[int]] = {}
+    skipped: dict[str, set[int]] = {"NOT_A_PERSON_NOTE": {i for i, person in source.items() if not person}}
+    seen: Counter[int] = Counter()
+    for e in log:
+        target = failed if e["outcome"] == Outcome.FAILED else skipped
+        target.setdefault(e["reason_code"], set()).add(e["legacy_crm_note_id"])
+        seen[e["legacy_crm_note_id"]] += 1
+    assert not [i for i, n in seen.items() if n > 1], "a note has two failure/skip outcomes"
+    dry = job["config"]["dry_run"]
+    migrated: set[int] = set()
+    for audit in cdp[C.AUDIT].find({"job_id": job_id}):
+        migrated.update(audit["legacy_crm_note_ids"])
+    in_cdp = {
+        d["legacy_crm_note_id"]
+        for d in cdp[C.CONTACT_NOTES].find(
+            {"company_sso_id": company, "legacy_crm_note_id": {"$in": sorted(source)}}, {"legacy_crm_note_id": 1}
+        )
+    }
+    n_docs = cdp[C.CONTACT_NOTES].count_documents(
+        {"company_sso_id": company, "legacy_crm_note_id": {"$in": sorted(source)}}
+    )
+    assert n_docs == len(in_cdp), "a legacy note has more than one CDP document"
+    flagged = set().union(*failed.values(), *skipped.values())
+    processed = {i for i in source if any(lo <= i <= hi for lo, hi in done_ranges) and source[i]}
+    rest = processed - flagged - migrated
+    already = set() if dry else rest & in_cdp
+    if dry:
+        migrated, rest = rest, set()
+    not_processed = set(source) - flagged - migrated - already
+    assert not (rest - already), f"processed notes with no outcome: {sorted(rest - already)[:10]}"
+    if job["state"] != State.HALTED:
+        assert not not_processed, f"notes with no outcome: {sorted(not_processed)[:10]}"
+    assert not (not_processed & processed)
+    groups = [migrated, already, *failed.values(), *skipped.values(), not_processed]
+    assert sum(len(g) for g in groups) == len(source), "the outcome sets overlap"
+    assert set().union(*groups) == set(source)
+    if not dry:
+        assert migrated <= in_cdp, "a note counted migrated is not in CDP"
+    sums: Counter[str] = Counter()
+    failed_by: Counter[str] = Counter()
+    skipped_by: Counter[str] = Counter()
+    for p in pages:
+        sums.update({k: p.get(k, 0) for k in ("migrated", "already_migrated", "failed", "skipped")})
+        failed_by.update(p.get("failed_by_reason") or {})
+        skipped_by.update(p.get("skipped_by_reason") or {})
+    assert sums["migrated"] == len(migrated) and sums["already_migrated"] == len(already), (sums, len(migrated))
+    assert dict(failed_by) == {r: len(ids) for r, ids in failed.items() if ids}
+    assert dict(skipped_by) == {r: len(ids) for r, ids in skipped.items() if ids and r != "NOT_A_PERSON_NOTE"}
+    return {
+        "migrated": {"migrated": migrated},
+        "already_migrated": {"already_migrated": already},
+        "failed": failed,
+        "skipped": skipped,
+        "not_processed": {"not_processed": not_processed},
+    }
+
+
+def assert_run_conserved(crm, cdp, dag_run) -> dict | None:
+    """assert_conserved for the job a dag.test() run recorded (None: preconditions refused it, no job)."""
+    from notes_migration import config as C
+    from notes_migration.config import job_id_for
+
+    cid = int(dag_run.conf["cid"])
+    job_id = job_id_for(dag_run.run_id, cid)
+    if cdp[C.JOBS].find_one({"_id": job_id}, {"_id": 1}) is None:
+        return None
+    return assert_conserved(crm, cdp, cid, job_id)

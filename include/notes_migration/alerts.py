@@ -30,7 +30,8 @@ class Alert:
 
 
 def plan(verdict: dict[str, Any], thresholds: Thresholds | None = None) -> list[Alert]:
-    """Halted → P1; finished with match_pct < gate → P2; attachment failures > 20% → Slack; success → none."""
+    """Halted → P1; validation skipped (count source unavailable) → P2; finished with match_pct < gate → P2;
+    attachment failures > 20% → Slack; success → none."""
     t = thresholds or Thresholds()
     state = verdict["state"]
     out: list[Alert] = []
@@ -42,6 +43,16 @@ def plan(verdict: dict[str, Any], thresholds: Thresholds | None = None) -> list[
                 f"CRM notes migration halted: {verdict.get('halted_reason')}"
                 f" (failure_rate {verdict.get('failure_rate')})",
                 "halted",
+            )
+        )
+    elif verdict.get("validation_skipped"):
+        out.append(
+            Alert(
+                "pagerduty",
+                PAGERDUTY_P2,
+                f"CRM notes migration not validated ({verdict['validation_skipped']}): the CRM count source"
+                " was unavailable after retries; the run is completed_with_errors",
+                "validation_skipped",
             )
         )
     elif verdict.get("match_pct") is not None and verdict["match_pct"] < t.validation_match_pct:

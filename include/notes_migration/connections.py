@@ -6,10 +6,12 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import Any
 
 from bson.codec_options import CodecOptions
 
 from notes_migration.config import CDP_MONGO_CONN_ID, CRM_POSTGRES_CONN_ID, DEFAULT_CDP_DATABASE
+from notes_migration.crm_source import CrmSession
 
 
 @contextmanager
@@ -29,6 +31,28 @@ def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID, *, read_only: bool = Tru
         yield conn
     finally:
         conn.close()
+
+
+def _open_crm(conn_id: str) -> Any:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    conn: Any = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    conn.autocommit = True
+    conn.read_only = True
+    return conn
+
+
+@contextmanager
+def crm_session(
+    conn_id: str = CRM_POSTGRES_CONN_ID, *, retries: int = 3, backoff_seconds: float = 2.0
+) -> Iterator[CrmSession]:
+    """A read-only CRM session whose reads retry with backoff and reconnect (PRD §9 #2), opened lazily:
+    a CRM that is down fails the first read, after its retries, with CRM_EXTRACT_FAILED."""
+    session = CrmSession(lambda: _open_crm(conn_id), retries=retries, backoff_seconds=backoff_seconds)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 @cache

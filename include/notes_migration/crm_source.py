@@ -8,11 +8,19 @@ time zone, so nothing here depends on `TimeZone`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import functools
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from notes_migration.codes import Halted, Reason
 from notes_migration.config import ACTIVITY_TYPE_NAMES
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A Person note is any crm_notes row with crm_person_id set (D-6), whatever its
 # STI type or other foreign keys.
@@ -58,6 +66,121 @@ class Page:
         return {"page_no": self.page_no, "lo_id": self.lo_id, "hi_id": self.hi_id, "size": self.size}
 
 
+# --------------------------------------------------------------------------- retries (PRD §9 #2)
+
+
+class CrmExtractFailed(Halted):
+    """The CRM kept failing (connection error or time-out) after every retry: the run halts."""
+
+    def __init__(self, message: str):
+        super().__init__(Reason.CRM_EXTRACT_FAILED, message)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Connection errors and time-outs (psycopg's QueryCanceled is an OperationalError) of either driver."""
+    out: list[type[BaseException]] = []
+    try:
+        import psycopg
+
+        out += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover - the provider brings one of the two drivers
+        pass
+    try:
+        import psycopg2
+
+        out += [psycopg2.OperationalError, psycopg2.InterfaceError]
+    except ImportError:
+        pass
+    return tuple(out)
+
+
+_SECRETISH = re.compile(r"(password|passwd|pwd)\s*=\s*\S+", re.IGNORECASE)
+
+
+def _short(exc: BaseException) -> str:
+    """One line of the driver's message, with anything shaped like a password removed."""
+    text = " ".join(str(exc).split())[:300]
+    masked = _SECRETISH.sub(r"\1=***", text)
+    return f"{type(exc).__name__}: {masked}"
+
+
+class CrmSession:
+    """A CRM connection opened lazily and reopened after a connection error or a time-out.
+
+    Every read of this module given a session runs through `call`: it is retried
+    `retries` times with exponential backoff (backoff_seconds × 1, 2, 4 …) on a fresh
+    connection, then raises CrmExtractFailed, so a page, the coverage step, the plan
+    and validation all get the same policy."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        retries: int = 3,
+        backoff_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self._connect = connect
+        self._conn: Any = None
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self._sleep = sleep
+        self.transient = _transient_errors()
+        self.attempts_failed = 0
+
+    def connection(self) -> Any:
+        if self._conn is None or getattr(self._conn, "closed", False):
+            self._conn = self._connect()
+        return self._conn
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """For callers outside this module (no retry there)."""
+        return self.connection().cursor(*args, **kwargs)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # a broken connection may refuse to close; it is dropped anyway
+                log.debug("closing a broken CRM connection: %s", _short(exc))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(self.connection(), *args, **kwargs)
+            except self.transient as exc:
+                self.close()
+                self.attempts_failed += 1
+                if attempt == self.retries:
+                    raise CrmExtractFailed(
+                        f"{fn.__name__} failed {attempt + 1} times ({self.retries} retries with backoff): {_short(exc)}"
+                    ) from None
+                delay = self.backoff_seconds * 2**attempt
+                log.warning(
+                    "CRM read %s failed (attempt %d/%d), retrying in %.2fs: %s",
+                    fn.__name__,
+                    attempt + 1,
+                    self.retries + 1,
+                    delay,
+                    _short(exc),
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def _retried(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run a read through the session's retry policy when given a CrmSession (a plain connection: as is)."""
+
+    @functools.wraps(fn)
+    def wrapper(conn: Any, *args: Any, **kwargs: Any) -> T:
+        if isinstance(conn, CrmSession):
+            return conn.call(fn, *args, **kwargs)
+        return fn(conn, *args, **kwargs)
+
+    return wrapper
+
+
 def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
@@ -66,12 +189,14 @@ def _params(cid: int, **extra: Any) -> dict[str, Any]:
     return {"cid": cid, "activity_names": sorted(ACTIVITY_TYPE_NAMES), **extra}
 
 
+@_retried
 def cid_exists(conn, cid: int) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM organizations WHERE id = %s", (cid,))
         return cur.fetchone() is not None
 
 
+@_retried
 def scope_counts(conn, cid: int) -> dict[str, int]:
     """How the CID's notes divide into Person notes, activities and notes without a person."""
     sql = f"""
@@ -87,6 +212,7 @@ def scope_counts(conn, cid: int) -> dict[str, int]:
     return {"person_notes": notes, "person_activities": activities, "no_person": no_person, "total": total}
 
 
+@_retried
 def notes_per_person(conn, cid: int, include_activities: bool) -> dict[int, int]:
     """In-scope note counts by crm_person_id: the input of the coverage preflight."""
     activity_filter = "" if include_activities else f"AND NOT {_ACTIVITY}"
@@ -100,6 +226,7 @@ def notes_per_person(conn, cid: int, include_activities: bool) -> dict[int, int]
         return dict(cur.fetchall())
 
 
+@_retried
 def plan_pages(conn, cid: int, batch_size: int) -> list[Page]:
     """Keyset id ranges over all Person notes of the CID, each holding ≤ batch_size rows.
 
@@ -123,6 +250,7 @@ _NOTE_COLUMNS = """
     n.created_at, n.updated_at"""
 
 
+@_retried
 def read_page(conn, cid: int, lo_id: int, hi_id: int) -> list[NoteRow]:
     """One query for a page: notes with their creator, type name and check-in flag."""
     sql = f"""
@@ -164,6 +292,7 @@ class FileRow:
     s3_key: str
 
 
+@_retried
 def read_page_files(conn, cid: int, lo_id: int, hi_id: int) -> list[FileRow]:
     """Every asset and document of the page's Person notes, in one query, ordered by (note, kind, id)."""
     sql = f"""

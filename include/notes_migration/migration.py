@@ -17,8 +17,9 @@ from pymongo.database import Database
 from notes_migration import cdp_store, crm_source, job_store, metrics
 from notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
 from notes_migration.attachments import summarise_job as summarise_attachments
-from notes_migration.codes import AlreadyHalted, Event, Halted, Outcome, Reason, Refused, State
+from notes_migration.codes import RUN_ERROR_OUTCOME, AlreadyHalted, Event, Halted, Outcome, Reason, Refused, State
 from notes_migration.config import DAG_ID, RunConfig, job_id_for
+from notes_migration.crm_source import CrmExtractFailed
 from notes_migration.events import event
 from notes_migration.plain import utc_now
 from notes_migration.preflight import check_preconditions, coverage_report, resolve_all_persons
@@ -111,6 +112,33 @@ def halt_job(db: Database, job: dict, reason: Reason, failure_rate: float | None
         db, [event(Event.HALTED, job_id=job["_id"], cid=job["cid"], reason=reason.value, failure_rate=failure_rate)]
     )
     metrics.run_halted(job["cid"], reason.value)
+
+
+def record_run_error(db: Database, job: dict, reason: Reason, details: str) -> None:
+    """A run-level entry of the job's error log (no note id): the CSV and the status show why."""
+    entry = {
+        "_id": f"{job['_id']}:run:{reason.value}",
+        "job_id": job["_id"],
+        "job_page": f"{job['_id']}:run:{reason.value}",
+        "cid": job["cid"],
+        "legacy_crm_note_id": None,
+        "outcome": RUN_ERROR_OUTCOME,
+        "reason_code": reason.value,
+        "details": details,
+        "created_at": utc_now(),
+    }
+    job_store.replace_note_log(db, entry["job_page"], [entry], [RUN_ERROR_OUTCOME])
+
+
+def halt_on_crm_failure(db: Database, job_id: str, failure: CrmExtractFailed, step: str) -> None:
+    """PRD §9 #2: the CRM kept failing after its retries; the run halts with CRM_EXTRACT_FAILED
+    (status, error log, halted event; the alert plan pages P1 for a halted run). A first halt wins."""
+    job, _ = _job(db, job_id)
+    if job.get("state") == State.HALTED:
+        return
+    details = f"{step}: {failure}"
+    record_run_error(db, job, Reason.CRM_EXTRACT_FAILED, details)
+    halt_job(db, job, Reason.CRM_EXTRACT_FAILED, step=step, details=details)
 
 
 # --------------------------------------------------------------------------- 2. coverage
@@ -435,15 +463,21 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
             attachment_failure_share=attachments.get("failure_share", 0.0),
         )
     else:
-        report = content_check(crm, db, cfg)
+        try:
+            report = content_check(crm, db, cfg)
+        except CrmExtractFailed as unavailable:  # PRD §9 #8: the count source is down after retries
+            log.error("validation of job %s skipped: %s", job_id, unavailable)
+            report = {"skipped": Reason.VALIDATION_SKIPPED.value, "details": str(unavailable)}
+            record_run_error(db, job, Reason.VALIDATION_SKIPPED, f"validate: {unavailable}")
         verdict = decide_verdict(
             halted_reason=None,
-            match=report["match_pct"],
+            match=report.get("match_pct"),
             failure_rate=totals.failure_rate,
-            mismatches=report["content_mismatches"],
+            mismatches=report.get("content_mismatches", 0),
             min_match_pct=cfg.thresholds.validation_match_pct,
             max_failure_rate=cfg.thresholds.max_failure_rate,
             attachment_failure_share=attachments.get("failure_share", 0.0),
+            validation_skipped=Reason.VALIDATION_SKIPPED.value if "match_pct" not in report else None,
         )
     report["failure_rate"] = verdict.failure_rate
     job_store.update_job(
@@ -468,6 +502,7 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
                 failure_rate=verdict.failure_rate,
                 notes_migrated=report.get("found"),
                 content_mismatches=verdict.content_mismatches,
+                validation_skipped=verdict.validation_skipped,
             )
         ],
     )

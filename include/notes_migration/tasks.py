@@ -18,17 +18,29 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from notes_migration import alerts, job_store, migration, settings
 from notes_migration.codes import Halted, Refused
-from notes_migration.config import RunConfig
-from notes_migration.connections import cdp_database, crm_connection
+from notes_migration.config import RunConfig, Thresholds
+from notes_migration.connections import cdp_database, crm_session
+from notes_migration.crm_source import CrmExtractFailed
 
 log = logging.getLogger(__name__)
+
+
+def _crm(thresholds: Thresholds):
+    """The CRM session of a task: reads retried with backoff, then CRM_EXTRACT_FAILED (PRD §9 #2)."""
+    return crm_session(retries=thresholds.crm_retries, backoff_seconds=thresholds.crm_retry_backoff_seconds)
+
+
+def _halt_on_crm_failure(job: dict, failure: CrmExtractFailed, step: str) -> AirflowFailException:
+    migration.halt_on_crm_failure(cdp_database(), job["job_id"], failure, step)
+    log.error("run halted: %s", failure)
+    return AirflowFailException(str(failure))
 
 
 def preconditions() -> dict:
     ctx = get_current_context()
     cfg = RunConfig.from_params(dict(ctx["params"]), settings.thresholds())
     dag_run = ctx["dag_run"]
-    with crm_connection() as crm:
+    with _crm(cfg.thresholds) as crm:
         try:
             return migration.start_job(
                 crm,
@@ -41,19 +53,27 @@ def preconditions() -> dict:
         except Refused as refused:
             log.error("run refused, nothing written: %s", refused)
             raise AirflowFailException(str(refused)) from None
+        except CrmExtractFailed as failed:  # before any job exists: nothing to halt, nothing written
+            log.error("run not started, nothing written: %s", failed)
+            raise AirflowFailException(str(failed)) from None
 
 
 def coverage_preflight(job: dict) -> dict:
-    with crm_connection() as crm:
+    with _crm(_snapshot_thresholds(job)) as crm:
         try:
             return migration.run_coverage(crm, cdp_database(), job["job_id"])
+        except CrmExtractFailed as failed:
+            raise _halt_on_crm_failure(job, failed, "coverage_preflight") from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 
 
 def plan_pages(job: dict) -> list[dict]:
-    with crm_connection() as crm:
-        return migration.plan(crm, cdp_database(), job["job_id"])
+    with _crm(_snapshot_thresholds(job)) as crm:
+        try:
+            return migration.plan(crm, cdp_database(), job["job_id"])
+        except CrmExtractFailed as failed:
+            raise _halt_on_crm_failure(job, failed, "plan_pages") from None
 
 
 def page_label(page: dict) -> str:
@@ -62,11 +82,13 @@ def page_label(page: dict) -> str:
 
 def migrate_page(job: dict, page: dict) -> dict:
     get_current_context()["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
-    with crm_connection() as crm:
+    with _crm(_snapshot_thresholds(job)) as crm:
         try:
             return migration.migrate_page(crm, cdp_database(), job["job_id"], page)
         except migration.AlreadyHalted as halted:
             raise AirflowSkipException(str(halted)) from None
+        except CrmExtractFailed as failed:
+            raise _halt_on_crm_failure(job, failed, f"migrate_page {page['page_no']}") from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 
@@ -84,9 +106,9 @@ def job_of_this_run(context: Any = None) -> dict:
 def validate() -> dict:
     """The verdict, with the job it judges and the alerts it calls for, both from the job's snapshot."""
     job = job_of_this_run()
-    with crm_connection() as crm:
-        verdict = migration.validate(crm, cdp_database(), job["job_id"]).as_dict()
     thresholds = _snapshot_thresholds(job)
+    with _crm(thresholds) as crm:  # a CRM down here is VALIDATION_SKIPPED (PRD §9 #8), decided in validate
+        verdict = migration.validate(crm, cdp_database(), job["job_id"]).as_dict()
     return {**verdict, "job": job, "alerts": [a.kind for a in alerts.plan(verdict, thresholds)]}
 
 
