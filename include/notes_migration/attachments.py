@@ -174,6 +174,7 @@ def _log_entry(job: Mapping[str, Any], note_id: int, plan: FilePlan, r: FileResu
             "s3_key": plan.row.s3_key,
             "size": r.size if r.size is not None else plan.row.size,
             "attempts": r.attempts,
+            "source_missing": r.source_missing,
         },
         "created_at": utc_now(),
     }

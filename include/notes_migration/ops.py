@@ -20,6 +20,7 @@ from notes_migration.accounting import sum_pages
 from notes_migration.codes import (
     ERROR_OUTCOMES,
     OUTCOME_FILTERS,
+    RUN_ERROR_OUTCOME,
     AttachmentOutcome,
     Event,
     Outcome,
@@ -29,13 +30,39 @@ from notes_migration.codes import (
 )
 from notes_migration.config import RunConfig
 from notes_migration.plain import as_plain
-from notes_migration.preflight import check_preconditions
+from notes_migration.preflight import check_preconditions, unmapped_person_entries
 from notes_migration.status import build_status, progress_pct, with_airflow_runs
 
 RUN_EVENTS = (Event.STARTED, Event.BATCH_COMPLETED, Event.HALTED, Event.COMPLETED)
 NOTE_EVENTS = (Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.ATTACHMENT_FAILED)
 
-ERROR_LOG_FIELDS = ("legacy_crm_note_id", "reason_code", "details", "outcome", "created_at")
+ERROR_LOG_FIELDS = (
+    "legacy_crm_note_id",
+    "reason_code",
+    "details",
+    "outcome",
+    "created_at",
+    "reason",  # a short human reason, whatever the row
+    "crm_person_id",  # COVERAGE_BELOW_GATE: one row per unmapped person
+    "notes_affected",
+    "attachment_id",  # attachment rows: "asset-<id>" / "document-<id>"
+    "file_name",
+    "source_key",  # the object's key in the CRM bucket
+)
+
+# The short reason of a row by its code (attachment download failures say whether the source is missing).
+SHORT_REASONS = {
+    Reason.COVERAGE_BELOW_GATE: "person has no CDP contact (crm_data.id / source_id) in the company",
+    Reason.CONTACT_NOT_MAPPED: "the note's person has no CDP contact",
+    Reason.NOTE_TOO_LARGE: "normalised HTML over the size cap",
+    Reason.HTML_NORMALISATION_FAILED: "HTML could not be normalised",
+    Reason.BATCH_INSERT_FAILED: "CDP insert failed after a retry",
+    Reason.ATTACHMENT_DOWNLOAD_FAILED: "download from the CRM bucket failed after retries",
+    Reason.ATTACHMENT_UPLOAD_FAILED: "upload to CDP storage failed after retries",
+    Reason.ATTACHMENT_TOO_LARGE: "file over the attachment size cap",
+    Reason.ATTACHMENT_UNSUPPORTED_TYPE: "file type not in the CDP allowlist",
+}
+SOURCE_MISSING = "source file missing in the CRM bucket"
 
 
 # --------------------------------------------------------------------------- status
@@ -172,13 +199,59 @@ def _by_reason(by_outcome: Mapping[str, Mapping[str, int]], outcomes: Iterable[s
 # --------------------------------------------------------------------------- error log
 
 
-def error_log(db: Database, job_id: str, outcome: str = "errors", limit: int = 0) -> list[dict[str, Any]] | None:
-    """The job's reason-coded log entries (None when the job does not exist)."""
-    if job_store.get_job(db, job_id) is None:
+def error_log(
+    db: Database, job_id: str, outcome: str = "errors", limit: int = 0, *, crm=None
+) -> list[dict[str, Any]] | None:
+    """The job's reason-coded log entries (None when the job does not exist).
+
+    A COVERAGE_BELOW_GATE halt lists every unmapped person first (given the CRM connection): the CRM's
+    in-scope notes per person minus the persons the run resolved (its saved person map)."""
+    job = job_store.get_job(db, job_id)
+    if job is None:
         return None
     outcomes = OUTCOME_FILTERS[outcome]
-    entries = job_store.note_log(db, job_id, outcomes, limit=limit)
-    return [{k: v for k, v in (as_plain(e) or {}).items() if k in ERROR_LOG_FIELDS} for e in entries]
+    entries: list[Mapping[str, Any]] = []
+    if crm is not None and (outcomes is None or RUN_ERROR_OUTCOME in outcomes):
+        entries.extend(unmapped_persons(crm, db, job))
+    if limit and len(entries) >= limit:
+        return [error_row(e) for e in entries[:limit]]
+    entries.extend(job_store.note_log(db, job_id, outcomes, limit=limit - len(entries) if limit else 0))
+    return [error_row(e) for e in entries]
+
+
+def unmapped_persons(crm, db: Database, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The unmapped persons of a job that halted on the coverage gate (else none), as error-log entries."""
+    if job.get("state") != State.HALTED or (job.get("halted") or {}).get("reason") != Reason.COVERAGE_BELOW_GATE:
+        return []
+    mapped = job_store.load_person_map(db, job["_id"])
+    if mapped is None:  # the run saved no answers (purged after a year): nothing reliable to list
+        return []
+    cfg = RunConfig.from_dict(job["config"])
+    per_person = crm_source.notes_per_person(crm, cfg.cid, cfg.include_activities)
+    return unmapped_person_entries(dict(job), per_person, set(mapped))
+
+
+def short_reason(reason_code: str | None, details: str | None, file: Mapping[str, Any] | None = None) -> str | None:
+    """A reason an operator can act on, instead of only the library's text in `details` (pure)."""
+    if reason_code == Reason.ATTACHMENT_DOWNLOAD_FAILED and (
+        (file or {}).get("source_missing") or (details or "").startswith("source object missing")
+    ):
+        return SOURCE_MISSING
+    try:
+        return SHORT_REASONS.get(Reason(reason_code)) if reason_code else None
+    except ValueError:
+        return None
+
+
+def error_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the error log: the entry's fields, with an attachment's id, name and source key flattened."""
+    plain = as_plain(entry) or {}
+    file = plain.get("file") if isinstance(plain.get("file"), Mapping) else None
+    row = {k: v for k, v in plain.items() if k in ERROR_LOG_FIELDS}
+    if file:
+        row.update(attachment_id=file.get("ref"), file_name=file.get("name"), source_key=file.get("s3_key"))
+    row["reason"] = short_reason(plain.get("reason_code"), plain.get("details"), file)
+    return row
 
 
 def _csv_cell(value: Any) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pymongo.database import Database
 
 from notes_migration import cdp_store, crm_source, job_store
-from notes_migration.codes import Reason, Refused, State
+from notes_migration.codes import RUN_ERROR_OUTCOME, Reason, Refused, State
 from notes_migration.config import UUID_RE, RunConfig
 from notes_migration.resolve import resolve_contacts
 
@@ -61,3 +61,25 @@ def coverage_report(
         "gate_pct": round(100.0 * gate, 2),
         "passes_gate": share >= gate,
     }
+
+
+def unmapped_person_entries(job: dict, per_person: dict[int, int], mapped) -> list[dict]:
+    """A coverage halt's error log: one row per person of `per_person` (in-scope notes per CRM person) that is
+    not in `mapped` (the persons the run resolved), with the notes it holds back, in person order (pure)."""
+    halted_at = (job.get("halted") or {}).get("at") or job.get("updated_at")
+    return [
+        {
+            "job_id": job["_id"],
+            "cid": job["cid"],
+            "legacy_crm_note_id": None,
+            "crm_person_id": person,
+            "notes_affected": notes,
+            "outcome": RUN_ERROR_OUTCOME,
+            "reason_code": Reason.COVERAGE_BELOW_GATE.value,
+            "details": f"CRM person {person}: {notes} in-scope notes; no contact of company {job['company_sso_id']} "
+            f"has crm_data.id {person} or source crm/{person}",
+            "created_at": halted_at,
+        }
+        for person, notes in sorted(per_person.items())
+        if person not in mapped
+    ]

@@ -8,13 +8,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from notes_migration.accounting import Totals, sum_pages
-from notes_migration.codes import Outcome, Reason, State
+from notes_migration.codes import ERROR_OUTCOMES, Outcome, Reason, State
 from notes_migration.config import RunConfig
 from notes_migration.plain import plain_value, utc_now
 
 
 def error_log_url(job_id: str, base: str) -> str:
     return f"{base.rstrip('/')}/{job_id}/errors"
+
+
+def anything_failed(job: Mapping[str, Any], by_outcome: Mapping[str, Mapping[str, int]]) -> bool:
+    """Whether the job's error log has a row to act on: a failed note or file, or a run-level error."""
+    if any(sum((by_outcome.get(o) or {}).values()) for o in ERROR_OUTCOMES):
+        return True
+    attachments = job.get("attachments") or {}
+    return bool(attachments.get("failed"))
 
 
 def progress_pct(job: Mapping[str, Any], totals: Totals) -> float:
@@ -123,6 +131,8 @@ def build_status(
                 error_log_url=url,
                 mismatch_samples=validation.get("mismatch_samples", []),
             )
+    if "error_log_url" not in out and anything_failed(job, by_outcome):
+        out["error_log_url"] = url  # whatever the state: a success with failed files still has rows to act on
     out["counts"] = {
         "notes_total": notes_total,
         "migrated": totals.migrated,

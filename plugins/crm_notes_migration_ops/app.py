@@ -178,8 +178,10 @@ def list_jobs(user: Reader) -> dict[str, Any]:
 @app.get(
     "/api/jobs/{job_id}/errors",
     summary="A job's reason-coded error log (CSV by default, JSON on request)",
-    description="Rows: `legacy_crm_note_id`, `reason_code`, `details`, `outcome`, `created_at`. "
-    "`outcome=errors` (default) lists note failures and attachment failures; `all` adds the skips. "
+    description="Rows: `legacy_crm_note_id`, `reason_code`, `details`, `outcome`, `created_at`, a short `reason`; "
+    "a COVERAGE_BELOW_GATE halt lists every unmapped person (`crm_person_id`, `notes_affected`); attachment rows "
+    "carry `attachment_id`, `file_name` and `source_key`. "
+    "`outcome=errors` (default) lists run errors, note failures and attachment failures; `all` adds the skips. "
     "JSON with `format=json` or `Accept: application/json`.",
     responses={
         200: {"content": {"text/csv": {}, "application/json": {}}},
@@ -197,7 +199,8 @@ def get_errors(
     limit: Annotated[int, Query(ge=0, le=1_000_000, description="0: no limit")] = 0,
 ) -> Response:
     outcome_name = OutcomeFilter(outcome).value
-    entries = ops.error_log(_cdp(), job_id, outcome_name, limit=limit)
+    with _crm() as crm:  # a coverage halt lists its unmapped persons from the CRM's notes per person
+        entries = ops.error_log(_cdp(), job_id, outcome_name, limit=limit, crm=crm)
     if entries is None:
         return JSONResponse(status_code=404, content={"detail": f"job {job_id} not found"})
     wants_json = format == "json" or (format is None and "application/json" in request.headers.get("accept", ""))
@@ -323,7 +326,9 @@ def _when(value: Any) -> str:
     return text.replace("T", " ")[:19] + " UTC" if "T" in text else text
 
 
-def _page(request: Request, body: str, status_code: int = 200, headers: Mapping[str, str] | None = None) -> HTMLResponse:
+def _page(
+    request: Request, body: str, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
     return HTMLResponse(
         body, status_code=status_code, headers={**_page_headers(request.state.nonce), **(headers or {})}
     )
