@@ -30,3 +30,14 @@ if [ ! -s "$AIRFLOW_HOME/airflow.db" ] || [ "$ROOT/constraints.txt" -nt "$AIRFLO
     { tail -20 "$BUILD_DIR/airflow-db-migrate.log" >&2; exit 1; }
   touch "$AIRFLOW_HOME/airflow.db"
 fi
+# The test tier's DOMPurify oracle (tools/dompurify: pinned dompurify + jsdom, package-lock.json), installed with
+# `npm ci` again only when its lock changed. Needs node >= 20 and the npm registry.
+oracle="$ROOT/tools/dompurify"
+oracle_stamp="$oracle/node_modules/.package-lock.sha256"
+oracle_want="$(sha256sum "$oracle/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$oracle_stamp" 2>/dev/null)" != "$oracle_want" ]; then
+  command -v npm >/dev/null || { echo "[bootstrap] npm (node >= 20) is needed for tools/dompurify" >&2; exit 1; }
+  echo "[bootstrap] npm ci in tools/dompurify (DOMPurify oracle)" >&2
+  (cd "$oracle" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$oracle_want" >"$oracle_stamp"
+fi
