@@ -24,6 +24,9 @@ class Reason(StrEnum):
     CRM_EXTRACT_FAILED = "CRM_EXTRACT_FAILED"
     VALIDATION_SKIPPED = "VALIDATION_SKIPPED"
     CANCELLED = "CANCELLED"
+    # refusals of the Ops API's job actions (cancel): nothing written
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_ALREADY_FINISHED = "JOB_ALREADY_FINISHED"
     RUN_FAILED = "RUN_FAILED"  # Airflow saw the run die (task killed, marked failed) before the job finished
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
@@ -34,6 +37,9 @@ class Reason(StrEnum):
     NOT_A_PERSON_NOTE = "NOT_A_PERSON_NOTE"
     ACTIVITY_OUT_OF_SCOPE = "ACTIVITY_OUT_OF_SCOPE"
     CHECKIN_DROPPED = "CHECKIN_DROPPED"
+    # note-level warning (the note is migrated): its markup was out of the sanitiser's reach (nesting, attribute
+    # count, no fixed point), so its text was kept, escaped, instead of its HTML
+    HTML_FLATTENED_TO_TEXT = "HTML_FLATTENED_TO_TEXT"
     # attachment-level
     ATTACHMENT_UNSUPPORTED_TYPE = "ATTACHMENT_UNSUPPORTED_TYPE"
     ATTACHMENT_TOO_LARGE = "ATTACHMENT_TOO_LARGE"

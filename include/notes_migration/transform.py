@@ -10,7 +10,7 @@ from typing import Any
 
 from notes_migration.codes import Reason
 from notes_migration.crm_source import NoteRow
-from notes_migration.html import NormalisationError, normalise
+from notes_migration.html import InputTooLarge, normalise, utf8_size
 from notes_migration.resolve import UNKNOWN_CREATOR, ContactMatch, CrmUser, OwnerMatch
 
 
@@ -26,6 +26,9 @@ class Decision:
     owner_unresolved: bool = False
     checkin_dropped: bool = False
     mentions: int = 0
+    # non-failures carried with a migrated note (e.g. HTML_FLATTENED_TO_TEXT), and why
+    warnings: list[Reason] = field(default_factory=list)
+    warning_details: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,12 +89,24 @@ def decide(
         decision.details = f"crm_person_id {row.crm_person_id} has no CDP contact (crm_data.id / source_id)"
         return decision
     try:
-        normalised = normalise(row.note)
-    except NormalisationError as exc:
-        decision.failure = Reason.HTML_NORMALISATION_FAILED
+        raw_size = utf8_size(row.note or "")
+        if raw_size > note_size_cap_bytes:  # before any parse: the parser's cost grows with its input
+            decision.failure = Reason.NOTE_TOO_LARGE
+            decision.details = f"raw HTML is {raw_size} bytes, cap {note_size_cap_bytes}"
+            return decision
+        normalised = normalise(row.note, max_input_bytes=note_size_cap_bytes)
+    except InputTooLarge as exc:
+        decision.failure = Reason.NOTE_TOO_LARGE
         decision.details = str(exc)
         return decision
-    size = len(normalised.html.encode("utf-8"))
+    except Exception as exc:  # noqa: BLE001 - a note's content must never stop the page: reason-coded failure
+        decision.failure = Reason.HTML_NORMALISATION_FAILED
+        decision.details = f"{type(exc).__name__}: {exc}"[:500]
+        return decision
+    if normalised.flattened is not None:
+        decision.warnings.append(Reason.HTML_FLATTENED_TO_TEXT)
+        decision.warning_details = f"HTML kept as escaped text: {normalised.flattened}"
+    size = utf8_size(normalised.html)
     if size > note_size_cap_bytes:
         decision.failure = Reason.NOTE_TOO_LARGE
         decision.details = f"normalised HTML is {size} bytes, cap {note_size_cap_bytes}"
