@@ -115,6 +115,43 @@ def trigger(conf: dict[str, Any], *, user_name: str | None) -> dict[str, Any]:
     }
 
 
+def mark_failed(run_id: str) -> dict[str, Any] | None:
+    """Stop a run of the DAG as Airflow's own `PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}` with
+    `{"state": "failed"}` does (same service function): running task instances are failed and their
+    processes told to stop, pending ones skipped, listeners fired; the run itself is then closed as failed
+    even though its release_lock teardown is pending (the cancel releases the lock). A run that already
+    ended is left as it is. None when Airflow has no such run."""
+    from airflow.api_fastapi.core_api.datamodels.dag_run import DagRunMutableStates
+    from airflow.api_fastapi.core_api.services.public.dag_run import patch_dag_run_state
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
+        if dag_run is None:
+            return None
+        before = str(getattr(dag_run.state, "value", dag_run.state))
+        if before in ("success", "failed"):
+            return {"run_id": run_id, "state_before": before, "state": before, "changed": False}
+        dag = DBDagBag().get_dag_for_run(dag_run, session=session)
+        if dag is None:
+            raise DagUnavailable(f"DAG {DAG_ID} of run {run_id} is not in the metadata database")
+        patch_dag_run_state(dag=dag, dag_run=dag_run, state=DagRunMutableStates.FAILED, session=session)
+        session.flush()
+        session.refresh(dag_run)
+        if dag_run.state != DagRunState.FAILED:
+            # Airflow leaves the run open while a teardown is pending (release_lock), so that it still runs;
+            # the cancel releases the lock itself, so the run is closed as failed now.
+            dag_run.set_state(DagRunState.FAILED)
+    with create_session() as session:  # read back what was committed
+        state = session.scalar(select(DagRun.state).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
+        after = str(getattr(state, "value", state))
+    return {"run_id": run_id, "state_before": before, "state": after, "changed": True}
+
+
 def run_path(run_id: str) -> str:
     """The run's page in the Airflow UI, relative to the UI's base URL."""
     return f"dags/{DAG_ID}/runs/{quote(run_id, safe='')}"

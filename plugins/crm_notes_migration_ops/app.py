@@ -435,3 +435,68 @@ def openapi(request: Request, user: Reader) -> JSONResponse:
 @app.get("/docs", include_in_schema=False)
 def docs(request: Request, user: Reader) -> HTMLResponse:
     return get_swagger_ui_html(openapi_url=f"{_mount_path(request)}/openapi.json", title=f"{app.title} — docs")
+
+
+# --------------------------------------------------------------------------- cancel
+
+CANCEL_REFUSAL_HTTP_STATUS: dict[Reason, int] = {Reason.JOB_NOT_FOUND: 404, Reason.JOB_ALREADY_FINISHED: 409}
+
+
+class CancelResponse(BaseModel):
+    job_id: str
+    cid: int
+    status: str = Field(description="halted")
+    halted_reason: str = Field(description="CANCELLED")
+    cancelled_by: str
+    airflow_run: dict[str, Any] | None = Field(
+        description="the DAG run: state before and after (failed); null when Airflow has no such run"
+    )
+    lock_released: bool
+    status_url: str
+
+
+@app.post(
+    "/api/jobs/{job_id}/cancel",
+    response_model=CancelResponse,
+    summary="Cancel a migration job: halt it (CANCELLED), stop its DAG run, release the CID's lock",
+    description="The job is set halted with reason CANCELLED first, so pages that have not started write "
+    "nothing; then the DAG run is marked failed through Airflow's own machinery (as the REST API's PATCH "
+    "dagRuns does), and the lock is released. An unknown job (404 JOB_NOT_FOUND) or one that already ended "
+    "(409 JOB_ALREADY_FINISHED) writes nothing. Bearer token only, with the right to change the DAG's runs.",
+    responses={
+        404: {"model": Refusal, "description": "JOB_NOT_FOUND"},
+        409: {"model": Refusal, "description": "JOB_ALREADY_FINISHED"},
+        401: UNAUTHENTICATED[401],
+        403: UNAUTHENTICATED[403],
+    },
+    tags=["operate"],
+)
+def cancel_job(job_id: Annotated[str, Path(max_length=200)], request: Request, user: Operator) -> Any:
+    from notes_migration import cancel
+
+    db = _cdp()
+    try:
+        job = cancel.cancellable_job(db, job_id)
+    except Refused as refused:
+        message = str(refused).split(": ", 1)[-1]
+        return JSONResponse(
+            status_code=CANCEL_REFUSAL_HTTP_STATUS.get(refused.reason, 409),
+            content={"detail": message, "reason_code": refused.reason.value},
+        )
+    who = user.get_name()
+    cancel.halt_cancelled(db, job, cancelled_by=who)  # first: pages not yet started now write nothing
+    try:
+        run = airflow_runs.mark_failed(job["run_id"])
+    except airflow_runs.DagUnavailable as exc:  # the job is halted anyway: later pages and the relink skip
+        run = {"run_id": job["run_id"], "error": str(exc)}
+    released = cancel.release_job_lock(db, job)
+    return CancelResponse(
+        job_id=job_id,
+        cid=job["cid"],
+        status=State.HALTED.value,
+        halted_reason=Reason.CANCELLED.value,
+        cancelled_by=who,
+        airflow_run=run,
+        lock_released=released is not None,
+        status_url=f"{_mount_path(request)}/api/status?cid={job['cid']}",
+    )
