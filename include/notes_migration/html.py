@@ -114,18 +114,27 @@ def _scrub_code_points(text: str) -> str:
     return _SUSPECT.sub(_code_point, text) if _SUSPECT.search(text) else text
 
 
-# A `<` that cannot open a tag, and a `&` that bleach would not read as an entity (its rule: `&name;`, `&#digits;`),
-# are text whatever the context: written as `&lt;` / `&amp;` up front, the HTML means the same, the note can take
-# the fast path, and html5lib no longer spends a token (and a parse error) on each of them. Identity on outputs.
+# A `<` that cannot open a tag, and a `&` that starts no character reference (a known `&name;`, `&#digits;`,
+# `&#xhex;`) are text whatever the context: written as `&lt;` / `&amp;` up front, the HTML means the same (bleach
+# would have escaped them too, but kept an unknown `&x;` as if it were a reference), the note can take the fast
+# path, and html5lib no longer spends a token (and a parse error) on each of them. Identity on outputs.
 _BARE_LT = re.compile(r"<(?![A-Za-z/!?])")
-_BARE_AMP = re.compile(r"&(?![A-Za-z][A-Za-z0-9]*;|#[0-9]*;|#[xX][0-9a-fA-F]*;)")
+_AMP = re.compile(r"&(?:([A-Za-z][A-Za-z0-9]*;)|#[0-9]+;|#[xX][0-9a-fA-F]+;)?")
+_ENTITIES = html5lib_shim.ENTITIES  # names with their `;` ("amp;") and the legacy ones without
+
+
+def _amp(m: re.Match) -> str:
+    name = m.group(1)
+    if m.end() - m.start() == 1 or (name is not None and name not in _ENTITIES):
+        return "&amp;" + (name or "")
+    return m.group()
 
 
 def _prepare(text: str) -> str:
     text = _scrub_code_points(text)
     if "<" in text:
         text = _BARE_LT.sub("&lt;", text)
-    return _BARE_AMP.sub("&amp;", text) if "&" in text else text
+    return _AMP.sub(_amp, text) if "&" in text else text
 
 
 def utf8_size(text: str) -> int:
