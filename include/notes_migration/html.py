@@ -130,11 +130,20 @@ def _amp(m: re.Match) -> str:
     return m.group()
 
 
+# A character reference to CR puts a CR in the DOM, which any later serialise-and-parse (DOMPurify's output
+# set as innerHTML) turns into LF: written as LF up front, like a literal CR.
+_CR_REFERENCE = re.compile(r"&#(?:0*13|[xX]0*[dD]);")
+
+
 def _prepare(text: str) -> str:
     text = _scrub_code_points(text)
     if "<" in text:
         text = _BARE_LT.sub("&lt;", text)
-    return _AMP.sub(_amp, text) if "&" in text else text
+    if "&" not in text:
+        return text
+    if "&#" in text:
+        text = _CR_REFERENCE.sub("\n", text)
+    return _AMP.sub(_amp, text)
 
 
 def utf8_size(text: str) -> int:
@@ -320,6 +329,28 @@ class _MentionAndCodeFilter(html5lib_shim.Filter):
 _EtreeWalker = html5lib_shim.getTreeWalker("etree")
 
 
+# What JavaScript's String.prototype.trim() removes: DOMPurify trims every attribute value it keeps.
+JS_WHITESPACE = (
+    "\t\n\v\f\r \xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+class _TrimAttributeValues(html5lib_shim.Filter):
+    """After sanitising: attribute values without leading/trailing whitespace (written or as a reference), as
+    DOMPurify leaves them. Values are as written (entities kept), so only a value that needs it is decoded."""
+
+    def __iter__(self):
+        for token in super().__iter__():
+            if token["type"] in ("StartTag", "EmptyTag") and token["data"]:
+                for key, value in token["data"].items():
+                    if value and (value[0] in JS_WHITESPACE or value[-1] in JS_WHITESPACE or "&" in value):
+                        decoded = _html.unescape(value) if "&" in value else value
+                        trimmed = decoded.strip(JS_WHITESPACE)
+                        if trimmed != decoded:
+                            token["data"][key] = trimmed
+            yield token
+
+
 class _LinearWalker(_EtreeWalker):
     """html5lib's etree walker finds a parent's position with list.count/index (quadratic on wide trees);
     this one carries the position along. Nodes: (element, index in parent, [(ancestor, its index)], flag)."""
@@ -396,14 +427,15 @@ def _clean(text: str) -> tuple[str, int]:
         css_sanitizer=None,
         allowed_protocols=ALLOWED_PROTOCOLS,
     )
-    return _SERIALIZER.render(sanitised), mentions.mentions
+    return _SERIALIZER.render(_TrimAttributeValues(sanitised)), mentions.mentions
 
 
 # --------------------------------------------------------------------------- the fast path
 
 
 def _screen_attribute(tag: str, name: str, value: str) -> str | None:
-    return value if value_allowed(name, value) else None  # nh3 passes the value decoded
+    # nh3 passes the value decoded; a value DOMPurify would trim is "changed", so the note takes the bleach path
+    return value.strip(JS_WHITESPACE) if value_allowed(name, value) else None
 
 
 _SAFE_SCREEN = nh3.Cleaner(

@@ -419,3 +419,17 @@ def test_time_is_linear_in_input_size(unit):
     base = unit * max(1, 1000 // len(unit))
     t1, t100 = _best_times([base, base * 100])
     assert t100 / t1 < 300, (t1, t100)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ('<abbr title=" a ">x</abbr>', '<abbr title="a">x</abbr>'),
+        ('<img src="@&#32;" alt="&nbsp;pic&#9;">', '<img src="@" alt="pic">'),
+        ('<a href=" https://x.example/ ">y</a>', '<a href="https://x.example/">y</a>'),
+        ('<abbr title="a&#13;">x</abbr>', '<abbr title="a">x</abbr>'),  # a CR reference is a LF, then trimmed
+    ],
+)
+def test_attribute_values_are_trimmed_as_dompurify_leaves_them(raw, expected):
+    assert normalise(raw).html == expected
+    assert _fast_path(_prepare(raw)) is None or _fast_path(_prepare(raw)).html == expected

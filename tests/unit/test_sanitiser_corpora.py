@@ -64,6 +64,8 @@ REGRESSIONS = [
     '<form name="getElementById"><img name="body"></form>',
     '<span data-user-id="1"><script>alert(1)</script>Bob</span>',
     '<a data-user-id="2"><style>*{}</style>Ana</a>',
+    "<img/src=@&#32;&#13; onerror = prompt('&#49;')<img name=body src=x>",  # a CR reference (found by a mixing probe)
+    "<p>&#13;<blink/&#13; onmouseover=pr&#x6F;mp&#116;(1)>OnMouseOver {Firefox & Opera}\x0c",
 ]
 ALL_INPUTS = sorted({v for vs in CORPORA.values() for v in vs} | set(REGRESSIONS))
 
