@@ -63,11 +63,31 @@ def ensure_note_index(db: Database) -> dict[str, str]:
 # --------------------------------------------------------------------------- CDP reads
 
 
+SCAN_ABOVE_PERSONS = 2000  # above this many persons, one pass over the company's contacts beats `$in` chunks
+
+
+def _crm_data_ids(contact: dict) -> list[Any]:
+    data = contact.get("crm_data")
+    items = data if isinstance(data, list) else [data]
+    return [d.get("id") for d in items if isinstance(d, dict)]
+
+
 def find_contacts(db: Database, company_sso_id: str, person_ids: Iterable[int], chunk: int = 1000) -> list[dict]:
-    """Contacts of the company matching any of the persons by crm_data.id or (crm, source_id)."""
+    """Contacts of the company matching any of the persons by crm_data.id or (crm, source_id).
+
+    For a whole CID (the coverage step, validation) one streamed pass over the company's contacts, matched
+    here: FerretDB v1 pushes the company equality down but not `$or`/`$in`, so each `$in` chunk is a full
+    scan (measured at 100,000 notes / 25,000 persons: 164 s in chunks vs 4 s in one pass)."""
     ids = sorted(set(person_ids))
     found: list[dict] = []
     projection = {"_id": 1, "crm_data": 1, "source": 1, "source_id": 1, "created_at": 1}
+    if len(ids) > SCAN_ABOVE_PERSONS:
+        wanted, wanted_str = set(ids), {str(p) for p in ids}
+        for contact in db[C.CONTACTS].find({"company_sso_id": company_sso_id}, projection):
+            by_source = contact.get("source") == "crm" and contact.get("source_id") in wanted_str
+            if by_source or any(i in wanted for i in _crm_data_ids(contact) if isinstance(i, int | float)):
+                found.append(contact)
+        return found
     for i in range(0, len(ids), chunk):
         part = ids[i : i + chunk]
         query = {

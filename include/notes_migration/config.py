@@ -40,6 +40,10 @@ EVENTS = "crm_migration_events"
 PERSON_MAPS = "crm_migration_person_maps"  # a run's person → contact answers, saved by the coverage step
 ATTACHMENT_PAGES = "crm_migration_attachment_pages"  # relink result per (job, page)
 CONTACT_NOTES = "contact_notes"
+
+# At most this many mapped migrate_page / relink tasks per run: a task page then holds k consecutive insert
+# batches of `batch_size` (k = 1 until a CID has more batches than this).
+MAX_TASK_PAGES = 1024
 CONTACTS = "contacts"
 LAUNCHPAD_USERS = "launchpad_users"
 

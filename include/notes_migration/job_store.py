@@ -169,6 +169,25 @@ def save_person_map(db: Database, job_id: str, mapping: Mapping[int, str]) -> No
     )
 
 
+def person_map_chunks(db: Database, job_id: str) -> list[str] | None:
+    """The raw `person=contact;…` strings of a run's map (None when the run saved none): a page parses
+    only its own persons out of them (parse_person_map), so its memory does not grow with the CID."""
+    chunks = [doc["persons"] for doc in db[C.PERSON_MAPS].find({"job_id": job_id}, {"persons": 1})]
+    return chunks or None
+
+
+def parse_person_map(chunks: Iterable[str], persons: Iterable[int]) -> dict[int, str]:
+    """{person: contact} for the wanted persons only (string keys compared, no int per entry)."""
+    wanted = {str(p) for p in persons}
+    out: dict[int, str] = {}
+    for chunk in chunks:
+        for pair in chunk.split(";"):
+            person, _, contact = pair.partition("=")
+            if person in wanted:
+                out[int(person)] = contact
+    return out
+
+
 def load_person_map(db: Database, job_id: str) -> dict[int, str] | None:
     """None when the run saved no map (then the caller resolves by itself)."""
     out: dict[int, str] | None = None
@@ -186,6 +205,19 @@ def load_person_map(db: Database, job_id: str) -> dict[int, str] | None:
 def save_page_result(db: Database, result: dict) -> None:
     """One document per (job, page), replaced whole: a retried page never double-counts."""
     db[C.PAGES].replace_one({"_id": f"{result['job_id']}:{result['page_no']}"}, result, upsert=True)
+
+
+def begin_page(db: Database, provisional: dict) -> dict | None:
+    """Publish a page attempt's decided outcomes (its provisional result) and return what an earlier
+    attempt of the same page had recorded (None on a first attempt): one round trip for both."""
+    return db[C.PAGES].find_one_and_replace({"_id": provisional["_id"]}, provisional, upsert=True)  # FerretDB v1:
+    # no projection in findAndModify (code 238)
+
+
+def page_counters(db: Database, job_id: str) -> list[dict]:
+    """Only the counters of a job's page results (the halt re-check before every insert reads these)."""
+    projection = {"_id": 0, "page_no": 1, **dict.fromkeys(PAGE_COUNTERS, 1)}
+    return list(db[C.PAGES].find({"job_id": job_id}, projection))
 
 
 def page_results(db: Database, job_id: str) -> list[dict]:
@@ -208,6 +240,16 @@ def replace_note_log(db: Database, job_page: str, entries: list[dict], outcomes:
     """The failed-record queue and skip log of one page of a job, replaced: a retried page that now
     succeeds leaves no stale failure behind. Entries of other outcomes (notes vs files) stay."""
     db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": list(outcomes)}})
+    _insert_all(db[C.NOTE_LOG], entries)
+
+
+def delete_page_note_log(db: Database, job_page: str, outcomes: Iterable[str]) -> int:
+    """The note-level entries an earlier attempt of a page left (only called when there was one)."""
+    return db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": list(outcomes)}}).deleted_count
+
+
+def insert_note_log(db: Database, entries: list[dict]) -> None:
+    """Reason-coded entries with deterministic ids: a re-inserted one is kept, never duplicated."""
     _insert_all(db[C.NOTE_LOG], entries)
 
 

@@ -8,14 +8,13 @@ state. Refusals and halts are exceptions carrying a reason code.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from pymongo.database import Database
 
 from notes_migration import cdp_store, crm_source, job_store, metrics
-from notes_migration.accounting import Verdict, decide_verdict, match_pct, should_halt, sum_pages
+from notes_migration.accounting import Verdict, decide_verdict, match_pct, sum_pages
 from notes_migration.attachments import summarise_job as summarise_attachments
 from notes_migration.codes import RUN_ERROR_OUTCOME, AlreadyHalted, Event, Halted, Outcome, Reason, Refused, State
 from notes_migration.config import DAG_ID, RunConfig, job_id_for
@@ -174,22 +173,10 @@ def run_coverage(crm, db: Database, job_id: str) -> dict:
 
 
 def plan(crm, db: Database, job_id: str) -> list[dict]:
-    job, cfg = _job(db, job_id)
-    pages = crm_source.plan_pages(crm, cfg.cid, cfg.batch_size)
-    scope = crm_source.scope_counts(crm, cfg.cid)
-    notes_total = scope["person_notes"] + (scope["person_activities"] if cfg.include_activities else 0)
-    job_store.update_job(
-        db, job_id, scope=scope, notes_total=notes_total, pages_total=len(pages), rows_total=sum(p.size for p in pages)
-    )
-    log.info(
-        "CID %s: %d pages of ≤ %d rows, %d in-scope notes, scope %s",
-        cfg.cid,
-        len(pages),
-        cfg.batch_size,
-        notes_total,
-        scope,
-    )
-    return [p.as_dict() for p in pages]
+    """Task pages of ≤ MAX_TASK_PAGES, each up to k insert batches (pages.py)."""
+    from notes_migration import pages
+
+    return pages.plan(crm, db, job_id)
 
 
 # --------------------------------------------------------------------------- 4. migrate one page
@@ -223,9 +210,12 @@ def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows) -> dict[int, 
     return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
 
 
-def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, ContactMatch]) -> list[Decision]:
-    """Bulk owner resolution (one users query) then one decision per row."""
-    owners = resolve_owners(crm_users(rows), cdp_store.company_users(db, cfg.company_sso_id))
+def transform_page(
+    rows, db: Database, cfg: RunConfig, contacts: dict[int, ContactMatch], users: list[dict] | None = None
+) -> list[Decision]:
+    """Bulk owner resolution (one users query, unless the caller fetched `users`) then one decision per row."""
+    users = cdp_store.company_users(db, cfg.company_sso_id) if users is None else users
+    owners = resolve_owners(crm_users(rows), users)
     return [
         decide(
             r,
@@ -240,160 +230,10 @@ def transform_page(rows, db: Database, cfg: RunConfig, contacts: dict[int, Conta
 
 
 def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
-    """Read → resolve → normalise → build → insert one page, then account for every note."""
-    started = time.perf_counter()
-    job, cfg = _job(db, job_id)
-    if job.get("state") == State.HALTED:
-        raise AlreadyHalted(
-            Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing"
-        )
-    rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
-    t_read = time.perf_counter()
-    decisions = transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows))
-    t_transform = time.perf_counter()
+    """Decide every note of the page, re-check the halt, insert, account (pages.py says how)."""
+    from notes_migration import pages
 
-    docs = [d.doc for d in decisions if d.doc is not None]
-    writer = writer or cdp_store.MongoNoteWriter(db)
-    if cfg.dry_run:
-        result = cdp_store.WriteResult(inserted={d["legacy_crm_note_id"]: None for d in docs})
-    else:
-        result = writer.write(docs)
-    t_write = time.perf_counter()
-
-    entries, events_out = [], []
-    ev = {"job_id": job_id, "cid": cfg.cid}
-    for d in decisions:
-        if d.skip:
-            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.SKIPPED, d.skip, d.details))
-            continue
-        if d.failure is None and d.note_id in result.errors:
-            d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
-        if d.failure:
-            entries.append(_log_entry(job, page["page_no"], d.note_id, Outcome.FAILED, d.failure, d.details))
-            events_out.append(
-                event(
-                    Event.NOTE_FAILED,
-                    subject=d.note_id,
-                    legacy_crm_note_id=d.note_id,
-                    reason_code=d.failure.value,
-                    details=d.details,
-                    **ev,
-                )
-            )
-            continue
-        if d.checkin_dropped:
-            entries.append(
-                _log_entry(
-                    job,
-                    page["page_no"],
-                    d.note_id,
-                    Outcome.MIGRATED,
-                    Reason.CHECKIN_DROPPED,
-                    "check-in not migrated (D-10)",
-                )
-            )
-        if d.owner_unresolved and d.doc is not None:
-            events_out.append(
-                event(
-                    Event.OWNER_NOT_RESOLVED,
-                    subject=d.note_id,
-                    legacy_crm_note_id=d.note_id,
-                    legacy_owner_label=d.doc.get("legacy_owner_label"),
-                    **ev,
-                )
-            )
-
-    if not cfg.dry_run:  # notes found already migrated are in the audit of the job that inserted them
-        job_store.record_audit(
-            db,
-            {
-                "_id": f"{job_id}:{page['page_no']}",
-                "job_id": job_id,
-                "cid": cfg.cid,
-                "company_sso_id": cfg.company_sso_id,
-                "created_at": utc_now(),
-                **job_store.audit_arrays(result.inserted),
-            },
-        )
-    job_store.replace_note_log(db, page_key(job_id, page["page_no"]), entries, [o.value for o in Outcome])
-
-    failed_by_reason: dict[str, int] = {}
-    skipped_by_reason: dict[str, int] = {}
-    for d in decisions:
-        if d.failure:
-            failed_by_reason[d.failure.value] = failed_by_reason.get(d.failure.value, 0) + 1
-        elif d.skip:
-            skipped_by_reason[d.skip.value] = skipped_by_reason.get(d.skip.value, 0) + 1
-    failed = sum(failed_by_reason.values())
-    skipped = sum(skipped_by_reason.values())
-    inserted = len(result.inserted)
-    already = len(result.already_migrated)
-    assert inserted + already + failed + skipped == len(rows), "every note must have exactly one outcome"
-    page_result = {
-        "job_id": job_id,
-        "cid": cfg.cid,
-        "page_no": page["page_no"],
-        "lo_id": page["lo_id"],
-        "hi_id": page["hi_id"],
-        "rows": len(rows),
-        "attempted": len(rows) - skipped,
-        "migrated": inserted,
-        "already_migrated": already,
-        "skipped": skipped,
-        "failed": failed,
-        "failed_by_reason": failed_by_reason,
-        "skipped_by_reason": skipped_by_reason,
-        "checkins_dropped": sum(1 for d in decisions if d.checkin_dropped and not d.skip and not d.failure),
-        "owners_unresolved": sum(1 for d in decisions if d.owner_unresolved),
-        "mentions_rewritten": sum(d.mentions for d in decisions),
-        "timings_s": {
-            "read": t_read - started,
-            "transform": t_transform - t_read,
-            "write": t_write - t_transform,
-            "total": time.perf_counter() - started,
-        },
-        "finished_at": utc_now(),
-    }
-    job_store.save_page_result(db, page_result)
-    metrics.page_completed(page_result)
-    events_out.append(
-        event(
-            Event.BATCH_COMPLETED,
-            subject=f"page{page['page_no']}",
-            page_no=page["page_no"],
-            rows=len(rows),
-            migrated=inserted,
-            already_migrated=already,
-            failed=failed,
-            skipped=skipped,
-            duration_s=round(page_result["timings_s"]["total"], 3),
-            **ev,
-        )
-    )
-    job_store.record_events(db, events_out)
-    job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
-
-    totals = sum_pages(job_store.page_results(db, job_id))
-    if should_halt(
-        totals,
-        batch_size=cfg.batch_size,
-        notes_total=job.get("notes_total", 0),
-        max_failure_rate=cfg.thresholds.max_failure_rate,
-    ):
-        halt_job(
-            db,
-            job,
-            Reason.FAILURE_RATE_EXCEEDED,
-            failure_rate=round(totals.failure_rate, 6),
-            failed=totals.failed,
-            attempted=totals.attempted,
-        )
-        raise Halted(
-            Reason.FAILURE_RATE_EXCEEDED,
-            f"{totals.failed} of {totals.attempted} notes failed ({totals.failure_rate:.2%}) "
-            f"> {cfg.thresholds.max_failure_rate:.2%}; remaining pages write nothing",
-        )
-    return {k: page_result[k] for k in ("page_no", "rows", "migrated", "already_migrated", "skipped", "failed")}
+    return pages.migrate_page(crm, db, job_id, page, writer)
 
 
 # --------------------------------------------------------------------------- 6. validate

@@ -1,0 +1,118 @@
+"""All benchmark figures from one run: the page path (benchmarks.page_path) and relinking (benchmarks.relink).
+
+Prints the JSON, then a readable table, and saves the JSON as .build/benchmark-<UTC stamp>.json
+(and .build/benchmark-latest.json). Figures, not pass/fail: no test reads them.
+
+    scripts/benchmark.sh [--no-seed] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from benchmarks.page_path import benchmark_page_path
+from benchmarks.relink import benchmark_relink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB"
+
+
+def table(fig: dict[str, Any]) -> str:
+    p, r = fig["page_path"], fig["relink"]
+    mem = p["memory"]
+    small, large = mem["small"], mem["large"]
+    rows = [
+        (
+            "page path (extract+transform+decide+re-check+insert+bookkeeping)",
+            f"{p['page_path_notes_per_s']:,.0f} notes/s",
+        ),
+        ("raw ceiling: bare insert_many, same docs, same collection", f"{p['raw_insert_notes_per_s']:,.0f} notes/s"),
+        ("raw extract query", f"{p['raw_extract_rows_per_s']:,.0f} rows/s"),
+        (
+            "ratio page path / raw insert (target ≥ 0.5)",
+            f"{p['ratio_page_path_to_raw_insert']} ({'met' if p['ratio_page_path_to_raw_insert'] >= 0.5 else 'NOT met'})",
+        ),
+        ("page path rounds / raw insert rounds", f"{p['page_path_all_rounds']} / {p['raw_insert_all_rounds']}"),
+        ("page path phases, s (10 pages)", ", ".join(f"{k} {v}" for k, v in p["page_path_phase_seconds"].items())),
+        ("raw insert of the same docs, s", f"{p['raw_insert_seconds']}"),
+        (
+            "naive: insert_one per note, same transform",
+            f"{p['naive_notes_per_s']:,.0f} notes/s = {p['ratio_naive_to_page_path']} × page path",
+        ),
+        ("bare transform per row", f"{p['bare_transform_ms_per_row']} ms"),
+        (
+            "P95 page / P95 batch insert (page path, raw)",
+            f"{p['p95_page_s']} s / {p['p95_batch_insert_s_page_path']} s, {p['p95_batch_insert_s_raw']} s",
+        ),
+        ("page task peak RSS, 5,000-note CID", _mib(small["page_task"]["vm_hwm_kib"])),
+        ("page task peak RSS, 100,000-note CID", _mib(large["page_task"]["vm_hwm_kib"])),
+        (
+            "ratio large / small (target ≤ 1.2)",
+            f"{mem['page_task_hwm_ratio_large_to_small']} (process baseline {_mib(mem['baseline_process']['vm_hwm_kib'])})",
+        ),
+        (
+            "coverage + plan, 5,000 notes: time, peak RSS",
+            f"{small['coverage_and_plan']['seconds']} s, {_mib(small['coverage_and_plan']['vm_hwm_kib'])}",
+        ),
+        (
+            "coverage + plan, 100,000 notes: time, peak RSS",
+            f"{large['coverage_and_plan']['seconds']} s, {_mib(large['coverage_and_plan']['vm_hwm_kib'])}"
+            f" ({large['pages_total']} task pages)",
+        ),
+    ]
+    for run in r["runs"]:
+        rows.append(
+            (
+                f"relink c={run['concurrency']}",
+                f"{run['files_per_s']} files/s, {run['mb_per_s']} MB/s, ×{run['speedup']}, p95 {run['p95_file_s']} s,"
+                f" server {run['server_cpu_share_of_one_core']} core ({run['server_cpu_ms_per_file']} ms/file),"
+                f" client {run['client_cpu_ms_per_file']} ms/file",
+            )
+        )
+    rows.append(
+        (
+            "relink speedup at 8 (target ≥ 3)",
+            f"×{r['speedup_at_8']}; CPU bound on {r['cores']} cores ≈ {r['cpu_bound_files_per_s']} files/s",
+        )
+    )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-seed", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    figures = {
+        "started_at": started.isoformat(),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "page_path": benchmark_page_path(batch_size=args.batch_size, rounds=args.rounds, seed_first=not args.no_seed),
+        "relink": benchmark_relink(),
+    }
+    figures["seconds_total"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
+    out = ROOT / ".build"
+    out.mkdir(exist_ok=True)
+    text = json.dumps(figures, indent=2, default=str)
+    path = out / f"benchmark-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(text)
+    (out / "benchmark-latest.json").write_text(text)
+    print(text)
+    print()
+    print(table(figures))
+    print(f"\nsaved {path.relative_to(ROOT)} ({figures['seconds_total']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""Step 3 and 4 of a run: planning task pages and migrating one page (migration.plan / migrate_page).
+
+A *batch* is the PRD's insert unit (`batch_size` notes, ≤ 1000); a *task page* is what one mapped
+task processes: up to `pages_k` consecutive batches, so that a run never has more than
+MAX_TASK_PAGES mapped tasks while a small CID still gets one task per batch.
+
+Halting with parallel pages (design: "a page decides its notes' outcomes before it writes"):
+
+1. the page reads, resolves and normalises, so every note's outcome is decided before any write;
+2. it publishes those decisions as its *provisional* page result (decided failures and attempted
+   notes, nothing migrated yet), replacing whatever an earlier attempt of the same page left;
+3. then, immediately before its insert, it re-reads the run's halt state and every page result of
+   the job (other pages' final or provisional results) and judges the failure rate over all of
+   them plus its own decided failures (accounting.should_halt);
+4. a page that would cross the threshold (or finds the run halted) records its decided failures,
+   reason-coded, inserts nothing, and halts the run; otherwise it inserts, then writes its final
+   result, note log, audit and events (in parallel: they do not depend on each other).
+
+Because every page publishes (2) before it checks (3), of any set of pages running at once the
+last one to check sees all of their decisions: only pages whose check came before the crossing
+point can insert. After a halt nothing more is inserted except inserts already past their check.
+
+Round trips per page: job, person map and users (the last two in parallel with the CRM read),
+provisional result (which also says whether an earlier attempt exists: only then is the note log
+of the page deleted), job + page results (in parallel), the insert of each batch, then final result,
+audit, note log (one insert), events (one insert) and heartbeat, in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from pymongo.database import Database
+
+from notes_migration import cdp_store, crm_source, job_store, metrics
+from notes_migration import migration as m
+from notes_migration.accounting import Totals, should_halt, sum_pages
+from notes_migration.codes import AlreadyHalted, Event, Halted, Outcome, Reason, State
+from notes_migration.config import MAX_TASK_PAGES, RunConfig
+from notes_migration.crm_source import Page
+from notes_migration.events import event
+from notes_migration.plain import utc_now
+from notes_migration.resolve import ContactMatch, resolve_contacts
+from notes_migration.transform import Decision
+
+log = logging.getLogger(__name__)
+
+NOTE_OUTCOMES = [o.value for o in Outcome]
+
+
+# --------------------------------------------------------------------------- 3. plan
+
+
+def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[Page]:
+    """Consecutive keyset batches merged into ≤ max_pages task pages of k = ceil(n / max_pages) batches
+    each (k = 1 up to max_pages batches: every batch its own task). Pure; descriptors stay four ints."""
+    if not batches:
+        return []
+    k = max(1, math.ceil(len(batches) / max(1, max_pages)))
+    out = []
+    for no, i in enumerate(range(0, len(batches), k)):
+        group = batches[i : i + k]
+        out.append(Page(page_no=no, lo_id=group[0].lo_id, hi_id=group[-1].hi_id, size=sum(b.size for b in group)))
+    return out
+
+
+def plan(crm, db: Database, job_id: str, max_pages: int = MAX_TASK_PAGES) -> list[dict]:
+    _, cfg = m._job(db, job_id)
+    batches = crm_source.plan_pages(crm, cfg.cid, cfg.batch_size)
+    pages = group_batches(batches, max_pages)
+    scope = crm_source.scope_counts(crm, cfg.cid)
+    notes_total = scope["person_notes"] + (scope["person_activities"] if cfg.include_activities else 0)
+    job_store.update_job(
+        db,
+        job_id,
+        scope=scope,
+        notes_total=notes_total,
+        pages_total=len(pages),
+        batches_total=len(batches),
+        rows_total=sum(p.size for p in pages),
+    )
+    log.info(
+        "CID %s: %d task pages (%d batches of ≤ %d rows), %d in-scope notes, scope %s",
+        cfg.cid,
+        len(pages),
+        len(batches),
+        cfg.batch_size,
+        notes_total,
+        scope,
+    )
+    return [p.as_dict() for p in pages]
+
+
+# --------------------------------------------------------------------------- 4. one page
+
+
+def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows, saved: dict[int, str] | None):
+    """The run's person → contact answers for this page's persons only (memory flat in CID size)."""
+    persons = {r.crm_person_id for r in rows}
+    if saved is not None:
+        return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
+    return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
+
+
+def _log_entry(job_id: str, cid: int, page_no: int, note_id: int, outcome: Outcome, reason: Reason, details: str):
+    return {
+        "_id": f"{job_id}:{note_id}:{reason.value}",
+        "job_id": job_id,
+        "job_page": m.page_key(job_id, page_no),
+        "cid": cid,
+        "legacy_crm_note_id": note_id,
+        "outcome": outcome.value,
+        "reason_code": reason.value,
+        "details": details,
+        "created_at": utc_now(),
+    }
+
+
+def _failure_event(job_id: str, cid: int, d: Decision) -> dict:
+    return event(
+        Event.NOTE_FAILED,
+        job_id=job_id,
+        cid=cid,
+        subject=d.note_id,
+        legacy_crm_note_id=d.note_id,
+        reason_code=d.failure.value if d.failure else None,
+        details=d.details,
+    )
+
+
+def _counts(decisions: list[Decision]) -> tuple[dict[str, int], dict[str, int]]:
+    failed: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for d in decisions:
+        if d.failure:
+            failed[d.failure.value] = failed.get(d.failure.value, 0) + 1
+        elif d.skip:
+            skipped[d.skip.value] = skipped.get(d.skip.value, 0) + 1
+    return failed, skipped
+
+
+def _page_doc(job_id: str, cfg: RunConfig, page: dict, rows: int, decisions: list[Decision], **fields: Any) -> dict:
+    failed_by, skipped_by = _counts(decisions)
+    failed, skipped = sum(failed_by.values()), sum(skipped_by.values())
+    return {
+        "_id": f"{job_id}:{page['page_no']}",
+        "job_id": job_id,
+        "cid": cfg.cid,
+        "page_no": page["page_no"],
+        "lo_id": page["lo_id"],
+        "hi_id": page["hi_id"],
+        "rows": rows,
+        "attempted": rows - skipped,
+        "migrated": 0,
+        "already_migrated": 0,
+        "skipped": skipped,
+        "failed": failed,
+        "failed_by_reason": failed_by,
+        "skipped_by_reason": skipped_by,
+        **fields,
+    }
+
+
+def halt_decision(others: list[dict], mine: dict, job: dict, cfg: RunConfig) -> Totals | None:
+    """The totals that make this page halt, or None: the recorded results of every other page of the job
+    (final or provisional) plus this page's decided outcomes, judged by accounting.should_halt."""
+    totals = sum_pages([*others, mine])
+    crossing = should_halt(
+        totals,
+        batch_size=cfg.batch_size,
+        notes_total=job.get("notes_total", 0),
+        max_failure_rate=cfg.thresholds.max_failure_rate,
+    )
+    return totals if crossing else None
+
+
+def _halted(db: Database, job: dict, cfg: RunConfig, totals: Totals) -> Halted:
+    m.halt_job(
+        db,
+        job,
+        Reason.FAILURE_RATE_EXCEEDED,
+        failure_rate=round(totals.failure_rate, 6),
+        failed=totals.failed,
+        attempted=totals.attempted,
+    )
+    return Halted(
+        Reason.FAILURE_RATE_EXCEEDED,
+        f"{totals.failed} of {totals.attempted} decided notes failed ({totals.failure_rate:.2%}) "
+        f"> {cfg.thresholds.max_failure_rate:.2%}; remaining pages write nothing",
+    )
+
+
+def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
+    """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account."""
+    started = time.perf_counter()
+    job, cfg = m._job(db, job_id)
+    page_no = page["page_no"]
+    if job.get("state") == State.HALTED:
+        raise AlreadyHalted(
+            Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page_no} writes nothing"
+        )
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix=f"page{page_no}") as pool:
+        users_f = pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
+        chunks_f = pool.submit(job_store.person_map_chunks, db, job_id)
+        rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
+        t_read = time.perf_counter()
+        persons = {r.crm_person_id for r in rows}
+        chunks = chunks_f.result()
+        saved = None if chunks is None else job_store.parse_person_map(chunks, persons)
+        decisions = m.transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows, saved), users=users_f.result())
+        t_transform = time.perf_counter()
+
+        # publish the decided outcomes, then re-check the run immediately before inserting
+        provisional = _page_doc(job_id, cfg, page, len(rows), decisions, state="deciding", started_at=utc_now())
+        previous = job_store.begin_page(db, provisional)
+        retry = previous is not None
+        attempt = int((previous or {}).get("attempt") or 0) + 1
+        cleared: Future | None = None
+        if retry:  # an earlier attempt may have left entries: a retried page leaves nothing stale
+            cleared = pool.submit(job_store.delete_page_note_log, db, m.page_key(job_id, page_no), NOTE_OUTCOMES)
+        fresh_f = pool.submit(job_store.get_job, db, job_id)
+        others = [p for p in job_store.page_counters(db, job_id) if p["page_no"] != page_no]
+        fresh = fresh_f.result() or job
+        checked_at = utc_now()
+        if cleared is not None:
+            cleared.result()
+        crossing = halt_decision(others, provisional, fresh, cfg)
+        decided_entries = [
+            _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.SKIPPED, d.skip, d.details)
+            for d in decisions
+            if d.skip
+        ] + [
+            _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.FAILED, d.failure, d.details)
+            for d in decisions
+            if d.failure
+        ]
+        decided_events = [_failure_event(job_id, cfg.cid, d) for d in decisions if d.failure]
+        t_check = time.perf_counter()
+
+        if fresh.get("state") == State.HALTED or crossing is not None:
+            # the notes it would have written get their one outcome: skipped, reason = why the run stops
+            why = (
+                Reason(fresh["halted"]["reason"])
+                if fresh.get("state") == State.HALTED
+                else Reason.FAILURE_RATE_EXCEEDED
+            )
+            withheld = [d for d in decisions if d.doc is not None]
+            for d in withheld:
+                d.doc, d.skip, d.details = (
+                    None,
+                    why,
+                    f"not written: the run halted ({why.value}) before this page inserted",
+                )
+                decided_entries.append(_log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.SKIPPED, why, d.details))
+            halted_doc = _page_doc(
+                job_id,
+                cfg,
+                page,
+                len(rows),
+                decisions,
+                state="halted",
+                withheld_by_halt=len(withheld),
+                attempt=attempt,
+                checked_at=checked_at,
+                finished_at=utc_now(),
+            )
+            waits = [
+                pool.submit(job_store.insert_note_log, db, decided_entries),
+                pool.submit(job_store.record_events, db, decided_events),
+                pool.submit(job_store.save_page_result, db, halted_doc),
+            ]
+            for w in waits:
+                w.result()
+            log.warning(
+                "page %s inserts nothing: %d decided failures recorded, %d notes withheld",
+                page_no,
+                provisional["failed"],
+                len(withheld),
+            )
+            if fresh.get("state") == State.HALTED:
+                raise AlreadyHalted(
+                    Reason(fresh["halted"]["reason"]), f"job {job_id} halted before page {page_no} inserted"
+                )
+            assert crossing is not None
+            raise _halted(db, fresh, cfg, crossing)
+
+        # the insert runs alone: the bookkeeping writes would share the server's CPU with it
+        docs = [d.doc for d in decisions if d.doc is not None]
+        writer = writer or cdp_store.MongoNoteWriter(db)
+        insert_started_at = utc_now()
+        result = cdp_store.WriteResult()
+        if cfg.dry_run:
+            result.inserted = {d["legacy_crm_note_id"]: None for d in docs}
+        else:
+            for i in range(0, len(docs), cfg.batch_size):
+                part = writer.write(docs[i : i + cfg.batch_size])
+                result.inserted.update(part.inserted)
+                result.already_migrated |= part.already_migrated
+                result.errors.update(part.errors)
+        t_write = time.perf_counter()
+
+        late_entries, late_events = decided_entries, decided_events
+        ev = {"job_id": job_id, "cid": cfg.cid}
+        for d in decisions:
+            if d.skip or d.failure:
+                continue
+            if d.note_id in result.errors:
+                d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
+                late_entries.append(
+                    _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.FAILED, d.failure, d.details)
+                )
+                late_events.append(_failure_event(job_id, cfg.cid, d))
+                continue
+            if d.checkin_dropped:
+                late_entries.append(
+                    _log_entry(
+                        job_id,
+                        cfg.cid,
+                        page_no,
+                        d.note_id,
+                        Outcome.MIGRATED,
+                        Reason.CHECKIN_DROPPED,
+                        "check-in not migrated (D-10)",
+                    )
+                )
+            if d.owner_unresolved and d.doc is not None:
+                late_events.append(
+                    event(
+                        Event.OWNER_NOT_RESOLVED,
+                        subject=d.note_id,
+                        legacy_crm_note_id=d.note_id,
+                        legacy_owner_label=d.doc.get("legacy_owner_label"),
+                        **ev,
+                    )
+                )
+
+        inserted, already = len(result.inserted), len(result.already_migrated)
+        final = _page_doc(job_id, cfg, page, len(rows), decisions)
+        assert inserted + already + final["failed"] + final["skipped"] == len(rows), "every note has one outcome"
+        final.update(
+            migrated=inserted,
+            already_migrated=already,
+            state="done",
+            attempt=attempt,
+            checkins_dropped=sum(1 for d in decisions if d.checkin_dropped and not d.skip and not d.failure),
+            owners_unresolved=sum(1 for d in decisions if d.owner_unresolved),
+            mentions_rewritten=sum(d.mentions for d in decisions),
+            checked_at=checked_at,
+            insert_started_at=insert_started_at,
+        )
+        audit_ids = dict(result.inserted)
+        if retry and result.already_migrated and not cfg.dry_run:
+            # an earlier attempt of this page may have inserted these and died before its audit
+            for doc in cdp_store.stored_notes(
+                db, cfg.company_sso_id, sorted(result.already_migrated), {"_id": 1, "legacy_crm_note_id": 1}
+            ):
+                audit_ids.setdefault(doc["legacy_crm_note_id"], doc["_id"])
+        final["timings_s"] = {
+            "read": t_read - started,
+            "transform": t_transform - t_read,
+            "check": t_check - t_transform,
+            "write": t_write - t_check,
+            "total": time.perf_counter() - started,
+        }
+        final["finished_at"] = utc_now()
+        late_events.append(
+            event(
+                Event.BATCH_COMPLETED,
+                subject=f"page{page_no}",
+                page_no=page_no,
+                rows=len(rows),
+                migrated=inserted,
+                already_migrated=already,
+                failed=final["failed"],
+                skipped=final["skipped"],
+                duration_s=round(final["timings_s"]["total"], 3),
+                **ev,
+            )
+        )
+        writes = [
+            pool.submit(job_store.save_page_result, db, final),
+            pool.submit(job_store.insert_note_log, db, late_entries),
+            pool.submit(job_store.record_events, db, late_events),
+            pool.submit(job_store.heartbeat_lock, db, cfg.cid, job["run_id"]),
+        ]
+        if not cfg.dry_run and audit_ids:  # notes found already migrated are in the audit of the job that inserted them
+            audit_id = f"{job_id}:{page_no}" if attempt == 1 else f"{job_id}:{page_no}:{attempt}"
+            writes.append(
+                pool.submit(
+                    job_store.record_audit,
+                    db,
+                    {
+                        "_id": audit_id,
+                        "job_id": job_id,
+                        "cid": cfg.cid,
+                        "company_sso_id": cfg.company_sso_id,
+                        "created_at": utc_now(),
+                        **job_store.audit_arrays(audit_ids),
+                    },
+                )
+            )
+        for w in writes:
+            w.result()
+    metrics.page_completed(final)
+
+    crossing = halt_decision(others, final, fresh, cfg)  # insert errors count too
+    if crossing is not None:
+        raise _halted(db, fresh, cfg, crossing)
+    return {k: final[k] for k in ("page_no", "rows", "migrated", "already_migrated", "skipped", "failed")}
