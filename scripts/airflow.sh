@@ -4,7 +4,8 @@
 # database of the local PostgreSQL cluster, the connections, variables and pools of
 # airflow_settings.yaml loaded, and the DAGs of dags/ unpaused.
 #
-#   scripts/airflow.sh up [--executor local|celery]   start what is not running (idempotent)
+#   scripts/airflow.sh up [--executor local|celery]   start what is not running (idempotent); another executor than
+#                                                     the running one restarts only the scheduler and its workers
 #   scripts/airflow.sh down                           stop the processes this script started (pid files)
 #   scripts/airflow.sh status                         what runs, where
 #   scripts/airflow.sh logs [component]               tail the logs (all, or api-server, scheduler, worker-1, …)
@@ -144,7 +145,7 @@ free_port() { # port what: refuse a port something else holds
 metadata_db() {
   local psql=("$PSQL" -h 127.0.0.1 -p "$CRM_PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
   if [ "${AIRFLOW_STACK_FRESH_DB:-0}" = 1 ]; then
-    [ -n "$(components)" ] && die "AIRFLOW_STACK_FRESH_DB=1 but the stack in $STACK_DIR runs; scripts/airflow.sh down first"
+    [ -n "$(running)" ] && die "AIRFLOW_STACK_FRESH_DB=1 but the stack in $STACK_DIR runs; scripts/airflow.sh down first"
     log "fresh metadata DB $DB_NAME"
     "${psql[@]}" -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)"
     rm -f "$STACK_DIR/migrated"
@@ -193,8 +194,13 @@ up() {
   local executor="$EXECUTOR"
   [ -n "$executor" ] || { [ -n "$(running)" ] && executor="$(cat "$STACK_DIR/executor")"; } || executor=local
   case "$executor" in local | LocalExecutor) executor=local ;; celery | CeleryExecutor) executor=celery ;; *) die "--executor local|celery" ;; esac
-  if [ -n "$(components)" ] && [ "$(cat "$STACK_DIR/executor" 2>/dev/null)" != "$executor" ] && [ -n "$(running)" ]; then
-    die "the stack in $STACK_DIR runs with the $(cat "$STACK_DIR/executor") executor; scripts/airflow.sh down first"
+  local was
+  was="$(cat "$STACK_DIR/executor" 2>/dev/null || true)"
+  if [ -n "$(running)" ] && [ "$was" != "$executor" ]; then
+    # only the executor's side restarts: api-server, dag-processor and triggerer do not depend on it
+    log "switching the executor $was → $executor: the scheduler and its workers restart"
+    # shellcheck disable=SC2046
+    stop scheduler $(components | grep -E '^(worker-|redis$)' || true)
   fi
   mkdir -p "$STACK_DIR" "$AIRFLOW_HOME" "$LOGS"
   echo "$executor" >"$STACK_DIR/executor"
@@ -253,14 +259,19 @@ running() { for c in $(components); do alive "$c" && echo "$c"; done; }
 
 # --------------------------------------------------------------------------- down / status / logs
 down() {
+  # shellcheck disable=SC2046
+  stop $(components)
+}
+
+stop() { # components...: SIGTERM to each one's process group, SIGKILL after 30 s
   local c pid i
-  for c in $(components); do
+  for c in "$@"; do
     pid="$(cat "$PID_DIR/$c.pid")"
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     fi
   done
-  for c in $(components); do
+  for c in "$@"; do
     pid="$(cat "$PID_DIR/$c.pid")"
     for ((i = 0; i < 60; i++)); do
       kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null || break
