@@ -27,6 +27,9 @@ class Reason(StrEnum):
     # refusals of the Ops API's job actions (cancel): nothing written
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_ALREADY_FINISHED = "JOB_ALREADY_FINISHED"
+    # refusals of a CID rollback: nothing written
+    NOTHING_TO_ROLL_BACK = "NOTHING_TO_ROLL_BACK"
+    ROLLBACK_REFUSED = "ROLLBACK_REFUSED"  # notes changed in CDP after migration (listed)
     RUN_FAILED = "RUN_FAILED"  # Airflow saw the run die (task killed, marked failed) before the job finished
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"

@@ -26,7 +26,8 @@ def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterabl
     if not crm_source.cid_exists(crm, cfg.cid):
         raise Refused(Reason.CID_NOT_FOUND, f"CID {cfg.cid} is not an organization of the CRM")
     last = job_store.latest_job(db, cfg.cid)
-    if last and last.get("state") == State.COMPLETED_SUCCESS and not (cfg.force_rerun or cfg.dry_run):
+    done = last and last.get("state") == State.COMPLETED_SUCCESS and not last.get("rolled_back")  # rollback.py
+    if last is not None and done and not (cfg.force_rerun or cfg.dry_run):
         raise Refused(
             Reason.ALREADY_MIGRATED,
             f"CID {cfg.cid} already completed_success in job {last['_id']}; use force_rerun to run it again",

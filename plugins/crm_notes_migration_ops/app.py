@@ -500,3 +500,61 @@ def cancel_job(job_id: Annotated[str, Path(max_length=200)], request: Request, u
         lock_released=released is not None,
         status_url=f"{_mount_path(request)}/api/status?cid={job['cid']}",
     )
+
+
+# --------------------------------------------------------------------------- rollback of one CID
+
+ROLLBACK_REFUSAL_HTTP_STATUS: dict[Reason, int] = {
+    Reason.NOTHING_TO_ROLL_BACK: 404,
+    Reason.ROLLBACK_REFUSED: 409,
+    Reason.JOB_ALREADY_RUNNING: 409,
+}
+
+
+@app.post(
+    "/api/cids/{cid}/rollback",
+    summary="Roll back one CID: remove exactly the notes its migrations inserted, and their copied files",
+    description="`dry_run=true` (the default) reports what would be removed and writes nothing; `dry_run=false` "
+    "deletes the notes of the CID's audit map (scoped to the company) and their objects in CDP storage, records "
+    "the rollback (who, when, counts), marks the audit entries rolled back (they are kept) and lets the CID be "
+    "migrated again. Refused, writing nothing, when any of those notes changed in CDP after migration (409 "
+    "ROLLBACK_REFUSED, listed in `changed_in_cdp`), a run holds the CID (409 JOB_ALREADY_RUNNING) or nothing is "
+    "left to roll back (404 NOTHING_TO_ROLL_BACK). Bearer token only.",
+    responses={
+        404: {"model": Refusal, "description": "NOTHING_TO_ROLL_BACK"},
+        409: {"description": "ROLLBACK_REFUSED (with `changed_in_cdp`) or JOB_ALREADY_RUNNING"},
+        401: UNAUTHENTICATED[401],
+        403: UNAUTHENTICATED[403],
+    },
+    tags=["operate"],
+)
+def rollback_cid(
+    cid: Annotated[int, Path(ge=1, description="CRM organization id (CID)")],
+    user: Operator,
+    dry_run: Annotated[bool, Query(description="default true: report only, write nothing")] = True,
+) -> Any:
+    from notes_migration import rollback
+    from notes_migration import s3_store as s3
+    from notes_migration.config import CDP_S3_CONN_ID
+
+    target = None if dry_run else s3.bucket_for(CDP_S3_CONN_ID)
+    with _crm() as crm:
+        try:
+            report = rollback.rollback_cid(
+                crm,
+                _cdp(),
+                cid,
+                requested_by=user.get_name(),
+                dry_run=dry_run,
+                target=target,
+                lease_seconds=settings.thresholds().lock_lease_seconds,
+            )
+        except Refused as refused:
+            content: dict[str, Any] = {
+                "detail": str(refused).split(": ", 1)[-1],
+                "reason_code": refused.reason.value,
+            }
+            if isinstance(refused, rollback.RollbackRefused):
+                content.update(jsonable_encoder(refused.report))
+            return JSONResponse(status_code=ROLLBACK_REFUSAL_HTTP_STATUS.get(refused.reason, 409), content=content)
+    return JSONResponse(jsonable_encoder(report))

@@ -7,6 +7,7 @@ The feature flag is an ordinary Airflow Variable: `airflow variables set crm_not
     python -m crm_notes_migration_ops.cli coverage --cid 100 --company-sso-id UUID
     python -m crm_notes_migration_ops.cli errors --job-id JOB
     python -m crm_notes_migration_ops.cli release-lock --cid 100     # a lock left by a dead run
+    python -m crm_notes_migration_ops.cli rollback --cid 100 [--execute]   # dry run unless --execute
 
 `run`'s options are the run contract's parameters (contract.py), the same as the DAG's params.
 """
@@ -60,6 +61,10 @@ def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argpars
     sub.add_parser("errors", help="a job's reason-coded failures and skips").add_argument("--job-id", required=True)
     rl = sub.add_parser("release-lock", help="force-release a CID's lock left by a dead run")
     rl.add_argument("--cid", type=int, required=True)
+    rb = sub.add_parser("rollback", help="remove the notes (and copied files) a CID's migrations inserted; dry run")
+    rb.add_argument("--cid", type=int, required=True)
+    rb.add_argument("--execute", action="store_true", help="really delete (default: dry run, nothing written)")
+    rb.add_argument("--by", default=None, help="who asks (recorded; default: $USER)")
     return root
 
 
@@ -99,6 +104,32 @@ def main(argv: list[str] | None = None) -> int:
         holder = job_store.get_lock(db, args.cid)
         released = job_store.release_lock(db, args.cid)
         _print({"cid": args.cid, "released": released, "holder": as_plain(holder)})
+    elif args.cmd == "rollback":
+        return _rollback(db, args)
+    return 0
+
+
+def _rollback(db: Any, args: argparse.Namespace) -> int:
+    """Exit 0 done (or planned), 3 refused (the report or reason is printed), nothing written on a refusal."""
+    import getpass
+
+    from notes_migration import rollback
+    from notes_migration import s3_store as s3
+    from notes_migration.codes import Refused
+    from notes_migration.config import CDP_S3_CONN_ID
+    from notes_migration.connections import crm_connection
+
+    by = args.by or getpass.getuser()
+    target = s3.bucket_for(CDP_S3_CONN_ID) if args.execute else None
+    with crm_connection() as crm:
+        try:
+            _print(rollback.rollback_cid(crm, db, args.cid, requested_by=by, dry_run=not args.execute, target=target))
+        except rollback.RollbackRefused as refused:
+            _print({"refused": refused.reason.value, "detail": str(refused), **refused.report})
+            return 3
+        except Refused as refused:
+            _print({"refused": refused.reason.value, "detail": str(refused)})
+            return 3
     return 0
 
 
