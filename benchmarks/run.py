@@ -26,7 +26,7 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
-def table(fig: dict[str, Any]) -> str:
+def rows(fig: dict[str, Any]) -> list[tuple[str, str]]:
     p, r = fig["page_path"], fig["relink"]
     mem = p["memory"]
     small, large = mem["small"], mem["large"]
@@ -84,8 +84,34 @@ def table(fig: dict[str, Any]) -> str:
             f"×{r['speedup_at_8']}; CPU bound on {r['cores']} cores ≈ {r['cpu_bound_files_per_s']} files/s",
         )
     )
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return rows
+
+
+def table(fig: dict[str, Any]) -> str:
+    pairs = rows(fig)
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in pairs)
+
+
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def regenerate_readme(fig: dict[str, Any], readme: Path = ROOT / "README.md") -> None:
+    """Replace the README's performance table (between the benchmark markers) with this run's figures."""
+    text = readme.read_text()
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    if not rest or not tail and README_END not in rest:
+        raise SystemExit(f"README.md has no {README_START} … {README_END} block")
+    lines = [
+        f"Run of {fig['started_at'][:16].replace('T', ' ')} UTC, {fig['machine']['cores']} cores, "
+        f"{fig['seconds_total']} s:",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in rows(fig)]
+    readme.write_text(head + README_START + "\n" + "\n".join(lines) + "\n" + README_END + tail)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +119,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-seed", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--readme",
+        metavar="JSON",
+        nargs="?",
+        const=str(ROOT / ".build" / "benchmark-latest.json"),
+        help="only regenerate README.md's performance table from a saved run (default: the latest)",
+    )
     args = parser.parse_args(argv)
+    if args.readme:
+        regenerate_readme(json.loads(Path(args.readme).read_text()))
+        print(f"README.md performance table regenerated from {args.readme}")
+        return
     started = dt.datetime.now(dt.UTC)
     figures = {
         "started_at": started.isoformat(),
