@@ -30,7 +30,7 @@ def _crm(thresholds: Thresholds):
     return crm_session(retries=thresholds.crm_retries, backoff_seconds=thresholds.crm_retry_backoff_seconds)
 
 
-def _halt_on_crm_failure(job: dict, failure: CrmExtractFailed, step: str) -> AirflowFailException:
+def crm_failure_halts(job: dict, failure: CrmExtractFailed, step: str) -> AirflowFailException:
     migration.halt_on_crm_failure(cdp_database(), job["job_id"], failure, step)
     log.error("run halted: %s", failure)
     return AirflowFailException(str(failure))
@@ -63,7 +63,7 @@ def coverage_preflight(job: dict) -> dict:
         try:
             return migration.run_coverage(crm, cdp_database(), job["job_id"])
         except CrmExtractFailed as failed:
-            raise _halt_on_crm_failure(job, failed, "coverage_preflight") from None
+            raise crm_failure_halts(job, failed, "coverage_preflight") from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 
@@ -73,7 +73,7 @@ def plan_pages(job: dict) -> list[dict]:
         try:
             return migration.plan(crm, cdp_database(), job["job_id"])
         except CrmExtractFailed as failed:
-            raise _halt_on_crm_failure(job, failed, "plan_pages") from None
+            raise crm_failure_halts(job, failed, "plan_pages") from None
 
 
 def page_label(page: dict) -> str:
@@ -88,7 +88,7 @@ def migrate_page(job: dict, page: dict) -> dict:
         except migration.AlreadyHalted as halted:
             raise AirflowSkipException(str(halted)) from None
         except CrmExtractFailed as failed:
-            raise _halt_on_crm_failure(job, failed, f"migrate_page {page['page_no']}") from None
+            raise crm_failure_halts(job, failed, f"migrate_page {page['page_no']}") from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
 

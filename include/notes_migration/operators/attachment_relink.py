@@ -69,14 +69,15 @@ class AttachmentRelinkOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from notes_migration import attachments
-        from notes_migration.connections import cdp_database, crm_connection
+        from notes_migration.connections import cdp_database, crm_session
+        from notes_migration.crm_source import CrmExtractFailed
         from notes_migration.s3_store import bucket_from_hook
-        from notes_migration.tasks import job_of_this_run, page_label
+        from notes_migration.tasks import crm_failure_halts, job_of_this_run, page_label
 
         page = self.page
         job = self.job or job_of_this_run(context)
         context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
-        with crm_connection() as crm:
+        with crm_session() as crm:  # opened on first read: a halted or dry job never connects
             try:
                 return attachments.relink_page(
                     crm,
@@ -89,3 +90,5 @@ class AttachmentRelinkOperator(BaseOperator):
                 )
             except attachments.RelinkSkipped as skipped:
                 raise AirflowSkipException(str(skipped)) from None
+            except CrmExtractFailed as failed:
+                raise crm_failure_halts(job, failed, f"relink_attachments {page['page_no']}") from None
