@@ -33,6 +33,7 @@ def migrated(cdp, company: str) -> int:
 
 
 def test_rollback_of_one_cid(seed_cid, run_dag, cdp, crm, cdp_bucket):
+    cdp[ROLLBACKS].delete_many({"cid": CID})  # records of earlier sessions (seeding keeps them)
     seeded = seed_cid(SeedSpec(cid=CID, notes=40, image_share=0.3))
     company = seeded["company_sso_id"]
     other = seed_cid(SeedSpec(cid=CID + 1, notes=10))  # another CID: untouched by the rollback

@@ -21,6 +21,7 @@ def url(cid: int) -> str:
 
 
 def test_rollback_route(client, auth, ops_token, viewer_token, run_dag, seed_cid, cdp):
+    cdp[ROLLBACKS].delete_many({"cid": {"$in": [CID, EMPTY]}})  # records of earlier sessions (seeding keeps them)
     seeded = seed_cid(SeedSpec(cid=CID, notes=20, image_share=0.0, audio_share=0.0, document_share=0.0))
     seed_cid(SeedSpec(cid=EMPTY, notes=5))
     run_dag({"cid": CID, "company_sso_id": seeded["company_sso_id"], "batch_size": 20})
