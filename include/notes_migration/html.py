@@ -93,9 +93,9 @@ class NormalisedHtml:
 # become LF, as the parser does), FF (HTML whitespace: a space), lone surrogates, the other C0 controls but TAB and
 # LF, DEL, C1 controls, noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF): all but CR and FF become U+FFFD.
 # The class is broad in the astral planes (a cheap scan); _code_point decides there.
-_SUSPECT = re.compile(
-    "\r\n?|[\x0c\ud800-\udfff\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\U0001fffe-\U0010ffff]"
-)
+_SUSPECT_CLASS = "[\x0c\ud800-\udfff\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\U0001fffe-\U0010ffff]"
+_SUSPECT = re.compile("\r\n?|" + _SUSPECT_CLASS)
+_SUSPECT_CHAR = re.compile("[\r" + _SUSPECT_CLASS[1:])  # for the search: one class, no CRLF branch to try
 
 
 def _code_point(m: re.Match) -> str:
@@ -111,7 +111,7 @@ def _code_point(m: re.Match) -> str:
 
 def _scrub_code_points(text: str) -> str:
     """Deterministic replacement (U+FFFD) of what the parser would rewrite, and CR → LF: before anything else."""
-    return _SUSPECT.sub(_code_point, text) if _SUSPECT.search(text) else text
+    return _SUSPECT.sub(_code_point, text) if _SUSPECT_CHAR.search(text) else text
 
 
 # A `<` that cannot open a tag, and a `&` that starts no character reference (a known `&name;`, `&#digits;`,
@@ -120,6 +120,7 @@ def _scrub_code_points(text: str) -> str:
 # path, and html5lib no longer spends a token (and a parse error) on each of them. Identity on outputs.
 _BARE_LT = re.compile(r"<(?![A-Za-z/!?])")
 _AMP = re.compile(r"&(?:([A-Za-z][A-Za-z0-9]*;)|#[0-9]+;|#[xX][0-9a-fA-F]+;)?")
+_UNCOMMON_AMP = re.compile(r"&(?!(?:amp|lt|gt|quot|nbsp|#39);)")  # the common references need no look-up
 _ENTITIES = html5lib_shim.ENTITIES  # names with their `;` ("amp;") and the legacy ones without
 
 
@@ -143,7 +144,7 @@ def _prepare(text: str) -> str:
         return text
     if "&#" in text:
         text = _CR_REFERENCE.sub("\n", text)
-    return _AMP.sub(_amp, text)
+    return _AMP.sub(_amp, text) if _UNCOMMON_AMP.search(text) else text
 
 
 def utf8_size(text: str) -> int:
