@@ -39,6 +39,7 @@ from __future__ import annotations
 import html as _html
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import nh3
 from bleach import html5lib_shim
@@ -327,7 +328,7 @@ class _MentionAndCodeFilter(html5lib_shim.Filter):
         return {"type": "Characters", "data": _escape_text(_mention_text(_html.unescape("".join(text))))}
 
 
-_EtreeWalker = html5lib_shim.getTreeWalker("etree")
+_EtreeWalker: Any = html5lib_shim.getTreeWalker("etree")  # a class built at run time by html5lib
 
 
 # What JavaScript's String.prototype.trim() removes: DOMPurify trims every attribute value it keeps.
