@@ -39,6 +39,9 @@ AUDIT = "crm_migration_audit"  # legacy id → CDP note id
 EVENTS = "crm_migration_events"
 PERSON_MAPS = "crm_migration_person_maps"  # a run's person → contact answers, saved by the coverage step
 ATTACHMENT_PAGES = "crm_migration_attachment_pages"  # relink result per (job, page)
+ROLLOUTS = "crm_migration_rollouts"  # one document per rollout (crm_notes_rollout run): its plan and its report
+ROLLOUT_CIDS = "crm_migration_rollout_cids"  # one per (rollout, launched CID), written by the lane that launched it
+WEEKLY = "crm_migration_weekly"  # one per week: the PRD §12 weekly aggregate
 CONTACT_NOTES = "contact_notes"
 
 # At most this many mapped migrate_page / relink tasks per run: a task page then holds k consecutive insert

@@ -30,7 +30,7 @@ class _Required:
 
 REQUIRED: Any = _Required()
 
-_JSON_TYPES = {int: "integer", str: "string", bool: "boolean"}
+_JSON_TYPES = {int: "integer", str: "string", bool: "boolean", float: "number", list: "array"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class RunParam:
     type: type
     description: str
     default: Any = REQUIRED
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     pattern: str | None = None
 
     @property
@@ -60,6 +60,8 @@ class RunParam:
         """The value if it satisfies the parameter, else ValueError naming the rule it breaks."""
         if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{self.name} must be an integer, got {value!r}")
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # JSON has one number type: 1 is a valid number
         if not isinstance(value, self.type):
             raise ValueError(f"{self.name} must be {_JSON_TYPES[self.type]}, got {value!r}")
         value = _as_any(value)
@@ -79,6 +81,19 @@ RUN_PARAMS: tuple[RunParam, ...] = (
     RunParam("include_activities", bool, "also migrate Calls/Emails/Meetings/WhatsApp/SMS entries (OQ-4)", False),
     RunParam("dry_run", bool, "read, transform and account; write no notes and copy no file", False),
     RunParam("force_rerun", bool, "run a CID that already completed_success (inserts only what is missing)", False),
+)
+
+
+ROLLOUT_DAG_ID = "crm_notes_rollout"  # one run per rollout of many CIDs; its params are ROLLOUT_PARAMS
+
+# The rollout's parameters (notes_migration/rollout.py checks the list's entries and reads the Variable).
+ROLLOUT_PARAMS: tuple[RunParam, ...] = (
+    RunParam("cids", list, "JSON list of {cid, company_sso_id}, launched in this order", default=[]),
+    RunParam("cids_variable", str, "name of an Airflow Variable holding that list (when cids is empty)", ""),
+    RunParam("max_concurrent", int, "at most this many crm_notes_migration runs at once", 4, minimum=1, maximum=32),
+    RunParam("halt_gate", float, "Stage-3 gate: stop launching when halted / finished CIDs exceeds it", 0.02, 0, 1),
+    RunParam("batch_size", int, "batch_size of every migration run", default=500, minimum=1, maximum=1000),
+    RunParam("poke_interval", int, "seconds between two looks at a running migration run", 10, minimum=1, maximum=300),
 )
 
 

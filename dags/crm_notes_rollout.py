@@ -1,0 +1,77 @@
+"""
+# crm_notes_rollout
+
+Rolls the CRM notes migration out to many CIDs (PRD Stage 2/3): one run of
+`crm_notes_migration` per CID, at most `max_concurrent` at once, stopping at the
+Stage-3 halt-rate gate.
+
+**Trigger** with a conf such as
+`{"cids": [{"cid": 3001, "company_sso_id": "<uuid>"}, …], "max_concurrent": 4}`
+(or `{"cids_variable": "<name of a Variable holding that list>"}`).
+
+| param | meaning |
+|---|---|
+| `cids` | JSON list of `{cid, company_sso_id}`, launched in this order |
+| `cids_variable` | name of an Airflow Variable holding that list (used when `cids` is empty) |
+| `max_concurrent` | at most this many migration runs at once (default 4): one lane per slot |
+| `halt_gate` | stop launching when halted / finished CIDs of this rollout exceeds it (default 0.02) |
+| `batch_size` | `batch_size` of every migration run (default 500) |
+| `poke_interval` | seconds between two looks at a running migration run (default 10) |
+
+**Flow**: plan (CIDs already `completed_success` are skipped; CIDs whose flag
+is off are reported, never triggered) → `max_concurrent` lanes, each launching
+the next CID in list order and waiting for its run, after checking the gate from
+the job records of the CIDs this rollout finished → report (per CID: final
+state, match_pct, failure rate, attachment success, duration; totals and halt
+rate), kept in `crm_migration_rollouts`. The report task fails when the gate
+stopped the rollout. **Watch**: `GET /crm-notes-migration/api/rollouts/{rollout_id}`.
+**Connections**: `cdp_mongo`. **Owner**: data-platform migrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+from notes_migration.contract import ROLLOUT_DAG_ID, ROLLOUT_PARAMS, dag_params
+from notes_migration.lazy import lazy_import
+
+rollout_tasks = lazy_import("notes_migration.rollout_tasks")  # loaded when a task runs, not at parse time
+
+
+@dag(
+    dag_id=ROLLOUT_DAG_ID,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["crm-migration", "cdp", "rollout"],
+    default_args={
+        "owner": "data-platform",
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=30),
+    },
+    params=dag_params(ROLLOUT_PARAMS),  # the rollout's contract (notes_migration/contract.py)
+)
+def crm_notes_rollout():
+    @task
+    def plan() -> list[dict]:
+        """One descriptor per lane: {rollout_id, lane} (no lane when nothing is to be launched)."""
+        return rollout_tasks.plan()
+
+    @task(map_index_template="{{ lane_label }}")
+    def run_lane(lane: dict) -> dict:
+        return rollout_tasks.run_lane(lane)
+
+    @task(trigger_rule="all_done", retries=0)
+    def report() -> dict:
+        """Runs whatever the lanes did; finds its rollout from the run."""
+        return rollout_tasks.report()
+
+    lanes = run_lane.expand(lane=plan())
+    lanes >> report()
+
+
+crm_notes_rollout()
