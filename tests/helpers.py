@@ -60,9 +60,9 @@ def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set
     flagged = set().union(*failed.values(), *skipped.values())
     processed = {i for i in source if any(lo <= i <= hi for lo, hi in done_ranges) and source[i]}
     rest = processed - flagged - migrated
-    already = set() if dry else rest & in_cdp
+    already = rest & in_cdp  # a dry run predicts already_migrated the same way
     if dry:
-        migrated, rest = rest, set()
+        migrated, rest = rest - in_cdp, set()
     not_processed = set(source) - flagged - migrated - already
     assert not (rest - already), f"processed notes with no outcome: {sorted(rest - already)[:10]}"
     if job["state"] != State.HALTED:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pymongo.database import Database
@@ -24,8 +25,9 @@ from notes_migration.attachment_plan import (
     declared_mime_differs,
     merged_attachments,
     plan_note_files,
+    skipped_result,
 )
-from notes_migration.codes import AttachmentOutcome, Event, State
+from notes_migration.codes import AttachmentOutcome, Event, Reason, State
 from notes_migration.config import RunConfig
 from notes_migration.copy_engine import RetryPolicy, copy_files, target_listing
 from notes_migration.crm_source import FileRow
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class RelinkSkipped(Exception):
-    """Nothing to relink for this page (dry run, or the run halted): the task is skipped."""
+    """Nothing to relink for this page (the run halted): the task is skipped. A dry run plans instead."""
 
 
 def relink_page(
@@ -60,10 +62,10 @@ def relink_page(
     if job is None:
         raise LookupError(f"job {job_id} not found")
     cfg = RunConfig.from_dict(job["config"])
-    if cfg.dry_run:
-        raise RelinkSkipped(f"dry run: job {job_id} wrote no notes, nothing to relink")
     if job.get("state") == State.HALTED:
         raise RelinkSkipped(f"job {job_id} halted ({(job.get('halted') or {}).get('reason')}): no relinking")
+    if cfg.dry_run:
+        return plan_page(crm, db, job, page, source=source, target=target, concurrency=concurrency)
     t = cfg.thresholds
     workers = concurrency or t.attachment_concurrency
     rows = crm_source.read_page_files(crm, cfg.cid, page["lo_id"], page["hi_id"])
@@ -154,6 +156,110 @@ def relink_page(
     return {
         k: page_doc[k]
         for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "notes_updated")
+    }
+
+
+# --------------------------------------------------------------------------- the plan of a dry run
+
+
+def plan_page(
+    crm,
+    db: Database,
+    job: Mapping[str, Any],
+    page: Mapping[str, int],
+    *,
+    source: s3.Bucket,
+    target: s3.Bucket,
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    """A dry run's relink step: what the real step would copy for this page, from object metadata only.
+
+    The notes are those the dry run decided to write (the page's rows minus its failed and skipped notes:
+    nothing is in CDP to read them from). Each allowlisted file under the cap gets a HEAD of its source
+    (size, or missing → ATTACHMENT_DOWNLOAD_FAILED) and is looked up in one listing of the target (same
+    size → reused); the rest would be copied. No object is read or written, no note updated. Content
+    sniffing (an executable under an allowed name) needs the bytes, so it is not predicted."""
+    started = time.perf_counter()
+    cfg = RunConfig.from_dict(job["config"])
+    t = cfg.thresholds
+    workers = concurrency or t.attachment_concurrency
+    rows = crm_source.read_page_files(crm, cfg.cid, page["lo_id"], page["hi_id"])
+    flagged = job_store.page_flagged_note_ids(db, job["_id"], page["page_no"])
+    by_note: dict[int, list[FileRow]] = {}
+    for row in rows:
+        if row.note_id not in flagged:
+            by_note.setdefault(row.note_id, []).append(row)
+    plans = {
+        nid: plan_note_files(cfg.company_sso_id, nid, by_note[nid], cap_bytes=t.attachment_size_cap_bytes)
+        for nid in sorted(by_note)
+    }
+    flat = [p for ps in plans.values() for p in ps]
+    known = target_listing(target, cfg.company_sso_id, sorted(plans)) if flat else None
+    todo = [p for p in flat if p.skip is None]
+    results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
+    to_copy_bytes = 0
+
+    def predict(plan: FilePlan) -> tuple[FileResult, int]:
+        present = (known or {}).get(plan.key) if known is not None else s3.head(target, plan.key)
+        try:
+            src = s3.head(source, plan.row.s3_key)
+        except Exception as exc:  # predicted as the real step would end after its retries
+            return FileResult(
+                plan.ref, AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED, f"HEAD failed: {exc}"[:300]
+            ), 0
+        if present is not None and present.content_type in (None, plan.mime_type):
+            if (src.size if src is not None else present.size) == present.size:
+                return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=present.size), 0
+        if src is None:
+            return FileResult(
+                plan.ref,
+                AttachmentOutcome.FAILED,
+                Reason.ATTACHMENT_DOWNLOAD_FAILED,
+                "source object missing (HEAD)",
+                source_missing=True,
+            ), 0
+        if src.size > t.attachment_size_cap_bytes:
+            return FileResult(
+                plan.ref,
+                AttachmentOutcome.SKIPPED,
+                Reason.ATTACHMENT_TOO_LARGE,
+                f"{src.size} bytes > cap {t.attachment_size_cap_bytes}",
+                size=src.size,
+            ), 0
+        return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=src.size, copied=True), src.size
+
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="plan") as pool:
+            for result, size in pool.map(predict, todo):
+                results[result.ref] = result
+                to_copy_bytes += size
+    page_doc = page_result(
+        job,
+        page,
+        plans,
+        results,
+        rows_total=len(rows),
+        notes_updated=0,
+        concurrency=workers,
+        timings={"read": 0.0, "copy": 0.0, "write": 0.0, "total": time.perf_counter() - started},
+    )
+    page_doc.update(dry_run=True, bytes_copied=0, bytes_to_copy=to_copy_bytes, files_to_copy=page_doc["copied"])
+    job_store.save_attachment_page(db, page_doc)
+    job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
+    summarise_job(db, job["_id"])
+    log.info(
+        "dry run, page %s: %d files, %d to copy (%d bytes), %d already there, %d would fail, %d skipped",
+        page["page_no"],
+        page_doc["files"],
+        page_doc["copied"],
+        to_copy_bytes,
+        page_doc["reused"],
+        page_doc["failed"],
+        page_doc["skipped"],
+    )
+    return {
+        k: page_doc[k]
+        for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "bytes_to_copy")
     }
 
 

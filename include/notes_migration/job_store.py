@@ -22,7 +22,7 @@ from notes_migration import cdp_store
 from notes_migration import config as C
 from notes_migration.accounting import PAGE_COUNTERS
 from notes_migration.cdp_store import DUPLICATE_KEY
-from notes_migration.codes import AttachmentOutcome
+from notes_migration.codes import AttachmentOutcome, Outcome
 from notes_migration.plain import utc_now as now
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ def latest_job(db: Database, cid: int, *, include_dry_runs: bool = False) -> dic
     query: dict[str, Any] = {"cid": cid}
     if not include_dry_runs:
         query["config.dry_run"] = False
+    return db[C.JOBS].find_one(query, sort=[("created_at", DESCENDING), ("_id", DESCENDING)])
+
+
+def latest_dry_run(db: Database, cid: int) -> dict | None:
+    """The CID's latest dry-run job (its report is shown apart from the CID's real status)."""
+    query = {"cid": cid, "config.dry_run": True}
     return db[C.JOBS].find_one(query, sort=[("created_at", DESCENDING), ("_id", DESCENDING)])
 
 
@@ -261,6 +267,12 @@ def note_log(db: Database, job_id: str, outcome: str | Iterable[str] | None = No
     elif outcome is not None:
         query["outcome"] = {"$in": list(outcome)}
     return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
+
+
+def page_flagged_note_ids(db: Database, job_id: str, page_no: int) -> set[int]:
+    """The notes of one page of a job that ended failed or skipped (a dry run's relink plan leaves them out)."""
+    query = {"job_page": f"{job_id}:{page_no}", "outcome": {"$in": [Outcome.FAILED.value, Outcome.SKIPPED.value]}}
+    return {int(e["legacy_crm_note_id"]) for e in db[C.NOTE_LOG].find(query, {"legacy_crm_note_id": 1})}
 
 
 def purge_expired_note_log(db: Database, retention_days: int) -> int:

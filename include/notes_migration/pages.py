@@ -50,6 +50,7 @@ from notes_migration.transform import Decision
 log = logging.getLogger(__name__)
 
 NOTE_OUTCOMES = [o.value for o in Outcome]
+_LEGACY = {"_id": 0, "legacy_crm_note_id": 1}
 
 
 # --------------------------------------------------------------------------- 3. plan
@@ -293,8 +294,11 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
         writer = writer or cdp_store.MongoNoteWriter(db)
         insert_started_at = utc_now()
         result = cdp_store.WriteResult()
-        if cfg.dry_run:
-            result.inserted = {d["legacy_crm_note_id"]: None for d in docs}
+        if cfg.dry_run:  # what the insert would do: notes already in CDP would be already_migrated
+            ids = [d["legacy_crm_note_id"] for d in docs]
+            present = {n["legacy_crm_note_id"] for n in cdp_store.stored_notes(db, cfg.company_sso_id, ids, _LEGACY)}
+            result.inserted = {i: None for i in ids if i not in present}
+            result.already_migrated = present
         else:
             for i in range(0, len(docs), cfg.batch_size):
                 part = writer.write(docs[i : i + cfg.batch_size])
@@ -304,7 +308,7 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
         t_write = time.perf_counter()
 
         late_entries, late_events = decided_entries, decided_events
-        ev = {"job_id": job_id, "cid": cfg.cid}
+        ev: dict[str, Any] = {"job_id": job_id, "cid": cfg.cid}
         for d in decisions:
             if d.skip or d.failure:
                 continue

@@ -158,9 +158,22 @@ class StatusResponse(BaseModel):
     },
     tags=["monitor"],
 )
-def get_status(cid: CidQuery, user: Reader) -> Any:
+def get_status(
+    cid: CidQuery,
+    user: Reader,
+    dry_run: Annotated[
+        bool, Query(description="true: the CID's latest dry-run report instead (its real status is unchanged)")
+    ] = False,
+) -> Any:
     with _crm() as crm:
         try:
+            if dry_run:
+                from notes_migration import crm_source
+                from notes_migration import dry_run as dry
+
+                if not crm_source.cid_exists(crm, cid):
+                    raise ops.UnknownCid(cid)
+                return JSONResponse(jsonable_encoder(dry.dry_run_status(_cdp(), cid)))
             runs = airflow_runs.runs_by_cid(cid).get(cid)
             return JSONResponse(jsonable_encoder(ops.status_of(crm, _cdp(), cid, runs)))
         except ops.UnknownCid:
@@ -407,6 +420,7 @@ def _ui_context(cid_param: str | None) -> dict[str, Any]:
         "detail": None,
         "lookup": cid_param,
         "lookup_error": None,
+        "dry_run": None,
         "states": [s.value for s in State],
         "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
@@ -418,6 +432,9 @@ def _ui_context(cid_param: str | None) -> dict[str, Any]:
             try:
                 cid = int(cid_param)
                 context["detail"] = jsonable_encoder(ops.cid_detail(crm, db, cid, runs.get(cid)))
+                from notes_migration import dry_run
+
+                context["dry_run"] = jsonable_encoder(dry_run.latest_report(db, cid))
             except ops.UnknownCid:
                 context["lookup_error"] = f"CID {cid_param} is not an organization of the CRM."
     return context

@@ -2,7 +2,7 @@
 
 CIDs used here: 2001–2099 only (other modules use other CIDs on the same servers).
 2001: hand-placed files covering every path; 2002: upload failure through the operator;
-2003: transient download failure, dry-run and halted skips; 2050/2051: dag.test() end to end.
+2003: transient download failure, the dry-run plan and the halted skip; 2050/2051: dag.test() end to end.
 """
 
 from __future__ import annotations
@@ -486,18 +486,25 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
         migration.release(cdp, cid, "att-2003")
 
 
-def test_dry_run_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, cdp_bucket):
+def test_dry_run_plans_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, cdp_bucket):
     cid = 2003
     dry, pages = run_migration(crm, cdp, cid, "att-2003-dry", dry_run=True)
     migration.release(cdp, cid, "att-2003-dry")
-    with pytest.raises(attachments.RelinkSkipped, match="dry run"):
-        attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
+    target_before, notes_before = s3.list_objects(cdp_bucket, f"{company_for(cid)}/"), notes_of(cdp, cid)
+    planned = attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
+    assert planned["files"] == planned["relinked"] + planned["failed"] + planned["skipped"] > 0
+    # the notes and files are there from the test above: the plan reuses them all, copies and updates nothing
+    assert planned["copied"] == planned["bytes_to_copy"] == 0 and planned["reused"] == planned["relinked"]
+    assert s3.list_objects(cdp_bucket, f"{company_for(cid)}/") == target_before
+    assert notes_of(cdp, cid) == notes_before
+    (page_doc,) = job_store.attachment_page_results(cdp, dry["job_id"])
+    assert page_doc["dry_run"] and page_doc["bytes_copied"] == 0 and page_doc["notes_updated"] == 0
     job_store.update_job(
         cdp, dry["job_id"], state="halted", halted={"reason": "FAILURE_RATE_EXCEEDED"}, **{"config.dry_run": False}
     )
     with pytest.raises(attachments.RelinkSkipped, match="halted"):
-        attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
-    assert job_store.attachment_page_results(cdp, dry["job_id"]) == []
+        attachments.relink_page(crm, cdp, dry["job_id"], pages[1], source=crm_bucket, target=cdp_bucket)
+    assert len(job_store.attachment_page_results(cdp, dry["job_id"])) == 1
 
 
 # --------------------------------------------------------------------------- end to end with dag.test()
