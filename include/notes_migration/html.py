@@ -452,9 +452,23 @@ _SAFE_SCREEN = nh3.Cleaner(
 _SIMPLE_MENTION = re.compile(r'<(a|span)(?: href="[^"<>&]*")? data-user-id="\d+">([^<>&]*)</\1>')
 
 
+_A_OPEN, _A_CLOSE = re.compile(r"<a[\s>]"), re.compile(r"</a>")
+
+
+def _inside_a(text: str, at: int) -> bool:
+    """Whether an `<a>` is still open at `at`: a mention anchor there would close it (HTML's adoption
+    agency), which only the parser gets right."""
+    return len(_A_OPEN.findall(text, 0, at)) > len(_A_CLOSE.findall(text, 0, at))
+
+
 def _fast_path(text: str) -> NormalisedHtml | None:
     """The result without bleach when the (scrubbed, pre-scanned) note is already safe and canonical, else None."""
-    out, mentions = _SIMPLE_MENTION.subn(lambda m: _mention_text(m.group(2)), text) if "data-" in text else (text, 0)
+    out, mentions = text, 0
+    if "data-" in text:
+        matches = list(_SIMPLE_MENTION.finditer(text))
+        if any(m.group(1) == "a" and _inside_a(text, m.start()) for m in matches):
+            return None
+        out, mentions = _SIMPLE_MENTION.subn(lambda m: _mention_text(m.group(2)), text)
     if MENTION_ATTRIBUTE in out or _SAFE_SCREEN.clean(out) != out:
         return None
     return NormalisedHtml(html=out, mentions=mentions, changed=out != text)

@@ -171,6 +171,18 @@ def test_fast_path_agrees_with_bleach_on_generated_markup(fragment):
     assert _agree(fragment)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '<a href="https://x.example"><a data-user-id="7"></a></a>',  # found by hypothesis: the inner <a> closes the outer
+        '<a href="https://x.example">see <a data-user-id="7">Bob</a></a>',
+        '<a href="https://x.example">x</a><a data-user-id="7">Bob</a>',  # closed first: the fast path may apply
+    ],
+)
+def test_fast_path_agrees_with_bleach_on_mentions_next_to_links(raw):
+    assert _agree(raw)
+
+
 def test_fast_path_agrees_with_bleach_on_the_seed_corpus_and_vectors():
     import random
 
