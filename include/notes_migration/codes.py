@@ -31,6 +31,9 @@ class Reason(StrEnum):
     NOTHING_TO_ROLL_BACK = "NOTHING_TO_ROLL_BACK"
     ROLLBACK_REFUSED = "ROLLBACK_REFUSED"  # notes changed in CDP after migration (listed)
     RUN_FAILED = "RUN_FAILED"  # Airflow saw the run die (task killed, marked failed) before the job finished
+    # refusals of a failed-record retry (OQ-3): nothing written
+    NOTHING_TO_RETRY = "NOTHING_TO_RETRY"  # no failed note (of the reasons asked) in the job's queue
+    RETRY_REFUSED = "RETRY_REFUSED"  # not retryable: dry run, halted, superseded, outside retention, too many …
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
     NOTE_TOO_LARGE = "NOTE_TOO_LARGE"

@@ -265,8 +265,23 @@ def read_page(conn, cid: int, lo_id: int, hi_id: int) -> list[NoteRow]:
         return [_row(r) for r in cur.fetchall()]
 
 
+@_retried
+def read_notes(conn, cid: int, note_ids: Sequence[int]) -> list[NoteRow]:
+    """The CID's Person notes with these ids, as read_page reads them (a failed-record retry reads only these)."""
+    sql = f"""
+        SELECT {_NOTE_COLUMNS}
+          FROM crm_notes n
+          LEFT JOIN users u ON u.id = n.creator_id
+          {_TYPE_JOIN}
+         WHERE {_PERSON_NOTES} AND n.id = ANY(%(ids)s)
+         ORDER BY n.id"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, ids=sorted(int(i) for i in note_ids)))
+        return [_row(r) for r in cur.fetchall()]
+
+
 def _row(r: Sequence[Any]) -> NoteRow:
-    return NoteRow(*r[:14], created_at=_utc(r[14]), updated_at=_utc(r[15]))
+    return NoteRow(*r[:14], created_at=_utc(r[14]), updated_at=_utc(r[15]))  # type: ignore[misc]  # 14 fields first
 
 
 def iter_pages(conn, cid: int, batch_size: int) -> Iterator[list[NoteRow]]:

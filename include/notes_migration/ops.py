@@ -80,6 +80,8 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
         return with_airflow_runs(build_status(cid, None, [], {}), None, runs)
     out = build_status(cid, job, job_store.page_results(db, job["_id"]), job_store.counts_by_outcome(db, job["_id"]))
     out["run_id"] = job.get("run_id")
+    if job.get("retry"):  # failed-record retries of the job (retry.py): retried and recovered counts
+        out["retry"] = as_plain(job["retry"])
     return with_airflow_runs(out, job, runs)
 
 

@@ -575,3 +575,88 @@ def rollback_cid(
                 content.update(jsonable_encoder(refused.report))
             return JSONResponse(status_code=ROLLBACK_REFUSAL_HTTP_STATUS.get(refused.reason, 409), content=content)
     return JSONResponse(jsonable_encoder(report))
+
+
+# --------------------------------------------------------------------------- failed-record retry (OQ-3)
+
+RETRY_REFUSAL_HTTP_STATUS: dict[Reason, int] = {
+    Reason.JOB_NOT_FOUND: 404,
+    Reason.JOB_ALREADY_RUNNING: 409,
+    Reason.NOTHING_TO_RETRY: 409,
+    Reason.RETRY_REFUSED: 422,
+}
+
+
+class RetryBody(BaseModel):
+    """Which failed notes to retry: every reason of the queue when reason_codes is absent."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason_codes: list[str] | None = Field(
+        None, min_length=1, max_length=10, description='e.g. ["CONTACT_NOT_MAPPED"] after a contact backfill'
+    )
+
+
+@app.post(
+    "/api/jobs/{job_id}/retry",
+    summary="Retry a job's failed-record queue (all of it, or by reason code) and recompute its verdict",
+    description="Reads only the queued note ids from the CRM, resolves their persons afresh (e.g. after a contact "
+    "backfill), inserts what now succeeds, moves recovered notes out of the queue (audited, counted migrated), "
+    "relinks their files and re-runs validation. Holds the CID's lock while it runs, like a run; runs inside the "
+    "request (queues are small: a run halts above 1% failures). Refused, writing nothing: unknown job (404 "
+    "JOB_NOT_FOUND), job still running or the CID locked (409 JOB_ALREADY_RUNNING), no failed note of those "
+    "reasons within the retention window (409 NOTHING_TO_RETRY), a dry-run, halted or superseded job, reason codes "
+    "that are not note failures, or a queue too large (422 RETRY_REFUSED). Bearer token only.",
+    responses={
+        404: {"model": Refusal, "description": "JOB_NOT_FOUND"},
+        409: {"model": Refusal, "description": "JOB_ALREADY_RUNNING or NOTHING_TO_RETRY"},
+        422: {"model": Refusal, "description": "RETRY_REFUSED (or a malformed body)"},
+        401: UNAUTHENTICATED[401],
+        403: UNAUTHENTICATED[403],
+    },
+    tags=["operate"],
+)
+def retry_job(
+    job_id: Annotated[str, Path(max_length=200)], request: Request, user: Operator, body: RetryBody | None = None
+) -> Any:
+    from notes_migration import attachments, job_store, retry
+    from notes_migration import s3_store as s3
+    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+
+    db = _cdp()
+    reasons = body.reason_codes if body else None
+    try:
+        retry.check_retry(db, job_id, reasons)  # before any connection to S3: a refusal is cheap
+    except Refused as refused:
+        return _retry_refusal(refused)
+    source, target = s3.bucket_for(CRM_S3_CONN_ID), s3.bucket_for(CDP_S3_CONN_ID)
+    with _crm() as crm:
+
+        def relink(page: dict[str, int]) -> Any:
+            return attachments.relink_page(crm, db, job_id, page, source=source, target=target)
+
+        try:
+            record = retry.retry_job(crm, db, job_id, reasons, requested_by=user.get_name(), relink=relink)
+        except Refused as refused:
+            return _retry_refusal(refused)
+    job = job_store.get_job(db, job_id) or {}
+    return JSONResponse(
+        jsonable_encoder(
+            {
+                "job_id": job_id,
+                "cid": job["cid"],
+                "status": job["state"],
+                "retry": record,
+                "totals": job.get("retry"),
+                "status_url": f"{_mount_path(request)}/api/status?cid={job['cid']}",
+            }
+        )
+    )
+
+
+def _retry_refusal(refused: Refused) -> JSONResponse:
+    message = str(refused).split(": ", 1)[-1]
+    return JSONResponse(
+        status_code=RETRY_REFUSAL_HTTP_STATUS.get(refused.reason, 409),
+        content={"detail": message, "reason_code": refused.reason.value},
+    )
