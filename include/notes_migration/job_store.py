@@ -311,7 +311,7 @@ def events(db: Database, job_id: str, limit: int = 500) -> list[dict]:
 
 def counts_by_outcome(db: Database, job_id: str) -> dict[str, dict[str, int]]:
     """{outcome: {reason_code: n}} over a job's note log, counted on the server."""
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {"$match": {"job_id": job_id}},
         {"$group": {"_id": {"o": "$outcome", "r": "$reason_code"}, "n": {"$sum": 1}}},
     ]
@@ -344,7 +344,7 @@ def run_events(db: Database, job_id: str, names: Iterable[str], limit: int = 200
 
 def event_counts(db: Database, job_id: str) -> dict[str, int]:
     """{event name: n} of a job, counted on the server (note-level events can be thousands)."""
-    pipeline = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$event", "n": {"$sum": 1}}}]
+    pipeline: list[dict[str, Any]] = [{"$match": {"job_id": job_id}}, {"$group": {"_id": "$event", "n": {"$sum": 1}}}]
     return {row["_id"]: row["n"] for row in db[C.EVENTS].aggregate(pipeline)}
 
 

@@ -90,7 +90,9 @@ def start_job(
     except Exception:
         job_store.release_lock(db, cfg.cid, run_id)
         raise
-    return descriptor(job_store.get_job(db, job_id))
+    recorded = job_store.get_job(db, job_id)
+    assert recorded is not None, f"job {job_id} was just recorded"
+    return descriptor(recorded)
 
 
 def descriptor(job: dict) -> dict:

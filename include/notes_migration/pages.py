@@ -331,6 +331,10 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
                         "check-in not migrated (D-10)",
                     )
                 )
+            for warning in d.warnings:  # e.g. HTML_FLATTENED_TO_TEXT: migrated as its text, never lost
+                late_entries.append(
+                    _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.MIGRATED, warning, d.warning_details)
+                )
             if d.owner_unresolved and d.doc is not None:
                 late_events.append(
                     event(

@@ -32,7 +32,12 @@ def progress_pct(job: Mapping[str, Any], totals: Totals) -> float:
 
 
 # Phases of an in-progress run, in order (the status says which one the run is in).
-PHASE_NOTES, PHASE_ATTACHMENTS, PHASE_VALIDATING = "migrating_notes", "relinking_attachments", "validating"
+PHASE_PREFLIGHT, PHASE_NOTES, PHASE_ATTACHMENTS, PHASE_VALIDATING = (
+    "preflight",  # coverage and page planning: nothing to count yet
+    "migrating_notes",
+    "relinking_attachments",
+    "validating",
+)
 
 
 def run_progress(
@@ -59,7 +64,9 @@ def run_progress(
     files_share = min(1.0, files_pages / pages_total) if pages_total else 0.0
     weight = note_cost + file_cost
     share = (note_cost * notes_share + file_cost * files_share) / weight if weight > 0 else notes_share
-    if pages_total and totals.pages_done < pages_total:
+    if not pages_total and "pages_total" not in job:
+        phase = PHASE_PREFLIGHT
+    elif pages_total and totals.pages_done < pages_total:
         phase = PHASE_NOTES
     elif not dry_run and pages_total and files_pages < pages_total:
         phase = PHASE_ATTACHMENTS

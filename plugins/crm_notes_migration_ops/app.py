@@ -325,11 +325,18 @@ def _templates() -> Any:
         loader=PackageLoader("crm_notes_migration_ops", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
-    env.filters["pct"] = lambda v, digits=1: "—" if v is None else f"{float(v):.{digits}f}%"
-    env.filters["rate"] = lambda v: "—" if v is None else f"{100.0 * float(v):.2f}%"
+    # a figure not there yet (None, or a key a row does not have: jinja's Undefined) shows as a dash
+    env.filters["pct"] = lambda v, digits=1: "—" if _missing(v) else f"{float(v):.{digits}f}%"
+    env.filters["rate"] = lambda v: "—" if _missing(v) else f"{100.0 * float(v):.2f}%"
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str, ensure_ascii=False)
     env.filters["when"] = _when
     return env
+
+
+def _missing(value: Any) -> bool:
+    from jinja2 import Undefined
+
+    return value is None or isinstance(value, Undefined)
 
 
 def _when(value: Any) -> str:
@@ -410,6 +417,15 @@ def _login_url(request: Request) -> str:
         return f"{_airflow_path(request)}/"
 
 
+def _rollout_context(db: Any) -> dict[str, Any]:
+    """The Ops page's rollouts (the newest one in full, with its per-CID progress) and weekly aggregates."""
+    from notes_migration import rollout
+
+    rollouts = rollout.list_rollouts(db, limit=10)
+    latest = rollout.rollout_view(db, rollouts[0]["rollout_id"]) if rollouts else None
+    return {"rollouts": rollouts, "rollout": latest, "weeks": rollout.list_weekly(db, limit=8)}
+
+
 def _ui_context(cid_param: str | None) -> dict[str, Any]:
     db = _cdp()
     runs = airflow_runs.runs_by_cid()
@@ -423,6 +439,7 @@ def _ui_context(cid_param: str | None) -> dict[str, Any]:
         "dry_run": None,
         "states": [s.value for s in State],
         "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        **_rollout_context(db),
     }
     if cid_param:
         if not cid_param.isdigit() or int(cid_param) < 1:
@@ -660,3 +677,47 @@ def _retry_refusal(refused: Refused) -> JSONResponse:
         status_code=RETRY_REFUSAL_HTTP_STATUS.get(refused.reason, 409),
         content={"detail": message, "reason_code": refused.reason.value},
     )
+
+
+# --------------------------------------------------------------------------- rollouts and the weekly aggregate
+
+
+@app.get(
+    "/api/rollouts",
+    summary="Rollouts of many CIDs (crm_notes_rollout runs), newest first, with their totals",
+    tags=["monitor"],
+    responses=UNAUTHENTICATED,
+)
+def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    from notes_migration import rollout
+
+    return {"rollouts": jsonable_encoder(rollout.list_rollouts(_cdp(), limit=limit))}
+
+
+@app.get(
+    "/api/rollouts/{rollout_id}",
+    summary="One rollout: per CID its decision, progress, final state, match_pct, failure rate, attachment "
+    "success and duration; the totals and the halt rate against the Stage-3 gate (live while it runs)",
+    responses={404: {"model": Refusal, "description": "no such rollout"}, **UNAUTHENTICATED},
+    tags=["monitor"],
+)
+def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -> Any:
+    from notes_migration import rollout
+
+    view = rollout.rollout_view(_cdp(), rollout_id)
+    if view is None:
+        return JSONResponse(status_code=404, content={"detail": f"rollout {rollout_id} not found"})
+    return JSONResponse(jsonable_encoder(view))
+
+
+@app.get(
+    "/api/weekly",
+    summary="The weekly aggregates (PRD §12): CIDs completed and halted, mean match_pct, attachment success, "
+    "halt rate per week (crm_notes_weekly_report), newest first",
+    tags=["monitor"],
+    responses=UNAUTHENTICATED,
+)
+def list_weekly(user: Reader, limit: Annotated[int, Query(ge=1, le=520)] = 12) -> dict[str, Any]:
+    from notes_migration import rollout
+
+    return {"weeks": jsonable_encoder(rollout.list_weekly(_cdp(), limit=limit))}

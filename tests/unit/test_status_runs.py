@@ -10,6 +10,7 @@ from notes_migration.accounting import sum_pages
 from notes_migration.config import RunConfig
 from notes_migration.status import (
     PHASE_ATTACHMENTS,
+    PHASE_PREFLIGHT,
     PHASE_NOTES,
     PHASE_VALIDATING,
     build_status,
@@ -89,6 +90,13 @@ def test_progress_covers_the_attachment_phase():
     assert all_done["phase"] == PHASE_VALIDATING and all_done["progress_pct"] == 100.0
     first = run_progress(job(), [PAGE], sum_pages([PAGE]), elapsed_s=5.0)
     assert first["phase"] == PHASE_NOTES and first["progress_pct"] < 50.0
+
+
+def test_before_planning_the_run_is_in_preflight():
+    j = job()
+    del j["pages_total"]
+    p = run_progress(j, [], sum_pages([]), elapsed_s=2.0)
+    assert p["phase"] == PHASE_PREFLIGHT and p["progress_pct"] == 0.0 and p["eta_seconds"] is None
 
 
 def test_dry_run_progress_has_no_attachment_phase():
