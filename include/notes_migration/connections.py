@@ -23,7 +23,7 @@ def crm_connection(conn_id: str = CRM_POSTGRES_CONN_ID, *, read_only: bool = Tru
     when psycopg 3 is absent); both accept these session settings."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    conn: Any = PostgresHook(postgres_conn_id=conn_id).get_conn()  # psycopg's, typed by the hook as a compat shim
     try:
         if read_only:
             conn.autocommit = True

@@ -10,8 +10,8 @@ from notes_migration.accounting import sum_pages
 from notes_migration.config import RunConfig
 from notes_migration.status import (
     PHASE_ATTACHMENTS,
-    PHASE_PREFLIGHT,
     PHASE_NOTES,
+    PHASE_PREFLIGHT,
     PHASE_VALIDATING,
     build_status,
     run_progress,
