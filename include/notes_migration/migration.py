@@ -39,18 +39,23 @@ def _job(db: Database, job_id: str) -> tuple[dict, RunConfig]:
 # --------------------------------------------------------------------------- 1. preconditions
 
 
-def start_job(
-    crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: str | None, flag_cids: Iterable[int]
-) -> dict:
-    """Preconditions, the per-CID lock, the job record and the started event."""
-    check_preconditions(crm, db, cfg, flag_cids=flag_cids)
-    job_id = job_id_for(run_id, cfg.cid)
+def lock_cid(db: Database, cfg: RunConfig, *, job_id: str, run_id: str) -> None:
+    """The CID's lock for this run (or retry), or a refusal: JOB_ALREADY_RUNNING, nothing written."""
     try:
         job_store.acquire_lock(
             db, cfg.cid, job_id=job_id, run_id=run_id, lease_seconds=cfg.thresholds.lock_lease_seconds
         )
     except job_store.LockHeld as held:
         raise Refused(Reason.JOB_ALREADY_RUNNING, str(held)) from None
+
+
+def start_job(
+    crm, db: Database, cfg: RunConfig, *, run_id: str, triggered_by: str | None, flag_cids: Iterable[int]
+) -> dict:
+    """Preconditions, the per-CID lock, the job record and the started event."""
+    check_preconditions(crm, db, cfg, flag_cids=flag_cids)
+    job_id = job_id_for(run_id, cfg.cid)
+    lock_cid(db, cfg, job_id=job_id, run_id=run_id)
     try:
         index_form = job_store.ensure_indexes(db)
         purged = job_store.purge_expired_note_log(db, cfg.thresholds.failed_record_retention_days)

@@ -106,12 +106,7 @@ def retry_job(
     cfg = RunConfig.from_dict(job["config"])
     number = len(job.get("retries") or []) + 1
     run_id = f"retry:{job_id}:{number}"
-    try:
-        job_store.acquire_lock(
-            db, cfg.cid, job_id=job_id, run_id=run_id, lease_seconds=cfg.thresholds.lock_lease_seconds
-        )
-    except job_store.LockHeld as held:
-        raise Refused(Reason.JOB_ALREADY_RUNNING, str(held)) from None
+    m.lock_cid(db, cfg, job_id=job_id, run_id=run_id)
     try:
         job, queue = check_retry(db, job_id, reason_codes)  # again, under the lock
         started = utc_now()
