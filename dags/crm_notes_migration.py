@@ -94,7 +94,7 @@ def crm_notes_migration():
     def finalise(verdict: dict) -> dict:
         return tasks.finalise(verdict)
 
-    @teardown
+    @teardown(on_failure_fail_dagrun=True)  # a job never finalised (run marked failed, task dead) fails the run
     def release_lock(job: dict) -> bool:
         return tasks.release_lock(job)
 

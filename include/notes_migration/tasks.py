@@ -17,7 +17,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from notes_migration import alerts, job_store, migration, settings
-from notes_migration.codes import Halted, Refused
+from notes_migration.codes import Halted, Refused, State
 from notes_migration.config import RunConfig, Thresholds
 from notes_migration.connections import cdp_database, crm_session
 from notes_migration.crm_source import CrmExtractFailed
@@ -138,4 +138,20 @@ def finalise(verdict: dict) -> dict:
 
 
 def release_lock(job: dict) -> bool:
-    return migration.release(cdp_database(), job["cid"], job["run_id"])
+    """The teardown, and the judge of the run's Airflow state (on_failure_fail_dagrun makes it the run's only
+    leaf): releases the CID's lock whatever happened, then fails without retrying unless the job ended
+    completed_success, as finalise does. A job still in progress here was never finalised (its run was
+    marked failed, a task died for good): without this the run would end success (finalise, then skipped,
+    was its only other leaf) while the status says RUN_FAILED."""
+    db = cdp_database()
+    released = migration.release(db, job["cid"], job["run_id"])
+    current = job_store.get_job(db, job["job_id"])
+    state = (current or {}).get("state")
+    if state != State.COMPLETED_SUCCESS:
+        ended = (
+            "was never finalised (the run stopped before finalise)" if state == State.IN_PROGRESS else f"ended {state}"
+        )
+        raise AirflowFailException(
+            f"job {job['job_id']} of CID {job['cid']} {ended}; lock {'released' if released else 'not held by this run'}"
+        )
+    return released

@@ -67,7 +67,9 @@ def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict
             out.setdefault(run_cid, []).append(
                 {"run_id": run_id, "state": str(state), "start_date": start, "end_date": end, "run_after": run_after}
             )
-        wanted = [r["run_id"] for runs in out.values() for r in runs if r["state"] == "failed"]
+        # a finished run's failed tasks, success included: a run whose teardown succeeded after its pages were
+        # failed by hand can end "success" with a job that never finished (the status then says RUN_FAILED)
+        wanted = [r["run_id"] for runs in out.values() for r in runs if r["state"] in ("failed", "success")]
         failed: dict[str, list[str]] = {}
         if wanted:
             for run_id, task_id, map_index in session.execute(
