@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (not tests) against the local services: every figure from one run, printed as JSON
 # and a table, and saved under .build/ (git-ignored). Arguments go to benchmarks.run (--no-seed, --rounds N).
+#   scripts/benchmark.sh --stack [args]   end to end under a real scheduler instead (benchmarks.stack: LocalExecutor
+#                                         and Celery with two workers; .build/benchmark_stack.json)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
+if [ "${1:-}" = --stack ]; then
+  shift
+  exec "$VENV/bin/python" -m benchmarks.stack "$@"
+fi
 "$VENV/bin/python" -m benchmarks.run "$@"

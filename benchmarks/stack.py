@@ -1,0 +1,147 @@
+"""Benchmark (not a test): CID runs end to end under a real scheduler, against the in-process page path.
+
+From one run: a private stack (`scripts/airflow.sh up`, free loopback ports, fresh metadata DB, the
+harness of tests/stack), the wall time from the trigger (the plugin's POST /api/jobs) to the status
+saying completed_success, for a 5,000-note CID (8100) and a 100,000-note CID (8101), on the
+LocalExecutor and then on the CeleryExecutor with two workers; end-to-end notes/s divided by the
+in-process page path's notes/s (benchmarks.page_path, same batch size, measured in the same run).
+Target: end to end ≥ 50% of the in-process page path on the 100,000-note CID, ≤ 1,024 mapped tasks.
+
+The CIDs carry no files (the note path is measured; benchmarks.relink measures the copy engine). A CID
+already seeded with its notes is reused; its CDP notes are cleared before each run (force_rerun).
+
+    python -m benchmarks.stack [--no-seed] [--batch-size 1000] [--executors local,celery] [--cids 8100,8101]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.stack.conftest import ROOT, StackManager, wait_until
+from tests.support.seed import SeedSpec, company_for
+
+from benchmarks.page_path import clear_notes, ensure_seeded, page_path
+from notes_migration.connections import cdp_database, crm_connection
+
+NO_FILES: dict[str, Any] = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "upload_files": False}
+SPECS = {8100: SeedSpec(cid=8100, notes=5000, **NO_FILES), 8101: SeedSpec(cid=8101, notes=100_000, **NO_FILES)}
+TARGET_RATIO, MAX_MAPPED = 0.5, 1024
+OUT = ROOT / ".build" / "benchmark_stack.json"
+
+
+def run_once(stack, cid: int, batch_size: int, timeout: float) -> dict[str, Any]:
+    """Trigger through the plugin and poll the status (every 0.5 s) until this run's job is terminal."""
+    db = cdp_database()
+    cleared = clear_notes(db, cid)
+    t0 = time.monotonic()
+    resp = stack.trigger(
+        {"cid": cid, "company_sso_id": company_for(cid), "batch_size": batch_size, "force_rerun": True}
+    )
+    assert resp.status_code == 202, f"trigger of CID {cid}: {resp.status_code} {resp.text}"
+    run_id = resp.json()["run_id"]
+    first_page_s: float | None = None
+
+    def probe() -> tuple[bool, dict[str, Any]]:
+        nonlocal first_page_s
+        st = stack.status(cid)
+        if first_page_s is None and st.get("run_id") == run_id and (st.get("counts") or {}).get("pages_done"):
+            first_page_s = time.monotonic() - t0
+        return st.get("run_id") == run_id and st["status"] in (
+            "completed_success",
+            "completed_with_errors",
+            "halted",
+        ), st
+
+    status = wait_until(f"CID {cid} (run {run_id}) to finish", timeout, probe, 0.5)
+    wall = time.monotonic() - t0
+    run = wait_until(
+        f"Airflow run {run_id} to end", 120, lambda: (stack.dag_run(run_id)["state"] in ("success", "failed"), None), 1
+    )
+    del run
+    dag_run = stack.dag_run(run_id)
+    notes = int(status.get("notes_migrated") or 0)
+    pages = int((status.get("counts") or {}).get("pages_total") or 0)
+    hosts = sorted({ti.get("hostname") for ti in stack.task_instances(run_id, "migrate_page") if ti.get("hostname")})
+    return {
+        "cid": cid,
+        "run_id": run_id,
+        "status": status["status"],
+        "dag_run_state": dag_run["state"],
+        "notes_migrated": notes,
+        "notes_cleared_before": cleared,
+        "mapped_migrate_page_tasks": pages,
+        "mapped_tasks_within_cap": pages <= MAX_MAPPED,
+        "wall_s_trigger_to_completed": round(wall, 1),
+        "s_trigger_to_first_page_done": round(first_page_s, 1) if first_page_s is not None else None,
+        "end_to_end_notes_per_s": round(notes / wall, 1) if wall > 0 else 0.0,
+        "migrate_page_hostnames": hosts,
+    }
+
+
+def in_process(cid: int, batch_size: int) -> dict[str, Any]:
+    logging.disable(logging.WARNING)
+    try:
+        db = cdp_database()
+        with crm_connection() as crm:
+            r = page_path(crm, db, cid, batch_size)
+    finally:
+        logging.disable(logging.NOTSET)
+    return {
+        "cid": cid,
+        "pages": r["pages"],
+        "notes": r["notes"],
+        "notes_per_s": round(r["notes_per_s"], 1),
+        "notes_per_s_with_coverage_and_plan": round(r["notes_per_s_with_coverage_and_plan"], 1),
+    }
+
+
+def save(fig: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(fig, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-seed", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--executors", default="local,celery")
+    parser.add_argument("--cids", default="8100,8101")
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds per CID run")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    cids = [int(c) for c in args.cids.split(",")]
+    db = cdp_database()
+    fig: dict[str, Any] = {"batch_size": args.batch_size, "target_ratio": TARGET_RATIO, "max_mapped_tasks": MAX_MAPPED}
+    fig["seeded_now"] = [c for c in cids if not args.no_seed and ensure_seeded(SPECS[c], db)]
+    fig["in_process_page_path"] = in_process(8100, args.batch_size)
+    base = fig["in_process_page_path"]["notes_per_s"]
+    save(fig, args.out)
+    manager = StackManager()
+    try:
+        for executor in args.executors.split(","):
+            t = time.monotonic()
+            stack = manager.get(executor)
+            fig.setdefault("stack_up_s", {})[executor] = round(time.monotonic() - t, 1)
+            stack.set_flag(cids)
+            for cid in cids:
+                r = run_once(stack, cid, args.batch_size, args.timeout)
+                r["ratio_to_in_process_page_path"] = round(r["end_to_end_notes_per_s"] / base, 3)
+                fig.setdefault("runs", {}).setdefault(executor, {})[str(cid)] = r
+                print(json.dumps({"executor": executor, **r}), flush=True)
+                save(fig, args.out)
+    finally:
+        manager.close()
+    big = {e: r.get("8101") for e, r in (fig.get("runs") or {}).items() if r.get("8101")}
+    fig["target_met_on_100k"] = {e: r["ratio_to_in_process_page_path"] >= TARGET_RATIO for e, r in big.items()}
+    save(fig, args.out)
+    print(json.dumps(fig, indent=2, default=str))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
