@@ -196,6 +196,17 @@ def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
+def _summarise_tasks(task_ids: Sequence[str]) -> str:
+    """`preconditions`, or `migrate_page ×76 (e.g. migrate_page[3])` for mapped tasks: a readable line."""
+    groups: dict[str, list[str]] = {}
+    for task in task_ids:
+        groups.setdefault(task.split("[", 1)[0], []).append(task)
+    return ", ".join(
+        name if len(items) == 1 and items[0] == name else f"{name} ×{len(items)} (e.g. {items[0]})"
+        for name, items in groups.items()
+    )
+
+
 def _run_failed(out: dict[str, Any], run: Mapping[str, Any], *, url: str | None) -> dict[str, Any]:
     for key in ("progress_pct", "eta_seconds", "phase", "notes_processed", "throughput_notes_per_s"):
         out.pop(key, None)
@@ -205,7 +216,7 @@ def _run_failed(out: dict[str, Any], run: Mapping[str, Any], *, url: str | None)
         halted_reason=Reason.RUN_FAILED.value,
         airflow_run=_run_info(run),
         detail=f"Airflow run {run['run_id']} is {run['state']}"
-        + (f" (failed: {', '.join(failed)})" if failed else "")
+        + (f" (failed: {_summarise_tasks(failed)})" if failed else "")
         + (" before the job finished" if "job_id" in out else " before it recorded a job"),
     )
     if url:

@@ -57,6 +57,13 @@ def test_in_progress_job_whose_run_is_over_is_halted_run_failed(airflow_state):
     assert "progress_pct" not in s and "eta_seconds" not in s
 
 
+def test_many_failed_mapped_tasks_read_as_one_line():
+    failed = ["finalise"] + [f"migrate_page[{i}]" for i in range(76)]
+    s = status_of(job(), [PAGE], [run(state="failed", failed=failed)])
+    assert "failed: finalise, migrate_page ×76 (e.g. migrate_page[0])" in s["detail"]
+    assert len(s["airflow_run"]["failed_tasks"]) == 77  # the full list stays in airflow_run
+
+
 def test_running_run_keeps_the_job_in_progress():
     s = status_of(job(), [PAGE], [run(state="running")])
     assert s["status"] == "in_progress" and "halted_reason" not in s
