@@ -39,6 +39,10 @@ done
 if [ "$cmd" = up ]; then
   "$ROOT/scripts/bootstrap.sh"
   "$ROOT/scripts/services.sh" up
+  # the demo CIDs (100, 5000; flag ON in airflow_settings.yaml), seeded once: a fresh machine can trigger CID 100
+  # straight away. Never reseeded here (a reseed wipes the CID's CDP notes): `python -m tests.support.seed --demo`.
+  PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" -m tests.support.seed --demo --if-missing >"$ROOT/.build/seed-demo.log" 2>&1 ||
+    { echo "[airflow] seeding the demo CIDs failed: see .build/seed-demo.log" >&2; exit 1; }
 fi
 # shellcheck source=scripts/env.sh
 source "$ROOT/scripts/env.sh"

@@ -481,13 +481,23 @@ def seed(spec: SeedSpec, crm_conn, db: Database) -> dict[str, Any]:
     }
 
 
+def _cid_seeded(crm_source, conn, cid: int) -> bool:
+    try:
+        return crm_source.cid_exists(conn, cid)
+    except Exception:  # no schema yet: nothing is seeded
+        conn.rollback()
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="seed the Stage-1 pair (CIDs 100 and 5000)")
     parser.add_argument("--cid", type=int)
     parser.add_argument("--notes", type=int, default=100)
     parser.add_argument("--unmapped-person-share", type=float, default=0.0)
+    parser.add_argument("--if-missing", action="store_true", help="seed only CIDs the CRM does not hold yet")
     args = parser.parse_args(argv)
+    from notes_migration import crm_source
     from notes_migration.connections import cdp_database, crm_connection
 
     specs = (
@@ -497,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     with crm_connection(read_only=False) as conn:
         for spec in specs:
+            if args.if_missing and _cid_seeded(crm_source, conn, spec.cid):
+                print(json.dumps({"already_seeded": spec.cid}))
+                continue
             out = seed(spec, conn, cdp_database())
             out.pop("unmapped_person_ids", None)
             print(json.dumps({"seeded": out, "spec": asdict(spec)}))
