@@ -22,6 +22,7 @@
 #   AIRFLOW_STACK_DIR [.build/stack]    pid files, logs, AIRFLOW_HOME, generated secrets and passwords
 #   AIRFLOW_STACK_FRESH_DB [0]          1: drop and recreate the metadata DB on `up` (when nothing runs)
 #   AIRFLOW_UI_USERS [admin:admin,ops:user]   SimpleAuthManager users (user:role)
+#   AIRFLOW_SEED_DEMO [1]               0: do not seed the demo CIDs 100 and 5000 on `up`
 #   AIRFLOW_UP_TIMEOUT [180]            seconds `up` waits for health, parsing and workers
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,8 +42,10 @@ if [ "$cmd" = up ]; then
   "$ROOT/scripts/services.sh" up
   # the demo CIDs (100, 5000; flag ON in airflow_settings.yaml), seeded once: a fresh machine can trigger CID 100
   # straight away. Never reseeded here (a reseed wipes the CID's CDP notes): `python -m tests.support.seed --demo`.
-  PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" -m tests.support.seed --demo --if-missing >"$ROOT/.build/seed-demo.log" 2>&1 ||
-    { echo "[airflow] seeding the demo CIDs failed: see .build/seed-demo.log" >&2; exit 1; }
+  if [ "${AIRFLOW_SEED_DEMO:-1}" != 0 ]; then  # the stack test tier seeds its own CIDs (AIRFLOW_SEED_DEMO=0)
+    PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" -m tests.support.seed --demo --if-missing >"$ROOT/.build/seed-demo.log" 2>&1 ||
+      { echo "[airflow] seeding the demo CIDs failed: see .build/seed-demo.log" >&2; exit 1; }
+  fi
 fi
 # shellcheck source=scripts/env.sh
 source "$ROOT/scripts/env.sh"

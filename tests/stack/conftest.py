@@ -167,6 +167,7 @@ class StackManager:
             "AIRFLOW_CELERY_WORKERS": "2",
             "AIRFLOW_UI_USERS": "admin:admin,ops:user",
             "AIRFLOW_UP_TIMEOUT": "180",
+            "AIRFLOW_SEED_DEMO": "0",  # the tier seeds the CIDs it uses
         }
         self.env["PASSWORDS_FILE"] = str(self.state_dir / "home" / "simple_auth_manager_passwords.json.generated")
 
