@@ -91,6 +91,13 @@ class Stack:
         assert resp.status_code == 201, f"POST /auth/token as {user}: {resp.status_code} {resp.text}"
         return resp.json()["access_token"]
 
+    def flag(self) -> str:
+        """The feature flag Variable's raw value, through Airflow's REST API (admin)."""
+        with self.client("admin") as c:
+            resp = c.get("/api/v2/variables/crm_notes_migration_enabled")
+        assert resp.status_code == 200, resp.text
+        return resp.json()["value"]
+
     def set_flag(self, cids: list[int]) -> None:
         """The feature flag Variable, through Airflow's REST API (admin)."""
         with self.client("admin") as c:
@@ -241,13 +248,20 @@ def stacks() -> Iterator[StackManager]:
         manager.close()
 
 
+def _flag_kept(stack: Stack) -> Iterator[Stack]:
+    """The stack for one test; the flag Variable it finds is put back afterwards (tests change it)."""
+    before = json.loads(stack.flag())
+    yield stack
+    stack.set_flag(before)
+
+
 @pytest.fixture
-def local_stack(stacks: StackManager) -> Stack:
+def local_stack(stacks: StackManager) -> Iterator[Stack]:
     """The LocalExecutor stack (started on first use, kept for the session)."""
-    return stacks.get("local")
+    yield from _flag_kept(stacks.get("local"))
 
 
 @pytest.fixture
-def celery_stack(stacks: StackManager) -> Stack:
+def celery_stack(stacks: StackManager) -> Iterator[Stack]:
     """The CeleryExecutor stack: Redis and workers worker-1, worker-2 (replaces the LocalExecutor one)."""
-    return stacks.get("celery")
+    yield from _flag_kept(stacks.get("celery"))
