@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import pytest
 from plugin_support import HALTED, IN_PROGRESS, PD_ROUTING_KEY, SUCCESS, WITH_ERRORS, task_state
+from tests.support.ports import free_port
 
 from notes_migration import alerts
 from notes_migration.codes import State
@@ -92,15 +92,9 @@ def test_success_pages_nobody(pagerduty_edge, slack_webhook):
     assert pagerduty_edge.requests == [] and slack_webhook == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_undeliverable_alerts_are_logged_not_raised(pagerduty_edge, monkeypatch, caplog):
     pagerduty_edge.status_code = 400  # PagerDuty refuses the event
-    url = f"http://127.0.0.1:{_closed_port()}/services/down"
+    url = f"http://127.0.0.1:{free_port()}/services/down"
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
     with caplog.at_level(logging.ERROR, logger="notes_migration.alerts"):
         sent = alerts.dispatch(JOB, verdict(State.COMPLETED_WITH_ERRORS, match=90.0, attachments=0.5))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_SH = ROOT / "scripts" / "airflow.sh"
@@ -46,27 +47,6 @@ def wait_until(what: str, timeout: float, probe: Callable[[], tuple[bool, Any]],
             return observed
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last seen: {observed!r}")
-
-
-def _free_port(taken: set[int], span: int = 1) -> int:
-    """A loopback port (and the `span - 1` after it) nothing listens on, not handed out before."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ports = set(range(port, port + span))
-        if ports & taken or port + span > 65535:
-            continue
-        free = True
-        for p in ports:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    free = False
-        if free:
-            taken |= ports
-            return port
 
 
 @dataclass
@@ -166,11 +146,11 @@ class StackManager:
             **os.environ,
             "AIRFLOW_STACK_DIR": str(self.state_dir),
             "AIRFLOW_DB_NAME": f"airflow_stack_test_{tag}",
-            "AIRFLOW_API_PORT": str(_free_port(taken)),
-            "AIRFLOW_WORKER_LOG_PORT": str(_free_port(taken)),
-            "AIRFLOW_TRIGGER_LOG_PORT": str(_free_port(taken)),
-            "AIRFLOW_CELERY_LOG_PORT": str(_free_port(taken, span=2)),
-            "AIRFLOW_REDIS_PORT": str(_free_port(taken)),
+            "AIRFLOW_API_PORT": str(free_port(taken)),
+            "AIRFLOW_WORKER_LOG_PORT": str(free_port(taken)),
+            "AIRFLOW_TRIGGER_LOG_PORT": str(free_port(taken)),
+            "AIRFLOW_CELERY_LOG_PORT": str(free_port(taken, span=2)),
+            "AIRFLOW_REDIS_PORT": str(free_port(taken)),
             "AIRFLOW_CELERY_WORKERS": "2",
             "AIRFLOW_UI_USERS": "admin:admin,ops:user",
             "AIRFLOW_UP_TIMEOUT": "180",
