@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- one page (the operator's call)
 
 
+def _bucket(b: s3.Bucket | Callable[[], s3.Bucket]) -> s3.Bucket:
+    return b if isinstance(b, s3.Bucket) else b()
+
+
 class RelinkSkipped(Exception):
     """Nothing to relink for this page (the run halted): the task is skipped. A dry run plans instead."""
 
@@ -49,14 +53,15 @@ def relink_page(
     job_id: str,
     page: Mapping[str, int],
     *,
-    source: s3.Bucket,
-    target: s3.Bucket,
+    source: s3.Bucket | Callable[[], s3.Bucket],
+    target: s3.Bucket | Callable[[], s3.Bucket],
     concurrency: int | None = None,
     retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
     """Relink the files of one page's migrated notes and record the page's attachment result.
 
-    `concurrency` overrides the job's attachment_concurrency (files in flight at once)."""
+    `source` / `target` may be callables, called only when the page has files to copy (a page without
+    files never builds an S3 client). `concurrency` overrides the job's attachment_concurrency."""
     started = time.perf_counter()
     job = job_store.get_job(db, job_id)
     if job is None:
@@ -65,7 +70,7 @@ def relink_page(
     if job.get("state") == State.HALTED:
         raise RelinkSkipped(f"job {job_id} halted ({(job.get('halted') or {}).get('reason')}): no relinking")
     if cfg.dry_run:
-        return plan_page(crm, db, job, page, source=source, target=target, concurrency=concurrency)
+        return plan_page(crm, db, job, page, source=_bucket(source), target=_bucket(target), concurrency=concurrency)
     t = cfg.thresholds
     workers = concurrency or t.attachment_concurrency
     rows = crm_source.read_page_files(crm, cfg.cid, page["lo_id"], page["hi_id"])
@@ -85,10 +90,13 @@ def relink_page(
     t_read = time.perf_counter()
 
     flat = [p for ps in plans.values() for p in ps]
-    known = target_listing(target, cfg.company_sso_id, sorted(plans)) if flat else None
-    results = copy_files(
-        flat, source, target, cap_bytes=t.attachment_size_cap_bytes, concurrency=workers, retry=retry, known=known
-    )
+    results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
+    if len(results) < len(flat):  # something to copy: only then S3 clients and the target listing
+        src, dst = _bucket(source), _bucket(target)
+        known = target_listing(dst, cfg.company_sso_id, sorted(plans))
+        results = copy_files(
+            flat, src, dst, cap_bytes=t.attachment_size_cap_bytes, concurrency=workers, retry=retry, known=known
+        )
     t_copy = time.perf_counter()
 
     updates, entries, events_out = [], [], []
@@ -102,7 +110,7 @@ def relink_page(
             r = results[plan.ref]
             if r.outcome == AttachmentOutcome.RELINKED:
                 continue
-            entries.append(_log_entry(job, nid, plan, r))
+            entries.append(_log_entry(job, page["page_no"], nid, plan, r))
             if r.outcome == AttachmentOutcome.FAILED:
                 events_out.append(
                     event(
@@ -120,7 +128,7 @@ def relink_page(
                     )
                 )
     cdp_store.set_note_attachments(db, updates)
-    job_store.replace_attachment_log(db, job_id, sorted(notes), entries)
+    job_store.replace_attachment_log(db, f"{job_id}:{page['page_no']}", entries, clear=bool(notes))
     job_store.record_events(db, events_out)
 
     page_doc = page_result(
@@ -263,11 +271,12 @@ def plan_page(
     }
 
 
-def _log_entry(job: Mapping[str, Any], note_id: int, plan: FilePlan, r: FileResult) -> dict[str, Any]:
+def _log_entry(job: Mapping[str, Any], page_no: int, note_id: int, plan: FilePlan, r: FileResult) -> dict[str, Any]:
     """A reason-coded per-file record in the note log (outcome attachment_failed / attachment_skipped)."""
     return {
         "_id": f"{job['_id']}:{note_id}:{plan.ref}",
         "job_id": job["_id"],
+        "job_page": f"{job['_id']}:{page_no}",  # the page's records are replaced by this key
         "cid": job["cid"],
         "legacy_crm_note_id": note_id,
         "outcome": r.outcome.value,

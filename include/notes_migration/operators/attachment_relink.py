@@ -84,8 +84,8 @@ class AttachmentRelinkOperator(BaseOperator):
                     cdp_database(),
                     job["job_id"],
                     page,
-                    source=bucket_from_hook(self.source_hook),
-                    target=bucket_from_hook(self.target_hook),
+                    source=lambda: bucket_from_hook(self.source_hook),  # built only for a page with files
+                    target=lambda: bucket_from_hook(self.target_hook),
                     concurrency=self.concurrency,
                 )
             except attachments.RelinkSkipped as skipped:
