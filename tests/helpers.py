@@ -3,6 +3,8 @@ importing it again from a test would redo that setup)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 # dag.test() keeps the params of the previous run on a shared DAG object: every conf is completed with these.
 PARAM_DEFAULTS = {"batch_size": 500, "include_activities": False, "dry_run": False, "force_rerun": False}
 
@@ -102,3 +104,50 @@ def assert_run_conserved(crm, cdp, dag_run) -> dict | None:
     if cdp[C.JOBS].find_one({"_id": job_id}, {"_id": 1}) is None:
         return None
     return assert_conserved(crm, cdp, cid, job_id)
+
+
+def run_migration(migration_dag, mp, conf: dict, *, crm, cdp, flag=None, settings=None, **test_kwargs):
+    """dag.test() of the migration DAG with the flag and settings Variables set through `mp` (a MonkeyPatch),
+    the conf completed with PARAM_DEFAULTS; then conservation of the job it recorded (assert_run_conserved).
+    For fixtures wider than a test, which cannot use conftest's function-scoped `run_dag`."""
+    import json
+
+    mp.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]]))
+    mp.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings or {}))
+    dag_run = migration_dag.test(run_conf={**PARAM_DEFAULTS, **conf}, **test_kwargs)
+    assert_run_conserved(crm, cdp, dag_run)  # every run: each source row in exactly one outcome
+    return dag_run
+
+
+@contextmanager
+def ops_api_app(users: dict[str, tuple[str, str]], jwt_secret: str, passwords_file):
+    """The Airflow API server app (core API, auth manager, plugins) as `airflow api-server` builds it, with the
+    SimpleAuthManager and `users` ({name: (password, role)}); real JWTs come from its /auth/token."""
+    import json
+
+    import pytest
+
+    passwords_file.write_text(json.dumps({user: pw for user, (pw, _role) in users.items()}))
+    mp = pytest.MonkeyPatch()
+    mp.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    )
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{role}" for u, (_pw, role) in users.items()))
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords_file))
+    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", jwt_secret)
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+
+    purge_cached_app()
+    try:
+        yield create_app(apps="core")
+    finally:
+        purge_cached_app()
+        mp.undo()
+
+
+def bearer_token(client, user: str, password: str) -> str:
+    """A real JWT of the API server's auth manager (POST /auth/token)."""
+    resp = client.post("/auth/token", json={"username": user, "password": password})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["access_token"]

@@ -21,7 +21,9 @@ def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterabl
     """Every reason to refuse that needs no lock; raises Refused, writes nothing."""
     if cfg.cid not in set(flag_cids):
         raise Refused(Reason.FLAG_DISABLED, f"feature flag is OFF for CID {cfg.cid}")
-    if not UUID_RE.match(cfg.company_sso_id or ""):
+    # fullmatch: the contract's pattern ends in `$`, which also matches before a trailing newline (Python's re and the
+    # JSON-schema check of the DAG's params both let "<uuid>\n" through; the API's pydantic check does not)
+    if not UUID_RE.fullmatch(cfg.company_sso_id or ""):
         raise Refused(Reason.INVALID_COMPANY_SSO_ID, f"company_sso_id {cfg.company_sso_id!r} is not a UUID")
     if not crm_source.cid_exists(crm, cfg.cid):
         raise Refused(Reason.CID_NOT_FOUND, f"CID {cfg.cid} is not an organization of the CRM")

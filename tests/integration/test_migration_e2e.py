@@ -13,7 +13,7 @@ from notes_migration import job_store
 from notes_migration.codes import Reason
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
 from notes_migration.ops import cid_status
-from tests.helpers import PARAM_DEFAULTS, task_states
+from tests.helpers import PARAM_DEFAULTS, run_migration, task_states
 from tests.support.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -44,20 +44,14 @@ ACTIVITIES = {"Calls", "Emails", "Meetings", "WhatsApp", "SMS"}
 
 
 @pytest.fixture(scope="module")
-def stage1(seed_cid, migration_dag):
-    """Seed and migrate the Stage-1 pair once for this module."""
-    import json
-    import os
-
+def stage1(seed_cid, migration_dag, crm, cdp):
+    """Seed and migrate the Stage-1 pair once for this module; each run checked for conservation."""
     out = {}
-    for spec in DEMO_SPECS:
-        seeded = seed_cid(spec)
-        os.environ["AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED"] = json.dumps([spec.cid])
-        try:
-            dag_run = migration_dag.test(run_conf=conf(spec.cid))
-        finally:
-            os.environ.pop("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", None)
-        out[spec.cid] = (seeded, dag_run)
+    with pytest.MonkeyPatch.context() as mp:
+        for spec in DEMO_SPECS:
+            seeded = seed_cid(spec)
+            dag_run = run_migration(migration_dag, mp, conf(spec.cid), crm=crm, cdp=cdp)
+            out[spec.cid] = (seeded, dag_run)
     return out
 
 

@@ -26,29 +26,15 @@ from plugin_support import (
     WITH_ERRORS,
     StatsRecorder,
 )
-from tests.helpers import PARAM_DEFAULTS
+from tests.helpers import bearer_token, ops_api_app
+from tests.helpers import run_migration as run_dag_test
 
 
 @pytest.fixture(scope="session")
 def api_app(tmp_path_factory):
     """The Airflow API server app (core API, auth manager, plugins) as `airflow api-server` builds it."""
-    passwords = tmp_path_factory.mktemp("auth") / "passwords.json"
-    passwords.write_text(json.dumps({user: pw for user, (pw, _role) in USERS.items()}))
-    mp = pytest.MonkeyPatch()
-    mp.setenv(
-        "AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-    )
-    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{role}" for u, (_pw, role) in USERS.items()))
-    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
-    mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-    mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
-    from airflow.api_fastapi.app import create_app, purge_cached_app
-
-    purge_cached_app()
-    app = create_app(apps="core")
-    yield app
-    purge_cached_app()
-    mp.undo()
+    with ops_api_app(USERS, JWT_SECRET, tmp_path_factory.mktemp("auth") / "passwords.json") as app:
+        yield app
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +46,7 @@ def client(api_app):
 
 
 def _token(client, user: str) -> str:
-    resp = client.post("/auth/token", json={"username": user, "password": USERS[user][0]})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["access_token"]
+    return bearer_token(client, user, USERS[user][0])
 
 
 @pytest.fixture(scope="session")
@@ -161,15 +145,14 @@ def run_migration(
     monkeypatch,
     conf: dict,
     *,
+    crm,
+    cdp,
     settings: dict | None = None,
     flag: list[int] | None = None,
     **test_kwargs: Any,
 ):
-    monkeypatch.setenv(
-        "AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps(flag if flag is not None else [conf["cid"]])
-    )
-    monkeypatch.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_SETTINGS", json.dumps(settings or {}))
-    return migration_dag.test(run_conf={**PARAM_DEFAULTS, **conf}, **test_kwargs)
+    """dag.test() of one CID, then conservation of the job it recorded (tests/helpers.run_migration)."""
+    return run_dag_test(migration_dag, monkeypatch, conf, crm=crm, cdp=cdp, flag=flag, settings=settings, **test_kwargs)
 
 
 @dataclass
@@ -181,13 +164,13 @@ class Fleet:
 
 
 @pytest.fixture(scope="session")
-def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
+def fleet(seed_cid, migration_dag, crm, cdp) -> Iterator[Fleet]:
     """Five CIDs, one per PRD §8 state, each put there by a real run of the DAG (dag.test()).
 
     The runs alert through the real providers' hooks: PagerDuty is intercepted at
     its HTTP edge (the halted run's P1 is delivered; the completed_with_errors
     run's P2 gets an HTTP 400, so it is undeliverable), and Airflow Stats go to a
-    recorder."""
+    recorder. Each run is checked for conservation (tests/helpers.assert_conserved)."""
     from tests.support.seed import SeedSpec
 
     from notes_migration import metrics
@@ -216,18 +199,25 @@ def fleet(seed_cid, migration_dag) -> Iterator[Fleet]:
             migration_dag,
             mp,
             conf(IN_PROGRESS),
+            crm=crm,
+            cdp=cdp,
             mark_success_pattern="^(validate|choose_outcome|send_alerts|no_alert|finalise)$",
         )
         # ... and Airflow still sees the run as running (dag.test() ended it): otherwise the status would
         # rightly report a finished run whose job never finished as halted / RUN_FAILED
         _set_run_state(runs[IN_PROGRESS].run_id, "running")
         # coverage passes a lowered gate, then the first page's CONTACT_NOT_MAPPED failures exceed 1%: halted
-        runs[HALTED] = run_migration(migration_dag, mp, conf(HALTED), settings={"coverage_gate": 0.5})
-        runs[SUCCESS] = run_migration(migration_dag, mp, conf(SUCCESS))
+        runs[HALTED] = run_migration(migration_dag, mp, conf(HALTED), crm=crm, cdp=cdp, settings={"coverage_gate": 0.5})
+        runs[SUCCESS] = run_migration(migration_dag, mp, conf(SUCCESS), crm=crm, cdp=cdp)
         # failures tolerated by a raised threshold, but validation finds < 99% of the notes: completed_with_errors
         edge.status_code = 400
         runs[WITH_ERRORS] = run_migration(
-            migration_dag, mp, conf(WITH_ERRORS), settings={"coverage_gate": 0.5, "max_failure_rate": 0.5}
+            migration_dag,
+            mp,
+            conf(WITH_ERRORS),
+            crm=crm,
+            cdp=cdp,
+            settings={"coverage_gate": 0.5, "max_failure_rate": 0.5},
         )
         edge.status_code = 202
     finally:
