@@ -128,6 +128,34 @@ def retry_job(
     return as_plain(record) or {}
 
 
+def run_retry(crm, db: Database, job_id: str, reason_codes: Sequence[str] | None, *, requested_by: str) -> dict:
+    """What the Ops API's route and the CLI's `retry` run: retry_job with the files of the touched pages
+    relinked through the configured buckets (crm_s3 → cdp_s3). Returns the retry's record; Refused as check_retry."""
+    from notes_migration import attachments
+    from notes_migration import s3_store as s3
+    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+
+    check_retry(db, job_id, reason_codes)  # before any connection to S3: a refusal is cheap
+    source, target = s3.bucket_for(CRM_S3_CONN_ID), s3.bucket_for(CDP_S3_CONN_ID)
+
+    def relink(page: dict[str, int]) -> Any:
+        return attachments.relink_page(crm, db, job_id, page, source=source, target=target)
+
+    return retry_job(crm, db, job_id, reason_codes, requested_by=requested_by, relink=relink)
+
+
+def outcome(db: Database, job_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer to a retry (API and CLI): the job's state after it, this retry's record, the job's totals."""
+    job = job_store.get_job(db, job_id) or {}
+    return {
+        "job_id": job_id,
+        "cid": job.get("cid"),
+        "status": job.get("state"),
+        "retry": record,
+        "totals": job.get("retry"),
+    }
+
+
 def summary(retries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """What the status shows: how many retries, notes retried and recovered in all, and the last one."""
     last = retries[-1] if retries else None

@@ -636,39 +636,19 @@ class RetryBody(BaseModel):
 def retry_job(
     job_id: Annotated[str, Path(max_length=200)], request: Request, user: Operator, body: RetryBody | None = None
 ) -> Any:
-    from notes_migration import attachments, job_store, retry
-    from notes_migration import s3_store as s3
-    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+    from notes_migration import retry
 
     db = _cdp()
     reasons = body.reason_codes if body else None
     try:
-        retry.check_retry(db, job_id, reasons)  # before any connection to S3: a refusal is cheap
+        retry.check_retry(db, job_id, reasons)  # before any connection to the CRM or S3: a refusal is cheap
+        with _crm() as crm:
+            record = retry.run_retry(crm, db, job_id, reasons, requested_by=user.get_name())
     except Refused as refused:
         return _retry_refusal(refused)
-    source, target = s3.bucket_for(CRM_S3_CONN_ID), s3.bucket_for(CDP_S3_CONN_ID)
-    with _crm() as crm:
-
-        def relink(page: dict[str, int]) -> Any:
-            return attachments.relink_page(crm, db, job_id, page, source=source, target=target)
-
-        try:
-            record = retry.retry_job(crm, db, job_id, reasons, requested_by=user.get_name(), relink=relink)
-        except Refused as refused:
-            return _retry_refusal(refused)
-    job = job_store.get_job(db, job_id) or {}
-    return JSONResponse(
-        jsonable_encoder(
-            {
-                "job_id": job_id,
-                "cid": job["cid"],
-                "status": job["state"],
-                "retry": record,
-                "totals": job.get("retry"),
-                "status_url": f"{_mount_path(request)}/api/status?cid={job['cid']}",
-            }
-        )
-    )
+    answer = retry.outcome(db, job_id, record)
+    answer["status_url"] = f"{_mount_path(request)}/api/status?cid={answer['cid']}"
+    return JSONResponse(jsonable_encoder(answer))
 
 
 def _retry_refusal(refused: Refused) -> JSONResponse:
@@ -698,7 +678,7 @@ def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50)
     "/api/rollouts/{rollout_id}",
     summary="One rollout: per CID its decision, progress, final state, match_pct, failure rate, attachment "
     "success and duration; the totals and the halt rate against the Stage-3 gate (live while it runs)",
-    responses={404: {"model": Refusal, "description": "no such rollout"}, **UNAUTHENTICATED},
+    responses={404: {"model": Refusal, "description": "ROLLOUT_NOT_FOUND"}, **UNAUTHENTICATED},
     tags=["monitor"],
 )
 def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -> Any:
@@ -706,7 +686,9 @@ def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -
 
     view = rollout.rollout_view(_cdp(), rollout_id)
     if view is None:
-        return JSONResponse(status_code=404, content={"detail": f"rollout {rollout_id} not found"})
+        return JSONResponse(
+            status_code=404, content={"detail": f"rollout {rollout_id} not found", "reason_code": "ROLLOUT_NOT_FOUND"}
+        )
     return JSONResponse(jsonable_encoder(view))
 
 

@@ -1,4 +1,4 @@
-"""Ops command line (the terminal twin of the plugin's web surface): run a CID in-process, read its status, coverage and errors, release a dead run's lock.
+"""Ops command line (the terminal twin of the plugin's web surface): run a CID in-process, read its status, coverage and errors, release a dead run's lock, roll a CID back, retry a job's failed records.
 
 The feature flag is an ordinary Airflow Variable: `airflow variables set crm_notes_migration_enabled '[100, 5000]'`.
 
@@ -8,6 +8,7 @@ The feature flag is an ordinary Airflow Variable: `airflow variables set crm_not
     python -m crm_notes_migration_ops.cli errors --job-id JOB
     python -m crm_notes_migration_ops.cli release-lock --cid 100     # a lock left by a dead run
     python -m crm_notes_migration_ops.cli rollback --cid 100 [--execute]   # dry run unless --execute
+    python -m crm_notes_migration_ops.cli retry --job-id JOB [--reason CONTACT_NOT_MAPPED ...]  # the failed-record queue
 
 `run`'s options are the run contract's parameters (contract.py), the same as the DAG's params.
 """
@@ -15,8 +16,11 @@ The feature flag is an ordinary Airflow Variable: `airflow variables set crm_not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from notes_migration import contract
@@ -65,6 +69,16 @@ def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argpars
     rb.add_argument("--cid", type=int, required=True)
     rb.add_argument("--execute", action="store_true", help="really delete (default: dry run, nothing written)")
     rb.add_argument("--by", default=None, help="who asks (recorded; default: $USER)")
+    rt = sub.add_parser("retry", help="retry a job's failed-record queue (all of it, or by reason) and re-validate")
+    rt.add_argument("--job-id", required=True)
+    rt.add_argument(
+        "--reason",
+        action="append",
+        dest="reasons",
+        metavar="REASON_CODE",
+        help="retry only the notes that failed with this reason (repeatable; default: every reason)",
+    )
+    rt.add_argument("--by", default=None, help="who asks (recorded; default: $USER)")
     return root
 
 
@@ -106,6 +120,43 @@ def main(argv: list[str] | None = None) -> int:
         _print({"cid": args.cid, "released": released, "holder": as_plain(holder)})
     elif args.cmd == "rollback":
         return _rollback(db, args)
+    elif args.cmd == "retry":
+        return _retry(db, args)
+    return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Airflow's logging (configured lazily, on stdout) goes to stderr meanwhile: stdout is the answer's JSON alone.
+    At the file-descriptor level, so handlers created in between are covered too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _retry(db: Any, args: argparse.Namespace) -> int:
+    """The API route's retry (notes_migration.retry.run_retry): exit 0 done, 3 refused (reason printed, nothing
+    written)."""
+    import getpass
+
+    from notes_migration import retry
+    from notes_migration.codes import Refused
+    from notes_migration.connections import crm_connection
+
+    try:
+        retry.check_retry(db, args.job_id, args.reasons)  # before any connection to the CRM or S3
+        with _stdout_to_stderr(), crm_connection() as crm:
+            record = retry.run_retry(crm, db, args.job_id, args.reasons, requested_by=args.by or getpass.getuser())
+    except Refused as refused:
+        _print({"refused": refused.reason.value, "detail": str(refused).split(": ", 1)[-1]})
+        return 3
+    _print(retry.outcome(db, args.job_id, record))
     return 0
 
 
