@@ -13,7 +13,7 @@ Stage-3 halt-rate gate.
 |---|---|
 | `cids` | JSON list of `{cid, company_sso_id}`, launched in this order |
 | `cids_variable` | name of an Airflow Variable holding that list (used when `cids` is empty) |
-| `max_concurrent` | at most this many migration runs at once (default 4): one lane per slot |
+| `max_concurrent` | at most this many migration runs at once (default 4): one lane each; a lane holds an executor slot while it waits, so it must stay below `[core] parallelism` (the plan refuses otherwise) |
 | `halt_gate` | stop launching when halted / finished CIDs of this rollout exceeds it (default 0.02) |
 | `batch_size` | `batch_size` of every migration run (default 500) |
 | `poke_interval` | seconds between two looks at a running migration run (default 10) |

@@ -301,17 +301,22 @@ def update_cid(db: Any, rollout_id: str, cid: int, **fields: Any) -> None:
 
 def finished_job_states(db: Any, rollout_id: str) -> list[str]:
     """The final states of the CIDs this rollout finished, read from their job records (the gate's input).
-    A run that recorded no job (refused) counts with the state its lane recorded."""
+
+    A CID counts as soon as its job ended (e.g. halted at the coverage gate), before its run's teardown
+    ends and its lane records it: another lane must not launch in between. A run that recorded no job
+    (refused) or whose job stayed in_progress counts once its lane recorded it, with the lane's verdict."""
     from notes_migration import config as C
 
-    docs = [d for d in cid_docs(db, rollout_id).values() if d.get("finished")]
+    docs = list(cid_docs(db, rollout_id).values())
     jobs = {j["_id"]: j for j in db[C.JOBS].find({"_id": {"$in": [d["job_id"] for d in docs]}}, {"state": 1})}
     states = []
     for d in docs:
         job_state = (jobs.get(d["job_id"]) or {}).get("state")
-        dead = job_state in (None, State.IN_PROGRESS)  # no job (refused) or a dead run's job: the lane's verdict
-        states.append(d.get("state") if dead else job_state)
-    return [s or "" for s in states]
+        if job_state in _ENDED:
+            states.append(job_state)
+        elif d.get("finished"):  # no job (refused) or a dead run's job: the lane's verdict
+            states.append(d.get("state") or "")
+    return states
 
 
 def job_rows(db: Any, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -67,8 +67,27 @@ def plan() -> list[dict[str, Any]]:
     rollout.save_plan(db, doc)
     to_launch = sum(1 for e in decided if e["decision"] == rollout.Decision.LAUNCH)
     lanes = min(params["max_concurrent"], to_launch)
+    slots = _executor_slots()
+    if lanes and slots is not None and lanes >= slots:
+        # a lane holds its executor slot while it waits: with every slot held, no migration task could ever run
+        raise AirflowFailException(
+            f"max_concurrent {params['max_concurrent']} needs {lanes} lanes, each holding an executor slot while it "
+            f"waits, and [core] parallelism is {slots}: no slot would be left for the migration runs. Lower "
+            f"max_concurrent below {slots} (or raise AIRFLOW__CORE__PARALLELISM)"
+        )
     log.info("rollout %s: %d CIDs, %d to launch on %d lanes: %s", rid, len(decided), to_launch, lanes, decided)
     return [{"rollout_id": rid, "lane": n} for n in range(lanes)]
+
+
+def _executor_slots() -> int | None:
+    """`[core] parallelism`: the most task instances running at once across the deployment (None: unknown)."""
+    try:
+        from airflow.configuration import conf
+
+        slots = conf.getint("core", "parallelism")
+    except Exception:  # a worker without the core config: no check rather than a wrong one
+        return None
+    return slots if slots > 0 else None
 
 
 def _trigger(run_id: str, conf: dict[str, Any]) -> None:
@@ -90,7 +109,9 @@ def _trigger(run_id: str, conf: dict[str, Any]) -> None:
 def _run_state(run_id: str) -> str:
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-    return str(RuntimeTaskInstance.get_dagrun_state(dag_id=DAG_ID, run_id=run_id))
+    state = RuntimeTaskInstance.get_dagrun_state(dag_id=DAG_ID, run_id=run_id)
+    # the SDK answers with its own DagRunState (str, Enum): str() of it is "DagRunState.SUCCESS", its value "success"
+    return str(getattr(state, "value", state))
 
 
 def _wait_and_record(db: Any, rid: str, doc: dict[str, Any], poke_interval: int) -> str:
