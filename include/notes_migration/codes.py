@@ -92,6 +92,10 @@ class State(StrEnum):
     COMPLETED_WITH_ERRORS = "completed_with_errors"
 
 
+# The skips that are the CID's scope, not the run's doing; a skip for any other reason is a note held back
+# by a halt (its reason is the halt's: FAILURE_RATE_EXCEEDED, CRM_EXTRACT_FAILED, CANCELLED …).
+OUT_OF_SCOPE_REASONS = frozenset({Reason.NOT_A_PERSON_NOTE, Reason.ACTIVITY_OUT_OF_SCOPE, Reason.CHECKIN_DROPPED})
+
 TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS})
 
 # A run-level entry of the error log (no note id): CRM_EXTRACT_FAILED, VALIDATION_SKIPPED.

@@ -26,6 +26,7 @@ from notes_migration.accounting import decide_verdict, match_pct, sum_pages
 from notes_migration.codes import Outcome, State
 from notes_migration.config import RunConfig
 from notes_migration.plain import plain_value
+from notes_migration.status import skips_by_reason
 
 # Measured rates the ETA extrapolates with (scripts/benchmark.sh, README Performance; this machine's kind).
 INSERT_NOTES_PER_S = 6790.0  # bare insert_many of the same documents
@@ -45,9 +46,7 @@ def report(
     totals = sum_pages(pages)
     scope = job.get("scope") or {}
     notes_total = int(job.get("notes_total") or 0)
-    out_of_scope = dict(by_outcome.get(Outcome.SKIPPED.value, {}))
-    if scope.get("no_person"):
-        out_of_scope["NOT_A_PERSON_NOTE"] = scope["no_person"]
+    out_of_scope, withheld = skips_by_reason(by_outcome, scope)
     files = _files(attachment_pages, t.attachment_relink_gate)
     halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
     found = totals.migrated + totals.already_migrated
@@ -75,6 +74,7 @@ def report(
             "would_migrate": totals.migrated,
             "already_migrated": totals.already_migrated,
             "out_of_scope": out_of_scope,
+            "withheld_by_halt": withheld,
             "failed": dict(by_outcome.get(Outcome.FAILED.value, {})),
             "checkins_dropped": totals.checkins_dropped,
             "owners_unresolved": totals.owners_unresolved,

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from notes_migration.accounting import Totals, sum_pages
-from notes_migration.codes import ERROR_OUTCOMES, Outcome, Reason, State
+from notes_migration.codes import ERROR_OUTCOMES, OUT_OF_SCOPE_REASONS, Outcome, Reason, State
 from notes_migration.config import RunConfig
 from notes_migration.plain import plain_value, utc_now
 
@@ -23,6 +23,18 @@ def anything_failed(job: Mapping[str, Any], by_outcome: Mapping[str, Mapping[str
         return True
     attachments = job.get("attachments") or {}
     return bool(attachments.get("failed"))
+
+
+def skips_by_reason(
+    by_outcome: Mapping[str, Mapping[str, int]], scope: Mapping[str, Any]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The skipped notes by reason, split into the CID's scope (out of scope: not a person's note, an
+    activity left out, a check-in dropped) and the notes a halt held back (under the halt's reason)."""
+    skipped = dict(by_outcome.get(Outcome.SKIPPED.value, {}))
+    if scope.get("no_person"):
+        skipped[Reason.NOT_A_PERSON_NOTE.value] = scope["no_person"]
+    out_of_scope = {r: n for r, n in skipped.items() if r in OUT_OF_SCOPE_REASONS}
+    return out_of_scope, {r: n for r, n in skipped.items() if r not in out_of_scope}
 
 
 def progress_pct(job: Mapping[str, Any], totals: Totals) -> float:
@@ -101,9 +113,7 @@ def build_status(
     notes_total = int(job.get("notes_total") or 0)
     validation = job.get("validation") or {}
     failed_by_reason = dict(by_outcome.get(Outcome.FAILED.value, {}))
-    skipped_by_reason = dict(by_outcome.get(Outcome.SKIPPED.value, {}))
-    if scope.get("no_person"):
-        skipped_by_reason["NOT_A_PERSON_NOTE"] = scope["no_person"]
+    out_of_scope, withheld = skips_by_reason(by_outcome, scope)
     url = error_log_url(job["_id"], cfg.thresholds.error_log_url_base)
 
     if state == State.IN_PROGRESS:
@@ -144,7 +154,8 @@ def build_status(
         "notes_total": notes_total,
         "migrated": totals.migrated,
         "already_migrated": totals.already_migrated,
-        "out_of_scope": skipped_by_reason,
+        "out_of_scope": out_of_scope,
+        "withheld_by_halt": withheld,
         "failed": failed_by_reason,
         "checkins_dropped": totals.checkins_dropped,
         "owners_unresolved": totals.owners_unresolved,

@@ -71,7 +71,7 @@ class Sightings:
         cid = status["cid"]
         self.add(status.get("halted_reason"), f"GET status?cid={cid} halted_reason")
         counts = status.get("counts") or {}
-        for key in ("failed", "out_of_scope"):
+        for key in ("failed", "out_of_scope", "withheld_by_halt"):
             for code in counts.get(key) or {}:
                 self.add(code, f"GET status?cid={cid} counts.{key}")
         attachments = status.get("attachments") or {}

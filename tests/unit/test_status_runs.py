@@ -110,3 +110,12 @@ def test_dry_run_progress_has_no_attachment_phase():
     dry = job(config=RunConfig(cid=7, company_sso_id=COMPANY, dry_run=True).as_dict())
     p = run_progress(dry, [PAGE, PAGE], sum_pages([PAGE, PAGE]), elapsed_s=4.0)
     assert p["phase"] == PHASE_VALIDATING and p["progress_pct"] == 100.0
+
+
+def test_notes_a_halt_held_back_are_not_counted_out_of_scope():
+    skips = {"skipped": {"ACTIVITY_OUT_OF_SCOPE": 3, "FAILURE_RATE_EXCEEDED": 40, "CANCELLED": 2}}
+    halted = job("halted", halted={"reason": "FAILURE_RATE_EXCEEDED", "failure_rate": 0.02}, scope={"no_person": 4})
+    counts = build_status(7, halted, [], {**skips, "failed": {"CONTACT_NOT_MAPPED": 9}}, now=T0)["counts"]
+    assert counts["out_of_scope"] == {"ACTIVITY_OUT_OF_SCOPE": 3, "NOT_A_PERSON_NOTE": 4}
+    assert counts["withheld_by_halt"] == {"FAILURE_RATE_EXCEEDED": 40, "CANCELLED": 2}
+    assert counts["failed"] == {"CONTACT_NOT_MAPPED": 9}
