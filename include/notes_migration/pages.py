@@ -13,8 +13,10 @@ Halting with parallel pages (design: "a page decides its notes' outcomes before 
    the job (other pages' final or provisional results) and judges the failure rate over all of
    them plus its own decided failures (accounting.should_halt);
 4. a page that would cross the threshold (or finds the run halted) records its decided failures,
-   reason-coded, inserts nothing, and halts the run; otherwise it inserts, then writes its final
-   result, note log, audit and events (in parallel: they do not depend on each other).
+   reason-coded, inserts nothing, and halts the run; otherwise it inserts (its decided skips and
+   failures, their events and the lock's heartbeat written beside the insert), then writes its final
+   result, audit, and the note log and events the insert decided (in parallel: they do not depend on
+   each other).
 
 Because every page publishes (2) before it checks (3), of any set of pages running at once the
 last one to check sees all of their decisions: only pages whose check came before the crossing
@@ -22,8 +24,10 @@ point can insert. After a halt nothing more is inserted except inserts already p
 
 Round trips per page: job, person map and users (the last two in parallel with the CRM read),
 provisional result (which also says whether an earlier attempt exists: only then is the note log
-of the page deleted), job + page results (in parallel), the insert of each batch, then final result,
-audit, note log (one insert), events (one insert) and heartbeat, in parallel.
+of the page deleted), job + page results (in parallel), the insert of each batch with the decided
+note log, events and heartbeat beside it, then final result, audit (an insert), the insert's note log
+(when it has any) and events, in parallel. FerretDB v1 runs every filtered command as a scan of its
+collection, so an insert is the cheapest round trip there is.
 """
 
 from __future__ import annotations
@@ -289,7 +293,14 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
             assert crossing is not None
             raise _halted(db, fresh, cfg, crossing)
 
-        # the insert runs alone: the bookkeeping writes would share the server's CPU with it
+        # what the insert cannot change is written beside it (the decided skips and failures, the heartbeat):
+        # FerretDB and PostgreSQL have a core to spare while one insert runs, and the after-insert round trip
+        # is then only the page result, its audit and what the insert decided
+        early = [
+            pool.submit(job_store.insert_note_log, db, decided_entries),
+            pool.submit(job_store.record_events, db, decided_events),
+            pool.submit(job_store.heartbeat_lock, db, cfg.cid, job["run_id"]),
+        ]
         docs = [d.doc for d in decisions if d.doc is not None]
         writer = writer or cdp_store.MongoNoteWriter(db)
         insert_started_at = utc_now()
@@ -307,7 +318,8 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
                 result.errors.update(part.errors)
         t_write = time.perf_counter()
 
-        late_entries, late_events = decided_entries, decided_events
+        late_entries: list[dict] = []
+        late_events: list[dict] = []
         ev: dict[str, Any] = {"job_id": job_id, "cid": cfg.cid}
         for d in decisions:
             if d.skip or d.failure:
@@ -390,11 +402,12 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
             )
         )
         writes = [
+            *early,
             pool.submit(job_store.save_page_result, db, final),
-            pool.submit(job_store.insert_note_log, db, late_entries),
             pool.submit(job_store.record_events, db, late_events),
-            pool.submit(job_store.heartbeat_lock, db, cfg.cid, job["run_id"]),
         ]
+        if late_entries:
+            writes.append(pool.submit(job_store.insert_note_log, db, late_entries))
         if not cfg.dry_run and audit_ids:  # notes found already migrated are in the audit of the job that inserted them
             audit_id = f"{job_id}:{page_no}" if attempt == 1 else f"{job_id}:{page_no}:{attempt}"
             writes.append(
