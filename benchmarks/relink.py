@@ -48,7 +48,7 @@ def server_pid(endpoint: str) -> int | None:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if any(b"moto_server" in a or b"weed" in a for a in argv) and port.encode() in argv:
+        if any(b"moto_server" in a or b"weed" in a or b"s3rver" in a for a in argv) and port.encode() in argv:
             return int(entry)
     return None
 
@@ -63,6 +63,21 @@ def cpu_seconds(pid: int | None) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def other_server_bucket(endpoint: str, name: str, concurrency: int) -> s3.Bucket:
+    """A Bucket on a second S3-compatible server, with the relinker's own client settings."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=os.environ.get("BENCH_S3_KEY", "S3RVER"),
+        aws_secret_access_key=os.environ.get("BENCH_S3_SECRET", "S3RVER"),
+        region_name="us-east-1",
+        config=s3.client_config(concurrency),
+    )
+    return s3.Bucket(client, name)
 
 
 def _run(
@@ -106,14 +121,22 @@ def benchmark_relink(
     large_bytes: int = 12 * 1024 * 1024,
     source_conn_id: str = CRM_S3_CONN_ID,
     target_conn_id: str = CDP_S3_CONN_ID,
+    endpoint: str | None = None,
     keep: bool = False,
 ) -> dict[str, Any]:
     """files/s, MB/s, per-file P50/P95 and the S3 server's CPU of relinking the same `files` objects of
-    `file_bytes` (plus `large_files` multipart-sized ones) at each concurrency; speedups against 1."""
+    `file_bytes` (plus `large_files` multipart-sized ones) at each concurrency; speedups against 1.
+
+    `endpoint`: another S3-compatible server instead of the connections' (e.g. s3rver, started by
+    benchmarks/second_s3.sh), with buckets `bench-crm` / `bench-cdp` and keys S3RVER/S3RVER unless
+    BENCH_S3_KEY / BENCH_S3_SECRET say otherwise."""
     cap = Thresholds().attachment_size_cap_bytes
     widest = max(concurrencies)
-    source = s3.bucket_for(source_conn_id, concurrency=widest)
-    target = s3.bucket_for(target_conn_id, concurrency=widest)
+    if endpoint:
+        source, target = (other_server_bucket(endpoint, name, widest) for name in ("bench-crm", "bench-cdp"))
+    else:
+        source = s3.bucket_for(source_conn_id, concurrency=widest)
+        target = s3.bucket_for(target_conn_id, concurrency=widest)
     endpoint = str(source.client.meta.endpoint_url)
     pid = server_pid(endpoint)
     s3.ensure_bucket(source)
@@ -166,9 +189,26 @@ def benchmark_relink(
         )
         if ms
         else None,
+        # why concurrency gains so little: at c=1 a file's wall time is already nearly all CPU (client +
+        # server), so threads can only overlap the two; a single-process server (moto under the GIL,
+        # s3rver on Node's one loop) never exceeds one core, which bounds the speedup at wall / server CPU
+        **_bounds(seq, os.cpu_count() or 1),
         "p95_file_s": at8["p95_file_s"],
         "prd_p95_file_s": PRD_P95_FILE_SECONDS,
         "meets_prd_p95": at8["p95_file_s"] <= PRD_P95_FILE_SECONDS,
+    }
+
+
+def _bounds(seq: dict[str, Any], cores: int) -> dict[str, Any]:
+    wall_ms = 1000 * seq["seconds"] / seq["files"] if seq["files"] else 0.0
+    server_ms, client_ms = seq["server_cpu_ms_per_file"], seq["client_cpu_ms_per_file"]
+    if not wall_ms or server_ms is None:
+        return {"sequential_wall_ms_per_file": round(wall_ms, 2)}
+    return {
+        "sequential_wall_ms_per_file": round(wall_ms, 2),
+        "sequential_cpu_share_of_wall": round((server_ms + client_ms) / wall_ms, 3),
+        "speedup_bound_single_process_server": round(wall_ms / server_ms, 2) if server_ms else None,
+        "speedup_bound_cores": round(wall_ms / ((server_ms + client_ms) / cores), 2),
     }
 
 
@@ -185,7 +225,10 @@ def format_figures(figures: dict[str, Any]) -> str:
         )
     lines.append(
         f"  speedup at 8: ×{figures['speedup_at_8']} (target ×{figures['target_speedup_at_8']});"
-        f" CPU bound on {figures['cores']} cores ≈ {figures['cpu_bound_files_per_s']} files/s"
+        f" CPU bound on {figures['cores']} cores ≈ {figures['cpu_bound_files_per_s']} files/s;"
+        f" sequential wall is {figures.get('sequential_cpu_share_of_wall')} CPU, speedup bound"
+        f" ×{figures.get('speedup_bound_single_process_server')} (one-core server),"
+        f" ×{figures.get('speedup_bound_cores')} ({figures['cores']} cores)"
     )
     return "\n".join(lines)
 
@@ -197,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--large-files", type=int, default=2)
     parser.add_argument("--large-mb", type=int, default=12)
+    parser.add_argument("--endpoint", help="a second S3-compatible server (see benchmarks/second_s3.sh)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     figures = benchmark_relink(
@@ -205,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         concurrencies=tuple(args.concurrency),
         large_files=args.large_files,
         large_bytes=args.large_mb * 1024 * 1024,
+        endpoint=args.endpoint,
     )
     print(json.dumps(figures, indent=2) if args.json else format_figures(figures))
 

@@ -84,7 +84,32 @@ def rows(fig: dict[str, Any]) -> list[tuple[str, str]]:
             f"×{r['speedup_at_8']}; CPU bound on {r['cores']} cores ≈ {r['cpu_bound_files_per_s']} files/s",
         )
     )
+    rows.extend(_bound_rows("local S3 (moto)", r))
+    other = fig.get("relink_second_server")
+    if other:
+        for run in other["runs"]:
+            rows.append(
+                (
+                    f"relink c={run['concurrency']}, second server {other['endpoint']}",
+                    f"{run['files_per_s']} files/s, ×{run['speedup']},"
+                    f" server {run['server_cpu_share_of_one_core']} core ({run['server_cpu_ms_per_file']} ms/file)",
+                )
+            )
+        rows.extend(_bound_rows("second server", other))
     return rows
+
+
+def _bound_rows(label: str, r: dict[str, Any]) -> list[tuple[str, str]]:
+    if r.get("speedup_bound_single_process_server") is None:
+        return []
+    return [
+        (
+            f"relink speedup bound, {label}",
+            f"c=1 wall {r['sequential_wall_ms_per_file']} ms/file, {r['sequential_cpu_share_of_wall']} of it CPU:"
+            f" ≤ ×{r['speedup_bound_single_process_server']} with a one-core server,"
+            f" ≤ ×{r['speedup_bound_cores']} on {r['cores']} cores",
+        )
+    ]
 
 
 def table(fig: dict[str, Any]) -> str:
@@ -120,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument(
+        "--second-s3",
+        metavar="URL",
+        help="also measure relinking against a second S3-compatible server (benchmarks/second_s3.sh up prints it)",
+    )
+    parser.add_argument(
         "--readme",
         metavar="JSON",
         nargs="?",
@@ -138,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         "page_path": benchmark_page_path(batch_size=args.batch_size, rounds=args.rounds, seed_first=not args.no_seed),
         "relink": benchmark_relink(),
     }
+    if args.second_s3:
+        figures["relink_second_server"] = benchmark_relink(endpoint=args.second_s3)
     figures["seconds_total"] = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
     out = ROOT / ".build"
     out.mkdir(exist_ok=True)
