@@ -50,12 +50,20 @@ def ensure_seeded(spec: SeedSpec, db) -> bool:
     return True
 
 
-def clear_notes(db, cid: int) -> int:
-    return (
-        db[CONTACT_NOTES]
-        .delete_many({"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": True}})
-        .deleted_count
-    )
+def clear_notes(db, cid: int, chunk: int = 50_000) -> int:
+    """Delete the CID's migrated notes. FerretDB v1 deletes all matches in one statement and refuses one
+    of more than 65,535 parameters (a 71,000-note CID did), and evaluates `$in` per document against the
+    whole list (chunks by `_id $in` took 169 s): above `chunk` notes, legacy-id ranges of ≤ `chunk` notes."""
+    query = {"company_sso_id": company_for(cid), "legacy_crm_note_id": {"$exists": True}}
+    ids = sorted(d["legacy_crm_note_id"] for d in db[CONTACT_NOTES].find(query, {"_id": 0, "legacy_crm_note_id": 1}))
+    if len(ids) <= chunk:
+        return db[CONTACT_NOTES].delete_many(query).deleted_count if ids else 0
+    deleted = 0
+    for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
+        ranged = {"company_sso_id": query["company_sso_id"], "legacy_crm_note_id": {"$gte": part[0], "$lte": part[-1]}}
+        deleted += db[CONTACT_NOTES].delete_many(ranged).deleted_count
+    return deleted
 
 
 def fresh_job(crm, db, cid: int, batch_size: int) -> dict:

@@ -22,7 +22,7 @@ Because every page publishes (2) before it checks (3), of any set of pages runni
 last one to check sees all of their decisions: only pages whose check came before the crossing
 point can insert. After a halt nothing more is inserted except inserts already past their check.
 
-Round trips per page: job, person map and users (the last two in parallel with the CRM read),
+Round trips per page: job (the person map read beside it), users (in parallel with the CRM read),
 provisional result (which also says whether an earlier attempt exists: only then is the note log
 of the page deleted), job + page results (in parallel), the insert of each batch with the decided
 note log, events and heartbeat beside it, then final result, audit (an insert), the insert's note log
@@ -202,15 +202,15 @@ def _halted(db: Database, job: dict, cfg: RunConfig, totals: Totals) -> Halted:
 def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
     """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account."""
     started = time.perf_counter()
-    job, cfg = m._job(db, job_id)
     page_no = page["page_no"]
-    if job.get("state") == State.HALTED:
-        raise AlreadyHalted(
-            Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page_no} writes nothing"
-        )
     with ThreadPoolExecutor(max_workers=5, thread_name_prefix=f"page{page_no}") as pool:
+        chunks_f = pool.submit(job_store.person_map_chunks, db, job_id)  # needs only the job id: beside the job read
+        job, cfg = m._job(db, job_id)
+        if job.get("state") == State.HALTED:
+            raise AlreadyHalted(
+                Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page_no} writes nothing"
+            )
         users_f = pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
-        chunks_f = pool.submit(job_store.person_map_chunks, db, job_id)
         rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
         t_read = time.perf_counter()
         persons = {r.crm_person_id for r in rows}
