@@ -3,10 +3,16 @@
 # and a table, and saved under .build/ (git-ignored). Arguments go to benchmarks.run (--no-seed, --rounds N).
 #   scripts/benchmark.sh --stack [args]   end to end under a real scheduler instead (benchmarks.stack: LocalExecutor
 #                                         and Celery with two workers; .build/benchmark_stack.json)
+#   scripts/benchmark.sh --fleet [args]   a 130-CID fleet (~21,000 notes) through crm_notes_rollout under a real
+#                                         scheduler (benchmarks.fleet; .build/benchmark_fleet.json)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 if [ "${1:-}" = --stack ]; then
   shift
   exec "$VENV/bin/python" -m benchmarks.stack "$@"
+fi
+if [ "${1:-}" = --fleet ]; then
+  shift
+  exec "$VENV/bin/python" -m benchmarks.fleet "$@"
 fi
 "$VENV/bin/python" -m benchmarks.run "$@"
