@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from notes_migration import cdp_store, crm_source, job_store, migration
-from notes_migration.config import CONTACT_NOTES, RunConfig
+from notes_migration.config import CONTACT_NOTES, NOTE_LOG, RunConfig
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
@@ -142,3 +142,57 @@ def test_partial_index_or_its_logged_fallback(cdp, caplog):
         assert "refused a partial index" in caplog.text
     else:
         assert info.get("partialFilterExpression") == {"legacy_crm_note_id": {"$exists": True}}
+
+
+def test_stored_notes_finds_the_same_notes_by_equality_lookups_and_by_in(cdp, clean_company):
+    """Few ids are looked up one by one (FerretDB pushes that equality down), many by one `$in`:
+    both find exactly the company's notes among the ids, never another company's."""
+    cdp_store.MongoNoteWriter(cdp).write([note(i) for i in range(1, 41)])
+    other = company_for(1101)
+    cdp[CONTACT_NOTES].delete_many({"company_sso_id": other})
+    cdp[CONTACT_NOTES].insert_one({**note(5), "company_sso_id": other})
+    try:
+        projection = {"_id": 0, "legacy_crm_note_id": 1, "company_sso_id": 1}
+        wanted = [3, 5, 7, 40, 41, 999]  # 41 and 999 are not stored
+        absent = list(range(1000, 1000 + cdp_store.EQUALITY_LOOKUPS_UP_TO))
+        assert len(wanted) <= cdp_store.EQUALITY_LOOKUPS_UP_TO < len(wanted + absent)
+        few = cdp_store.stored_notes(cdp, COMPANY, wanted, projection)
+        many = cdp_store.stored_notes(cdp, COMPANY, wanted + absent, projection)  # the `$in` path
+    finally:
+        cdp[CONTACT_NOTES].delete_many({"company_sso_id": other})
+    for found in (few, many):
+        assert sorted(d["legacy_crm_note_id"] for d in found) == [3, 5, 7, 40]
+        assert {d["company_sso_id"] for d in found} == {COMPANY}
+
+
+def test_replacing_a_pages_file_records_keeps_note_records_and_other_pages(cdp):
+    """A relinked page's per-file records are replaced by its job_page key; the page's note-level records
+    and the other page's file records stay."""
+    job_store.ensure_indexes(cdp)
+    job_id = "stores-test-attachment-log"
+    cdp[NOTE_LOG].delete_many({"job_id": job_id})
+
+    def entry(page: int, nid: int, outcome: str, ref: str = "") -> dict:
+        return {
+            "_id": f"{job_id}:{nid}:{ref or outcome}",
+            "job_id": job_id,
+            "job_page": f"{job_id}:{page}",
+            "legacy_crm_note_id": nid,
+            "outcome": outcome,
+        }
+
+    try:
+        job_store.insert_note_log(
+            cdp,
+            [
+                entry(0, 1, "failed"),
+                entry(0, 1, "attachment_failed", "asset:1"),
+                entry(0, 2, "attachment_skipped", "asset:2"),
+                entry(1, 9, "attachment_failed", "asset:9"),
+            ],
+        )
+        job_store.replace_attachment_log(cdp, f"{job_id}:0", [entry(0, 2, "attachment_failed", "asset:3")])
+        left = sorted(e["_id"] for e in cdp[NOTE_LOG].find({"job_id": job_id}, {"_id": 1}))
+    finally:
+        cdp[NOTE_LOG].delete_many({"job_id": job_id})
+    assert left == sorted([f"{job_id}:1:failed", f"{job_id}:2:asset:3", f"{job_id}:9:asset:9"])
