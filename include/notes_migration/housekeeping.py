@@ -87,13 +87,39 @@ def _orphan_job_ids(db: Database, collection: str, stamp: str | None, cutoff: dt
     return sorted(set(ids) - existing)
 
 
+NOTE_LOG_PURGE = "note_log_purge"  # the HOUSEKEEPING document of the failed-record queue's purge
+FALLBACK_AFTER = dt.timedelta(days=2)  # a run purges the queue itself when the daily purge has not run for this long
+
+
+def purge_note_log(db: Database, retention_days: int, *, now: dt.datetime | None = None) -> int:
+    """The 30-day retention of the failed-record queue (FerretDB has no TTL index, so we delete), recorded."""
+    at = now or utc_now()
+    removed = db[C.NOTE_LOG].delete_many({"created_at": {"$lt": at - dt.timedelta(days=retention_days)}}).deleted_count
+    db[C.HOUSEKEEPING].replace_one({"_id": NOTE_LOG_PURGE}, {"at": at, "removed": removed}, upsert=True)
+    return removed
+
+
+def purge_note_log_if_overdue(db: Database, retention_days: int, *, now: dt.datetime | None = None) -> int | None:
+    """The run start's fallback while the housekeeping DAG is paused: purge only if the last purge is older
+    than FALLBACK_AFTER (the delete scans the whole queue on FerretDB v1: ~20 s at 100,000 rows, too much to
+    pay at every run); None when it was not due."""
+    at = now or utc_now()
+    last = db[C.HOUSEKEEPING].find_one({"_id": NOTE_LOG_PURGE}) or {}
+    stamp = last.get("at")
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    if stamp is not None and at - stamp < FALLBACK_AFTER:
+        return None
+    return purge_note_log(db, retention_days, now=at)
+
+
 def purge_expired(db: Database, thresholds: Thresholds, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """Delete what is past its retention; returns the counts removed per collection (audit map: never)."""
     at = now or utc_now()
     note_cutoff = at - dt.timedelta(days=thresholds.failed_record_retention_days)
     job_cutoff = at - dt.timedelta(days=thresholds.job_retention_days)
     removed: dict[str, int] = {}
-    removed[C.NOTE_LOG] = db[C.NOTE_LOG].delete_many({"created_at": {"$lt": note_cutoff}}).deleted_count
+    removed[C.NOTE_LOG] = purge_note_log(db, thresholds.failed_record_retention_days, now=at)
     expired = expired_job_ids(db, job_cutoff)
     for collection, stamp in JOB_CHILDREN.items():
         orphans = _orphan_job_ids(db, collection, stamp, job_cutoff)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration import cdp_store, crm_source, job_store, metrics
+from notes_migration import cdp_store, crm_source, housekeeping, job_store, metrics
 from notes_migration.accounting import Verdict, decide_verdict, match_pct, sum_pages
 from notes_migration.attachments import summarise_job as summarise_attachments
 from notes_migration.codes import RUN_ERROR_OUTCOME, AlreadyHalted, Event, Halted, Outcome, Reason, Refused, State
@@ -58,7 +58,7 @@ def start_job(
     lock_cid(db, cfg, job_id=job_id, run_id=run_id)
     try:
         index_form = job_store.ensure_indexes(db)
-        purged = job_store.purge_expired_note_log(db, cfg.thresholds.failed_record_retention_days)
+        purged = housekeeping.purge_note_log_if_overdue(db, cfg.thresholds.failed_record_retention_days)
         stamp = utc_now()
         existing = job_store.get_job(db, job_id)
         job_store.create_job(

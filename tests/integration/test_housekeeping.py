@@ -129,6 +129,26 @@ def test_retention_days_come_from_the_thresholds(seeded):
     assert {j["_id"] for j in db[C.JOBS].find({"_id": {"$in": list(ALL_JOBS)}})} == {LATEST_OLD, FRESH}
 
 
+def test_a_run_purges_the_queue_itself_only_when_the_daily_purge_is_overdue(seeded):
+    db = seeded
+    days = Thresholds().failed_record_retention_days
+    db[C.HOUSEKEEPING].delete_many({"_id": housekeeping.NOTE_LOG_PURGE})
+    # never purged: the run start purges (the DAG may be paused) and records it
+    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW) >= 2
+    assert _ids(db, C.NOTE_LOG) == {f"{FRESH}:2:CONTACT_NOT_MAPPED"}
+    assert db[C.HOUSEKEEPING].find_one({"_id": housekeeping.NOTE_LOG_PURGE})["removed"] >= 2
+    # purged a day ago: the next runs skip the scan, even with an expired row waiting
+    _log(db, FRESH, 9002, 1, 40)
+    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + DAYS) is None
+    assert f"{FRESH}:1:CONTACT_NOT_MAPPED" in _ids(db, C.NOTE_LOG)
+    # the daily purge ran (it records its time too); two days later without it, a run purges again
+    housekeeping.purge_expired(db, Thresholds(), now=NOW + DAYS)
+    _log(db, FRESH, 9002, 1, 40)
+    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + 2 * DAYS) is None
+    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + 3 * DAYS) >= 1
+    assert _ids(db, C.NOTE_LOG) == {f"{FRESH}:2:CONTACT_NOT_MAPPED"}
+
+
 def _lock(db, cid: int, run_id: str, age_s: int) -> None:
     at = NOW - dt.timedelta(seconds=age_s)
     db[C.LOCKS].insert_one(
