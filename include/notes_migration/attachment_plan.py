@@ -103,7 +103,7 @@ def safe_file_name(name: str | None, max_len: int = MAX_KEY_NAME_CHARS) -> str:
 
 def object_key(company_sso_id: str, legacy_crm_note_id: int, kind: str, source_id: int, name: str | None) -> str:
     """`{company_sso_id}/notes/{legacy_crm_note_id}/{kind}-{source_id}-{safe name}`, whatever the CRM name holds."""
-    if not UUID_RE.match(company_sso_id or ""):
+    if not UUID_RE.fullmatch(company_sso_id or ""):
         raise ValueError(f"company_sso_id {company_sso_id!r} is not a UUID")
     if kind not in ("asset", "document"):
         raise ValueError(f"unknown source kind {kind!r}")

@@ -34,6 +34,8 @@ class Reason(StrEnum):
     # refusals of a failed-record retry (OQ-3): nothing written
     NOTHING_TO_RETRY = "NOTHING_TO_RETRY"  # no failed note (of the reasons asked) in the job's queue
     RETRY_REFUSED = "RETRY_REFUSED"  # not retryable: dry run, halted, superseded, outside retention, too many …
+    # refusal of the Ops API's rollout view
+    ROLLOUT_NOT_FOUND = "ROLLOUT_NOT_FOUND"
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
     NOTE_TOO_LARGE = "NOTE_TOO_LARGE"

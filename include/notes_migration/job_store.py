@@ -275,12 +275,6 @@ def page_flagged_note_ids(db: Database, job_id: str, page_no: int) -> set[int]:
     return {int(e["legacy_crm_note_id"]) for e in db[C.NOTE_LOG].find(query, {"legacy_crm_note_id": 1})}
 
 
-def purge_expired_note_log(db: Database, retention_days: int) -> int:
-    """The 30-day retention of the failed-record queue (FerretDB has no TTL index, so we purge)."""
-    cutoff = now() - dt.timedelta(days=retention_days)
-    return db[C.NOTE_LOG].delete_many({"created_at": {"$lt": cutoff}}).deleted_count
-
-
 def audit_arrays(mapping: Mapping[int, Any]) -> dict[str, list]:
     """Parallel arrays (FerretDB v1 stores no nested arrays): legacy ids and their CDP note ids."""
     pairs = sorted(mapping.items())

@@ -77,7 +77,7 @@ def parse_entries(raw: Any) -> list[dict[str, Any]]:
         cid, company = item["cid"], item["company_sso_id"]
         if isinstance(cid, bool) or not isinstance(cid, int) or cid < 1:
             raise ValueError(f"entry {n}: cid must be a positive integer, got {cid!r}")
-        if not isinstance(company, str) or not UUID_RE.match(company):
+        if not isinstance(company, str) or not UUID_RE.fullmatch(company):
             raise ValueError(f"entry {n}: company_sso_id must be a UUID, got {company!r}")
         if cid in seen:
             raise ValueError(f"entry {n}: CID {cid} is listed twice")

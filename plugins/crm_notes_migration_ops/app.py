@@ -687,7 +687,8 @@ def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -
     view = rollout.rollout_view(_cdp(), rollout_id)
     if view is None:
         return JSONResponse(
-            status_code=404, content={"detail": f"rollout {rollout_id} not found", "reason_code": "ROLLOUT_NOT_FOUND"}
+            status_code=404,
+            content={"detail": f"rollout {rollout_id} not found", "reason_code": Reason.ROLLOUT_NOT_FOUND},
         )
     return JSONResponse(jsonable_encoder(view))
 

@@ -515,7 +515,8 @@ RUNNING = 6506
 def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
     """A job whose first step ran (job recorded, CID locked), as a cancel meets it while the scheduler works:
     a second trigger is JOB_ALREADY_RUNNING; the cancel halts it (CANCELLED); a second cancel is
-    JOB_ALREADY_FINISHED; a retry of the halted job is RETRY_REFUSED; a cancel of an unknown job is JOB_NOT_FOUND."""
+    JOB_ALREADY_FINISHED; a retry of the halted job is RETRY_REFUSED; a cancel of an unknown job is JOB_NOT_FOUND;
+    an unknown rollout is ROLLOUT_NOT_FOUND."""
     seeded = seed_cid(SeedSpec(cid=RUNNING, notes=20, **NO_FILES))
     conf = {"cid": RUNNING, "company_sso_id": seeded["company_sso_id"]}
     job = migration.start_job(
@@ -542,6 +543,8 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
         seen.refusal("POST /api/jobs/{id}/retry", data["retry"])
         data["unknown"] = ops.post("/api/jobs/reason-vocabulary-no-such-job/cancel")
         seen.refusal("POST /api/jobs/{id}/cancel", data["unknown"])
+        data["no_rollout"] = ops.get("/api/rollouts/ro-reason-vocabulary")
+        seen.refusal("GET /api/rollouts/{id}", data["no_rollout"])
         yield Scenario(seen, data)
     finally:
         from notes_migration import job_store
@@ -558,6 +561,7 @@ def test_trigger_cancel_and_retry_of_a_running_job(running_job_codes):
     retry = d["retry"].json()
     assert (d["retry"].status_code, retry["reason_code"]) == (422, "RETRY_REFUSED") and "CANCELLED" in retry["detail"]
     assert (d["unknown"].status_code, d["unknown"].json()["reason_code"]) == (404, "JOB_NOT_FOUND")
+    assert (d["no_rollout"].status_code, d["no_rollout"].json()["reason_code"]) == (404, "ROLLOUT_NOT_FOUND")
 
 
 # --------------------------------------------------------------------------- the vocabulary, complete
