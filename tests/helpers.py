@@ -151,3 +151,38 @@ def bearer_token(client, user: str, password: str) -> str:
     resp = client.post("/auth/token", json={"username": user, "password": password})
     assert resp.status_code == 201, resp.text
     return resp.json()["access_token"]
+
+
+def run_steps(crm, cdp, cfg, run_id: str, *, triggered_by: str = "ops") -> dict:
+    """A whole run of the CID in-process, its steps as the DAG calls them (job, coverage, pages with their
+    relinking, validation), the lock released; then conservation of the job. For fixtures that need a
+    finished job without Airflow."""
+    from notes_migration import attachments, migration
+    from notes_migration import s3_store as s3
+
+    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by=triggered_by, flag_cids=[cfg.cid])
+    try:
+        migration.run_coverage(crm, cdp, job["job_id"])
+        source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
+        for page in migration.plan(crm, cdp, job["job_id"]):
+            migration.migrate_page(crm, cdp, job["job_id"], page)
+            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
+        migration.validate(crm, cdp, job["job_id"])
+    finally:
+        migration.release(cdp, cfg.cid, run_id)
+    assert_conserved(crm, cdp, cfg.cid, job["job_id"])
+    return job
+
+
+def point_connection(mp, conn_id: str, **changes) -> None:
+    """Re-point one AIRFLOW_CONN_* (JSON form, as scripts/env.sh exports them) while the MonkeyPatch `mp` holds."""
+    import json
+    import os
+
+    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    conn = json.loads(os.environ[var])
+    extra = changes.pop("extra", None)
+    conn.update(changes)
+    if extra:
+        conn["extra"] = {**conn.get("extra", {}), **extra}
+    mp.setenv(var, json.dumps(conn))

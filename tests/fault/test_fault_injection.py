@@ -18,7 +18,7 @@ import os
 import time
 
 import pytest
-from tests.helpers import PARAM_DEFAULTS, task_states
+from tests.helpers import PARAM_DEFAULTS, point_connection, task_states
 from tests.support.seed import SeedSpec
 from tests.support.tcp_proxy import TcpProxy
 
@@ -59,17 +59,6 @@ def assert_recovered(crm, cdp, spec: SeedSpec) -> dict:
     v = status["validation"]
     assert v["match_pct"] == 100.0 and v["content_mismatches"] == 0 and v["expected"] == v["found"] == len(expected)
     return status
-
-
-def point_connection(monkeypatch, conn_id: str, **changes) -> None:
-    """Re-point one AIRFLOW_CONN_* (JSON form, as scripts/env.sh exports them) for this test only."""
-    var = f"AIRFLOW_CONN_{conn_id.upper()}"
-    conn = json.loads(os.environ[var])
-    extra = changes.pop("extra", None)
-    conn.update(changes)
-    if extra:
-        conn["extra"] = {**conn.get("extra", {}), **extra}
-    monkeypatch.setenv(var, json.dumps(conn))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from notes_migration.codes import AttachmentOutcome, Event, Reason
 from notes_migration.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
 from notes_migration.copy_engine import RetryPolicy
 from notes_migration.ops import cid_status
-from tests.helpers import task_states
+from tests.helpers import assert_conserved, task_states
 from tests.support import seed_files
 from tests.support.seed import SeedSpec, company_for
 
@@ -60,6 +60,7 @@ def run_migration(
     pages = migration.plan(crm, cdp, job["job_id"])
     for page in pages:
         migration.migrate_page(crm, cdp, job["job_id"], page)
+    assert_conserved(crm, cdp, cid, job["job_id"])
     return job, pages
 
 

@@ -14,6 +14,7 @@ import pytest
 from notes_migration import job_store, migration
 from notes_migration.codes import Halted, State
 from notes_migration.config import CONTACT_NOTES, RunConfig, Thresholds
+from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -86,6 +87,8 @@ def check_accounting(cdp, job_id: str) -> list[dict]:
     assert len(failed_log) == sum(r["failed"] for r in results)
     assert {f["reason_code"] for f in failed_log} == {"CONTACT_NOT_MAPPED"}
     assert written(cdp) == sum(r["migrated"] for r in results)
+    with crm_factory() as crm:
+        assert_conserved(crm, cdp, CID, job_id)
     return results
 
 

@@ -32,7 +32,7 @@ from notes_migration import cdp_store, connections, migration
 from notes_migration import config as C
 from notes_migration.codes import RUN_ERROR_OUTCOME, Reason
 from notes_migration.config import RunConfig, Thresholds
-from tests.helpers import ops_api_app, run_migration, task_states
+from tests.helpers import ops_api_app, point_connection, run_migration, task_states
 from tests.plugin.plugin_support import JWT_SECRET, PREFIX, USERS
 from tests.support.seed import SeedSpec, company_for
 from tests.support.tcp_proxy import TcpProxy
@@ -166,17 +166,6 @@ def task_logs() -> Iterator[list[str]]:
         yield lines
     finally:
         root.removeHandler(handler)
-
-
-def point_connection(mp: pytest.MonkeyPatch, conn_id: str, **changes: Any) -> None:
-    """Re-point one AIRFLOW_CONN_* (JSON form, as scripts/env.sh exports them) while `mp` holds."""
-    var = f"AIRFLOW_CONN_{conn_id.upper()}"
-    conn = json.loads(os.environ[var])
-    extra = changes.pop("extra", None)
-    conn.update(changes)
-    if extra:
-        conn["extra"] = {**conn.get("extra", {}), **extra}
-    mp.setenv(var, json.dumps(conn))
 
 
 def mapped_person(seeded: dict, cid: int) -> int:

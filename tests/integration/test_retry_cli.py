@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from notes_migration import attachments, migration
-from notes_migration import s3_store as s3
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
-from tests.helpers import assert_conserved
+from tests.helpers import assert_conserved, run_steps
 from tests.support.seed import SeedSpec, backfill_contacts
 
 CID = 9250
@@ -50,16 +48,7 @@ def failed_job(seed_cid, crm, cdp):
         thresholds=Thresholds(coverage_gate=0.5, max_failure_rate=0.5),
     )
     run_id = "retry-cli-9250"
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="ops", flag_cids=[CID])
-    try:
-        migration.run_coverage(crm, cdp, job["job_id"])
-        source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
-        for page in migration.plan(crm, cdp, job["job_id"]):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
-        migration.validate(crm, cdp, job["job_id"])
-    finally:
-        migration.release(cdp, CID, run_id)
+    job = run_steps(crm, cdp, cfg, run_id)
     return {**job, "company_sso_id": seeded["company_sso_id"]}
 
 

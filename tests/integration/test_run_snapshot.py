@@ -13,6 +13,7 @@ import pytest
 
 from notes_migration import job_store, migration, settings, tasks
 from notes_migration.config import RunConfig, Thresholds
+from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,7 @@ def test_changing_the_settings_variable_between_validate_and_the_branch_changes_
         migration.run_coverage(crm, cdp, job["job_id"])
         for page in migration.plan(crm, cdp, job["job_id"]):
             migration.migrate_page(crm, cdp, job["job_id"], page)
+        assert_conserved(crm, cdp, CID, job["job_id"])
         context = {"dag_run": SimpleNamespace(run_id=run_id), "params": {"cid": CID}}
         monkeypatch.setattr(tasks, "get_current_context", lambda: context)
         verdict = tasks.validate()

@@ -12,6 +12,7 @@ import pytest
 
 from notes_migration import cdp_store, crm_source, job_store, migration
 from notes_migration.config import CONTACT_NOTES, NOTE_LOG, RunConfig
+from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,7 @@ def test_write_errors_become_batch_insert_failed_in_the_page_accounting(seed_cid
         failed = job_store.note_log(cdp, job["job_id"], outcome="failed")
         assert result["failed"] == 1 and [f["reason_code"] for f in failed] == ["BATCH_INSERT_FAILED"]
         assert result["migrated"] + result["skipped"] + result["failed"] == result["rows"]
+        assert_conserved(crm, cdp, 1101, job["job_id"])  # the halted run: the rest of the CID not processed
     finally:
         job_store.release_lock(cdp, 1101, "writer-test")
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 from plugin_support import PREFIX
+from tests.helpers import run_steps
 from tests.support.seed import SeedSpec
 
-from notes_migration import attachments, migration
-from notes_migration import s3_store as s3
 from notes_migration.config import CONTACT_NOTES, RunConfig
 
 CID = 9110
@@ -23,17 +22,7 @@ def dry_job(seed_cid, crm, cdp):
     seeded = seed_cid(SeedSpec(cid=CID, notes=40, image_share=0.3, missing_file_share=0.0))
     cfg = RunConfig(cid=CID, company_sso_id=seeded["company_sso_id"], batch_size=20, dry_run=True)
     run_id = "dry-9110"
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="ops", flag_cids=[CID])
-    try:
-        migration.run_coverage(crm, cdp, job["job_id"])
-        pages = migration.plan(crm, cdp, job["job_id"])
-        source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
-        for page in pages:
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
-        migration.validate(crm, cdp, job["job_id"])
-    finally:
-        migration.release(cdp, CID, run_id)
+    job = run_steps(crm, cdp, cfg, run_id)
     migrated = {"company_sso_id": seeded["company_sso_id"], "legacy_crm_note_id": {"$exists": True}}
     assert cdp[CONTACT_NOTES].count_documents(migrated) == 0
     return job

@@ -11,11 +11,10 @@ import datetime as dt
 
 import pytest
 from plugin_support import PREFIX
-from tests.helpers import assert_conserved
+from tests.helpers import assert_conserved, run_steps
 from tests.support.seed import SeedSpec, backfill_contacts
 
-from notes_migration import attachments, job_store, migration
-from notes_migration import s3_store as s3
+from notes_migration import job_store
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
 from notes_migration.ops import cid_status
 
@@ -33,16 +32,7 @@ def failed_job(seed_cid, crm, cdp):
     seeded = seed_cid(SeedSpec(cid=CID, notes=120, unmapped_person_share=0.2, image_share=0.4, missing_file_share=0))
     cfg = RunConfig(cid=CID, company_sso_id=seeded["company_sso_id"], batch_size=30, thresholds=THRESHOLDS)
     run_id = "retry-9130"
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="ops", flag_cids=[CID])
-    try:
-        migration.run_coverage(crm, cdp, job["job_id"])
-        source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
-        for page in migration.plan(crm, cdp, job["job_id"]):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
-        migration.validate(crm, cdp, job["job_id"])
-    finally:
-        migration.release(cdp, CID, run_id)
+    job = run_steps(crm, cdp, cfg, run_id)
     return {**job, "company_sso_id": seeded["company_sso_id"]}
 
 

@@ -22,12 +22,6 @@ UNCHECKED = {
     ("tests/integration/test_housekeeping.py", "test_the_dag_asks_airflow_through_the_task_sdk"): "refused run",
     # the page is called after a cancel only to show it raises AlreadyHalted and reads and writes nothing
     ("tests/plugin/test_plugin_cancel.py", "<module>"): "page after a cancel, no run",
-    # whole runs through the steps, not wired to assert_conserved yet (these modules belong to other work)
-    ("tests/integration/test_attachments.py", "<module>"): "not wired yet",
-    ("tests/integration/test_parallel_halt.py", "<module>"): "not wired yet",
-    ("tests/integration/test_run_snapshot.py", "<module>"): "not wired yet",
-    ("tests/integration/test_stores.py", "<module>"): "not wired yet",
-    ("tests/plugin/test_plugin_dry_run.py", "<module>"): "not wired yet",
 }
 
 
