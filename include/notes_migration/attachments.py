@@ -128,7 +128,7 @@ def relink_page(
                     )
                 )
     cdp_store.set_note_attachments(db, updates)
-    job_store.replace_attachment_log(db, f"{job_id}:{page['page_no']}", entries, clear=bool(notes))
+    job_store.replace_attachment_log(db, job_store.page_key(job_id, page["page_no"]), entries, clear=bool(notes))
     job_store.record_events(db, events_out)
 
     page_doc = page_result(
@@ -276,7 +276,7 @@ def _log_entry(job: Mapping[str, Any], page_no: int, note_id: int, plan: FilePla
     return {
         "_id": f"{job['_id']}:{note_id}:{plan.ref}",
         "job_id": job["_id"],
-        "job_page": f"{job['_id']}:{page_no}",  # the page's records are replaced by this key
+        "job_page": job_store.page_key(job["_id"], page_no),  # the page's records are replaced by this key
         "cid": job["cid"],
         "legacy_crm_note_id": note_id,
         "outcome": r.outcome.value,

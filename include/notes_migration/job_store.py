@@ -269,9 +269,14 @@ def note_log(db: Database, job_id: str, outcome: str | Iterable[str] | None = No
     return list(db[C.NOTE_LOG].find(query, {"_id": 0}).sort("legacy_crm_note_id", ASCENDING).limit(limit))
 
 
+def page_key(job_id: str, page_no: int) -> str:
+    """One string naming a page of a job: FerretDB pushes string equality down to its storage."""
+    return f"{job_id}:{page_no}"
+
+
 def page_flagged_note_ids(db: Database, job_id: str, page_no: int) -> set[int]:
     """The notes of one page of a job that ended failed or skipped (a dry run's relink plan leaves them out)."""
-    query = {"job_page": f"{job_id}:{page_no}", "outcome": {"$in": [Outcome.FAILED.value, Outcome.SKIPPED.value]}}
+    query = {"job_page": page_key(job_id, page_no), "outcome": {"$in": [Outcome.FAILED.value, Outcome.SKIPPED.value]}}
     return {int(e["legacy_crm_note_id"]) for e in db[C.NOTE_LOG].find(query, {"legacy_crm_note_id": 1})}
 
 

@@ -189,16 +189,11 @@ def plan(crm, db: Database, job_id: str) -> list[dict]:
 # --------------------------------------------------------------------------- 4. migrate one page
 
 
-def page_key(job_id: str, page_no: int) -> str:
-    """One string naming a page of a job: FerretDB pushes string equality down to its storage."""
-    return f"{job_id}:{page_no}"
-
-
 def _log_entry(job: dict, page_no: int, note_id: int, outcome: Outcome, reason: Reason, details: str) -> dict:
     return {
         "_id": f"{job['_id']}:{note_id}:{reason.value}",
         "job_id": job["_id"],
-        "job_page": page_key(job["_id"], page_no),
+        "job_page": job_store.page_key(job["_id"], page_no),
         "cid": job["cid"],
         "legacy_crm_note_id": note_id,
         "outcome": outcome.value,

@@ -115,7 +115,7 @@ def _log_entry(job_id: str, cid: int, page_no: int, note_id: int, outcome: Outco
     return {
         "_id": f"{job_id}:{note_id}:{reason.value}",
         "job_id": job_id,
-        "job_page": m.page_key(job_id, page_no),
+        "job_page": job_store.page_key(job_id, page_no),
         "cid": cid,
         "legacy_crm_note_id": note_id,
         "outcome": outcome.value,
@@ -226,7 +226,9 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
         attempt = int((previous or {}).get("attempt") or 0) + 1
         cleared: Future | None = None
         if retry:  # an earlier attempt may have left entries: a retried page leaves nothing stale
-            cleared = pool.submit(job_store.delete_page_note_log, db, m.page_key(job_id, page_no), NOTE_OUTCOMES)
+            cleared = pool.submit(
+                job_store.delete_page_note_log, db, job_store.page_key(job_id, page_no), NOTE_OUTCOMES
+            )
         fresh_f = pool.submit(job_store.get_job, db, job_id)
         others = [p for p in job_store.page_counters(db, job_id) if p["page_no"] != page_no]
         fresh = fresh_f.result() or job
