@@ -70,7 +70,7 @@ def rows(fig: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "coverage + plan, 100,000 notes: time, peak RSS",
             f"{large['coverage_and_plan']['seconds']} s, {_mib(large['coverage_and_plan']['vm_hwm_kib'])}"
-            f" ({large['pages_total']} task pages)",
+            f" ({large['pages_total']} batches)",
         ),
     ]
     for run in r["runs"]:

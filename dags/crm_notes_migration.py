@@ -109,7 +109,7 @@ def crm_notes_migration():
         task_id="relink_attachments",
         trigger_rule="all_done",
         map_index_template="{{ page_label }}",
-        max_active_tis_per_dagrun=2,
+        max_active_tis_per_dagrun=4,
     ).expand(page=pages)
     migrated >> relinked
     verdict = validate()

@@ -51,6 +51,34 @@ def relink_page(
     crm,
     db: Database,
     job_id: str,
+    page: Mapping[str, Any],
+    *,
+    source: s3.Bucket | Callable[[], s3.Bucket],
+    target: s3.Bucket | Callable[[], s3.Bucket],
+    concurrency: int | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
+    """Relink one task page: its batches one after another (each its own attachment result, as
+    migrate_page accounts them), the S3 clients built once for all of them. Returns the counters summed."""
+    buckets: dict[str, s3.Bucket] = {}
+
+    def once(name: str, b: s3.Bucket | Callable[[], s3.Bucket]) -> Callable[[], s3.Bucket]:
+        return lambda: buckets[name] if name in buckets else buckets.setdefault(name, _bucket(b))
+
+    src, dst = once("source", source), once("target", target)
+    summary: dict[str, Any] = {"page_no": page["page_no"]}
+    for batch in crm_source.batches_of(page):
+        one = relink_batch(crm, db, job_id, batch, source=src, target=dst, concurrency=concurrency, retry=retry)
+        for k, v in one.items():
+            if k != "page_no":
+                summary[k] = summary.get(k, 0) + v
+    return summary
+
+
+def relink_batch(
+    crm,
+    db: Database,
+    job_id: str,
     page: Mapping[str, int],
     *,
     source: s3.Bucket | Callable[[], s3.Bucket],

@@ -45,8 +45,14 @@ WEEKLY = "crm_migration_weekly"  # one per week: the PRD §12 weekly aggregate
 HOUSEKEEPING = "crm_migration_housekeeping"  # when each retention purge last ran (one document per purge)
 CONTACT_NOTES = "contact_notes"
 
-# At most this many mapped migrate_page / relink tasks per run: a task page then holds k consecutive insert
-# batches of `batch_size` (k = 1 until a CID has more batches than this).
+# Task pages (what one mapped migrate_page / relink task processes) against insert batches (`batch_size`, the
+# unit of reading, deciding, inserting and accounting): a CID of up to TARGET_TASK_PAGES batches gets one task
+# per batch; a larger one about TARGET_TASK_PAGES tasks of k consecutive batches each, processed one after
+# another (memory stays that of one batch), k ≤ MAX_TASK_BATCHES unless MAX_TASK_PAGES tasks would not do.
+# Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does, so 96 one-batch
+# tasks spent most of a 100,000-note run waiting.
+TARGET_TASK_PAGES = 16
+MAX_TASK_BATCHES = 20
 MAX_TASK_PAGES = 1024
 CONTACTS = "contacts"
 LAUNCHPAD_USERS = "launchpad_users"

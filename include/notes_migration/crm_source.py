@@ -12,7 +12,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,6 +64,18 @@ class Page:
 
     def as_dict(self) -> dict[str, int]:
         return {"page_no": self.page_no, "lo_id": self.lo_id, "hi_id": self.hi_id, "size": self.size}
+
+
+BATCH_FIELDS = ("page_no", "lo_id", "hi_id", "size")
+
+
+def batches_of(task_page: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The insert batches of a task page, in id order: the page itself when it is one batch, else its
+    `batches` ([page_no, lo_id, hi_id, size] each, as pages.group_batches packs them)."""
+    packed = task_page.get("batches")
+    if not packed:
+        return [dict(task_page)]
+    return [dict(zip(BATCH_FIELDS, (int(v) for v in b), strict=True)) for b in packed]
 
 
 # --------------------------------------------------------------------------- retries (PRD §9 #2)

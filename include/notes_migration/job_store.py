@@ -226,6 +226,11 @@ def page_counters(db: Database, job_id: str) -> list[dict]:
     return list(db[C.PAGES].find({"job_id": job_id}, projection))
 
 
+def done_page_nos(db: Database, job_id: str) -> set[int]:
+    """The pages of a job whose final result is recorded (a retried task page skips them)."""
+    return {int(p["page_no"]) for p in db[C.PAGES].find({"job_id": job_id, "state": "done"}, {"_id": 0, "page_no": 1})}
+
+
 def page_results(db: Database, job_id: str) -> list[dict]:
     return list(db[C.PAGES].find({"job_id": job_id}).sort("page_no", ASCENDING))
 

@@ -1,8 +1,10 @@
 """Step 3 and 4 of a run: planning task pages and migrating one page (migration.plan / migrate_page).
 
-A *batch* is the PRD's insert unit (`batch_size` notes, ≤ 1000); a *task page* is what one mapped
-task processes: up to `pages_k` consecutive batches, so that a run never has more than
-MAX_TASK_PAGES mapped tasks while a small CID still gets one task per batch.
+A *batch* is the PRD's insert unit (`batch_size` notes, ≤ 1000) and the unit of every page result,
+note-log key and audit record below ("page" from here on); a *task page* is what one mapped task
+processes: k consecutive batches, one after another (config.TARGET_TASK_PAGES says how k is chosen),
+so that a large CID does not pay a task's start-up per batch and no run has more than MAX_TASK_PAGES
+mapped tasks, while a small CID still gets one task per batch.
 
 Halting with parallel pages (design: "a page decides its notes' outcomes before it writes"):
 
@@ -44,7 +46,7 @@ from notes_migration import cdp_store, crm_source, job_store, metrics
 from notes_migration import migration as m
 from notes_migration.accounting import Totals, should_halt, sum_pages
 from notes_migration.codes import AlreadyHalted, Event, Halted, Outcome, Reason, State
-from notes_migration.config import MAX_TASK_PAGES, RunConfig
+from notes_migration.config import MAX_TASK_BATCHES, MAX_TASK_PAGES, TARGET_TASK_PAGES, RunConfig
 from notes_migration.crm_source import Page
 from notes_migration.events import event
 from notes_migration.plain import utc_now
@@ -60,16 +62,26 @@ _LEGACY = {"_id": 0, "legacy_crm_note_id": 1}
 # --------------------------------------------------------------------------- 3. plan
 
 
-def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[Page]:
-    """Consecutive keyset batches merged into ≤ max_pages task pages of k = ceil(n / max_pages) batches
-    each (k = 1 up to max_pages batches: every batch its own task). Pure; descriptors stay four ints."""
-    if not batches:
-        return []
-    k = max(1, math.ceil(len(batches) / max(1, max_pages)))
+def batches_per_task(n: int, max_pages: int = MAX_TASK_PAGES) -> int:
+    """k, the insert batches of one task page: 1 up to TARGET_TASK_PAGES batches, then about
+    TARGET_TASK_PAGES tasks of ≤ MAX_TASK_BATCHES batches, and never more than max_pages tasks."""
+    if n <= TARGET_TASK_PAGES:
+        return 1
+    return max(math.ceil(n / max(1, max_pages)), min(MAX_TASK_BATCHES, math.ceil(n / TARGET_TASK_PAGES)))
+
+
+def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[dict]:
+    """Consecutive keyset batches packed into task pages of k = batches_per_task batches. A task page's
+    page_no is its first batch's; a one-batch page is the batch's four ints, a larger one also lists its
+    batches (four ints each: descriptors stay small). Pure."""
+    k = batches_per_task(len(batches), max_pages)
     out = []
-    for no, i in enumerate(range(0, len(batches), k)):
+    for i in range(0, len(batches), k):
         group = batches[i : i + k]
-        out.append(Page(page_no=no, lo_id=group[0].lo_id, hi_id=group[-1].hi_id, size=sum(b.size for b in group)))
+        page: dict[str, Any] = {**group[0].as_dict(), "hi_id": group[-1].hi_id, "size": sum(b.size for b in group)}
+        if len(group) > 1:
+            page["batches"] = [[b.page_no, b.lo_id, b.hi_id, b.size] for b in group]
+        out.append(page)
     return out
 
 
@@ -84,12 +96,13 @@ def plan(crm, db: Database, job_id: str, max_pages: int = MAX_TASK_PAGES) -> lis
         job_id,
         scope=scope,
         notes_total=notes_total,
-        pages_total=len(pages),
+        pages_total=len(batches),  # the accounting pages: one result per batch, whatever task ran it
         batches_total=len(batches),
-        rows_total=sum(p.size for p in pages),
+        task_pages_total=len(pages),
+        rows_total=sum(b.size for b in batches),
     )
     log.info(
-        "CID %s: %d task pages (%d batches of ≤ %d rows), %d in-scope notes, scope %s",
+        "CID %s: %d task pages of %d batches of ≤ %d rows, %d in-scope notes, scope %s",
         cfg.cid,
         len(pages),
         len(batches),
@@ -97,7 +110,7 @@ def plan(crm, db: Database, job_id: str, max_pages: int = MAX_TASK_PAGES) -> lis
         notes_total,
         scope,
     )
-    return [p.as_dict() for p in pages]
+    return pages
 
 
 # --------------------------------------------------------------------------- 4. one page
@@ -199,7 +212,36 @@ def _halted(db: Database, job: dict, cfg: RunConfig, totals: Totals) -> Halted:
     )
 
 
+SUMMARY_COUNTERS = ("rows", "migrated", "already_migrated", "skipped", "failed")
+
+
 def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
+    """One task page: its batches one after another, each decided, re-checked and accounted on its own.
+
+    A halt (or a CRM failure) at one batch ends the task there: the batches after it are left as every
+    page after a halt is. A task page run again (an Airflow retry) resumes at its first batch that is not
+    done, so a retry neither re-reads what it finished nor recounts those notes as already migrated."""
+    batches = crm_source.batches_of(page)
+    if len(batches) == 1:
+        return migrate_batch(crm, db, job_id, batches[0], writer)
+    done = job_store.done_page_nos(db, job_id)
+    summary = {"page_no": page["page_no"], **dict.fromkeys(SUMMARY_COUNTERS, 0), "batches": len(batches)}
+    resumed = 0
+    for batch in batches:
+        if batch["page_no"] in done:
+            resumed += 1
+            continue
+        one = migrate_batch(crm, db, job_id, batch, writer)
+        for k in SUMMARY_COUNTERS:
+            summary[k] += one[k]
+    if resumed:
+        log.info(
+            "task page %s: %d of %d batches were done by an earlier attempt", page["page_no"], resumed, len(batches)
+        )
+    return {**summary, "batches_resumed": resumed}
+
+
+def migrate_batch(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
     """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account."""
     started = time.perf_counter()
     page_no = page["page_no"]

@@ -77,7 +77,10 @@ def plan_pages(job: dict) -> list[dict]:
 
 
 def page_label(page: dict) -> str:
-    return f"page {page['page_no']} · ids {page['lo_id']}–{page['hi_id']} · {page['size']} rows"
+    """The mapped task's name in the UI: its page (or pages, for a task page of several batches)."""
+    batches = page.get("batches") or []
+    pages = f"pages {batches[0][0]}–{batches[-1][0]}" if len(batches) > 1 else f"page {page['page_no']}"
+    return f"{pages} · ids {page['lo_id']}–{page['hi_id']} · {page['size']} rows"
 
 
 def migrate_page(job: dict, page: dict) -> dict:

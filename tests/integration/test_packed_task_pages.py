@@ -1,0 +1,94 @@
+"""Task pages of several batches against the real servers: each batch is decided, inserted, relinked and
+accounted on its own, and a task page run again resumes at its first batch that is not done.
+
+CIDs used here: 1130–1131.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from notes_migration import attachments, crm_source, job_store, migration
+from notes_migration import s3_store as s3
+from notes_migration.config import TARGET_TASK_PAGES, RunConfig
+from tests.helpers import assert_conserved
+from tests.support.seed import SeedSpec, company_for
+
+pytestmark = pytest.mark.integration
+
+
+def _start(crm, cdp, cid: int, run_id: str) -> dict:
+    cfg = RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=3, force_rerun=True)
+    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[cid])
+    migration.run_coverage(crm, cdp, job["job_id"])
+    return job
+
+
+def test_a_packed_task_page_accounts_and_relinks_every_batch_on_its_own(seed_cid, crm, cdp):
+    seed_cid(SeedSpec(cid=1130, notes=80))
+    job = _start(crm, cdp, 1130, "packed-1130")
+    try:
+        pages = migration.plan(crm, cdp, job["job_id"])
+        batches = [b for p in pages for b in crm_source.batches_of(p)]
+        assert len(batches) > TARGET_TASK_PAGES and len(pages) < len(batches)
+        assert all(len(p["batches"]) == len(crm_source.batches_of(p)) > 1 for p in pages[:-1])
+        stored = job_store.get_job(cdp, job["job_id"])
+        assert stored["pages_total"] == len(batches) and stored["task_pages_total"] == len(pages)
+
+        source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
+        summaries = []
+        for page in pages:
+            summaries.append(migration.migrate_page(crm, cdp, job["job_id"], page))
+            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
+        assert sum(s["rows"] for s in summaries) == sum(b["size"] for b in batches)
+        results = job_store.page_results(cdp, job["job_id"])
+        assert [r["page_no"] for r in results] == [b["page_no"] for b in batches]  # one result per batch
+        assert all(r["state"] == "done" and r["rows"] == b["size"] for r, b in zip(results, batches, strict=True))
+        relinked = job_store.attachment_page_results(cdp, job["job_id"])
+        assert sorted(p["page_no"] for p in relinked) == [b["page_no"] for b in batches]
+        assert sum(p["relinked"] for p in relinked) > 0
+        verdict = migration.validate(crm, cdp, job["job_id"]).as_dict()
+        assert verdict["match_pct"] == 100.0, verdict
+        figures = job_store.get_job(cdp, job["job_id"])["attachments"]
+        assert figures["pages_done"] == figures["pages_total"] == len(batches)
+    finally:
+        migration.release(cdp, 1130, "packed-1130")
+    assert_conserved(crm, cdp, 1130, job["job_id"])
+
+
+def test_a_packed_task_page_run_again_resumes_at_its_first_batch_not_done(seed_cid, crm, cdp):
+    seed_cid(SeedSpec(cid=1131, notes=80, upload_files=False))
+    job = _start(crm, cdp, 1131, "packed-1131")
+    try:
+        first = migration.plan(crm, cdp, job["job_id"])[0]
+        batches = crm_source.batches_of(first)
+        assert len(batches) >= 2
+
+        class DiesOnSecondBatch(migration.cdp_store.MongoNoteWriter):
+            calls = 0
+
+            def write(self, docs):
+                DiesOnSecondBatch.calls += 1
+                if DiesOnSecondBatch.calls == 2:
+                    raise ConnectionError("the task process lost the CDP mid-page")
+                return super().write(docs)
+
+        with pytest.raises(ConnectionError):
+            migration.migrate_page(crm, cdp, job["job_id"], first, writer=DiesOnSecondBatch(cdp))
+        assert job_store.done_page_nos(cdp, job["job_id"]) == {batches[0]["page_no"]}
+        finished = {r["page_no"]: r.get("finished_at") for r in job_store.page_results(cdp, job["job_id"])}
+
+        again = migration.migrate_page(crm, cdp, job["job_id"], first)  # what an Airflow retry of the task does
+        assert again["batches_resumed"] == 1
+        assert again["rows"] == sum(b["size"] for b in batches[1:])
+        results = {r["page_no"]: r for r in job_store.page_results(cdp, job["job_id"])}
+        done, died = results[batches[0]["page_no"]], results[batches[1]["page_no"]]
+        assert done["finished_at"] == finished[batches[0]["page_no"]]  # the finished batch was not re-run ...
+        assert died["state"] == "done" and finished[batches[1]["page_no"]] is None  # ... the one that died was
+        assert sum(r["already_migrated"] for r in results.values()) == 0  # nothing recounted as already there
+        for page in migration.plan(crm, cdp, job["job_id"])[1:]:
+            migration.migrate_page(crm, cdp, job["job_id"], page)
+        migration.validate(crm, cdp, job["job_id"])
+    finally:
+        migration.release(cdp, 1131, "packed-1131")
+    assert_conserved(crm, cdp, 1131, job["job_id"])
