@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -50,6 +50,7 @@ class RolloutState(StrEnum):
     COMPLETED = "completed"  # every CID to launch was launched and finished
     STOPPED_AT_GATE = "stopped_at_gate"
     INCOMPLETE = "incomplete"  # some CID neither launched nor stopped by the gate
+    RUN_FAILED = "run_failed"  # its Airflow run ended (failed, killed, marked) or is gone before writing its report
 
 
 # --------------------------------------------------------------------------- pure
@@ -335,27 +336,50 @@ def report_of(db: Any, rollout: Mapping[str, Any], *, final: bool = False) -> di
     return build_report(rollout, docs, job_rows(db, [d["job_id"] for d in docs.values()]), final=final)
 
 
-def rollout_view(db: Any, rollout_id: str) -> dict[str, Any] | None:
-    """A rollout as the Ops API shows it: its stored report when it ended, else its live progress."""
+RUN_NOT_FOUND = "not_found"  # run_states' answer for a run the Airflow metadata DB does not have
+
+
+def rollout_view(
+    db: Any, rollout_id: str, run_states: Callable[[list[str]], Mapping[str, str]] | None = None
+) -> dict[str, Any] | None:
+    """A rollout as the Ops API shows it: its stored report when it ended, else its live progress.
+
+    `run_states` ({dag_run_id: Airflow state, or RUN_NOT_FOUND}) is how the view learns that a rollout
+    without a report will never write one: its run ended without it (failed, killed, marked failed) or is
+    gone from Airflow. It is then shown `run_failed` with RUN_FAILED and the run's state, its CIDs as they
+    stand (finalised: a CID no lane launched is not_launched), never `running` forever."""
     from notes_migration.plain import as_plain
 
     rollout = get_rollout(db, rollout_id)
     if rollout is None:
         return None
-    report = rollout.get("report") or report_of(db, rollout)
     head = {k: rollout.get(k) for k in ("_id", "dag_run_id", "params", "created_at", "finished_at")}
     head["rollout_id"] = head.pop("_id")
+    report = rollout.get("report")
+    if report is None:
+        run_state = (run_states([rollout["dag_run_id"]]) if run_states else {}).get(rollout["dag_run_id"], "running")
+        if run_state in ("failed", "success", RUN_NOT_FOUND):
+            report = {
+                **report_of(db, rollout, final=True),
+                "state": RolloutState.RUN_FAILED.value,
+                "reason_code": Reason.RUN_FAILED.value,
+                "run_state": run_state,
+            }
+        else:
+            report = report_of(db, rollout)
     return as_plain({**head, **report})
 
 
-def list_rollouts(db: Any, limit: int = 50) -> list[dict[str, Any]]:
+def list_rollouts(
+    db: Any, limit: int = 50, run_states: Callable[[list[str]], Mapping[str, str]] | None = None
+) -> list[dict[str, Any]]:
     """The newest rollouts with their totals (live ones computed)."""
     from notes_migration import config as C
 
     ids = [d["_id"] for d in db[C.ROLLOUTS].find({}, {"_id": 1}).sort("created_at", -1).limit(limit)]
     out = []
     for rid in ids:
-        view = rollout_view(db, rid)
+        view = rollout_view(db, rid, run_states)
         if view:
             out.append(
                 {k: view[k] for k in ("rollout_id", "dag_run_id", "state", "created_at", "finished_at", "totals")}

@@ -86,6 +86,24 @@ def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict
     return out
 
 
+def rollout_run_states(run_ids: list[str]) -> dict[str, str]:
+    """{run_id: state} of crm_notes_rollout runs; a run the metadata DB does not have is RUN_NOT_FOUND
+    (a rollout recorded by another Airflow, or a run deleted): the rollout view then stops calling it running."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from notes_migration.contract import ROLLOUT_DAG_ID
+    from notes_migration.rollout import RUN_NOT_FOUND
+
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.state).where(DagRun.dag_id == ROLLOUT_DAG_ID, DagRun.run_id.in_(run_ids))
+        ).all()
+    found = {run_id: str(getattr(state, "value", state)) for run_id, state in rows}
+    return {run_id: found.get(run_id, RUN_NOT_FOUND) for run_id in run_ids}
+
+
 def dag_is_paused() -> bool | None:
     """Whether the DAG is paused (a triggered run then waits); None when the DAG is unknown."""
     from airflow.models.dag import DagModel

@@ -421,8 +421,8 @@ def _rollout_context(db: Any) -> dict[str, Any]:
     """The Ops page's rollouts (the newest one in full, with its per-CID progress) and weekly aggregates."""
     from notes_migration import rollout
 
-    rollouts = rollout.list_rollouts(db, limit=10)
-    latest = rollout.rollout_view(db, rollouts[0]["rollout_id"]) if rollouts else None
+    rollouts = rollout.list_rollouts(db, limit=10, run_states=airflow_runs.rollout_run_states)
+    latest = rollout.rollout_view(db, rollouts[0]["rollout_id"], airflow_runs.rollout_run_states) if rollouts else None
     return {"rollouts": rollouts, "rollout": latest, "weeks": rollout.list_weekly(db, limit=8)}
 
 
@@ -671,7 +671,11 @@ def _retry_refusal(refused: Refused) -> JSONResponse:
 def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     from notes_migration import rollout
 
-    return {"rollouts": jsonable_encoder(rollout.list_rollouts(_cdp(), limit=limit))}
+    return {
+        "rollouts": jsonable_encoder(
+            rollout.list_rollouts(_cdp(), limit=limit, run_states=airflow_runs.rollout_run_states)
+        )
+    }
 
 
 @app.get(
@@ -684,7 +688,7 @@ def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50)
 def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -> Any:
     from notes_migration import rollout
 
-    view = rollout.rollout_view(_cdp(), rollout_id)
+    view = rollout.rollout_view(_cdp(), rollout_id, airflow_runs.rollout_run_states)
     if view is None:
         return JSONResponse(
             status_code=404,

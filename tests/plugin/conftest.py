@@ -25,6 +25,7 @@ from plugin_support import (
     USERS,
     WITH_ERRORS,
     StatsRecorder,
+    set_run_state,
 )
 from tests.helpers import bearer_token, ops_api_app
 from tests.helpers import run_migration as run_dag_test
@@ -205,7 +206,7 @@ def fleet(seed_cid, migration_dag, crm, cdp) -> Iterator[Fleet]:
         )
         # ... and Airflow still sees the run as running (dag.test() ended it): otherwise the status would
         # rightly report a finished run whose job never finished as halted / RUN_FAILED
-        _set_run_state(runs[IN_PROGRESS].run_id, "running")
+        set_run_state(runs[IN_PROGRESS].run_id, "running")
         # coverage passes a lowered gate, then the first page's CONTACT_NOT_MAPPED failures exceed 1%: halted
         runs[HALTED] = run_migration(migration_dag, mp, conf(HALTED), crm=crm, cdp=cdp, settings={"coverage_gate": 0.5})
         runs[SUCCESS] = run_migration(migration_dag, mp, conf(SUCCESS), crm=crm, cdp=cdp)
@@ -223,15 +224,6 @@ def fleet(seed_cid, migration_dag, crm, cdp) -> Iterator[Fleet]:
     finally:
         mp.undo()
     yield Fleet(runs=runs, seeded=seeded, pagerduty=edge, stats=stats)
-
-
-def _set_run_state(run_id: str, state: str) -> None:
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
-    with create_session() as session:
-        session.execute(update(DagRun).where(DagRun.run_id == run_id).values(state=state))
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,26 @@ class StatsRecorder:
             for c in self.calls
             if c[0] == "timing" and c[1] == stat and (cid is None or c[3].get("cid") == str(cid))
         ]
+
+
+def set_run_state(run_id: str, state: str) -> None:
+    """Set a DAG run's state in this session's metadata DB, as marking it in the UI does."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.run_id == run_id).values(state=state))
+
+
+def add_dag_run(dag_id: str, run_id: str, state: str) -> None:
+    """A run row in this session's metadata DB, as the scheduler records a triggered run (no task ran)."""
+    import datetime as dt
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunType
+
+    with create_session() as session:
+        now = dt.datetime.now(dt.UTC)
+        session.add(DagRun(dag_id=dag_id, run_id=run_id, run_type=DagRunType.MANUAL, state=state, run_after=now))

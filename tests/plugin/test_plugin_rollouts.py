@@ -15,11 +15,12 @@ import uuid
 from typing import Any
 
 import pytest
-from plugin_support import HALTED, NOT_STARTED, PREFIX, SUCCESS, UNKNOWN_CID, WITH_ERRORS
+from plugin_support import HALTED, NOT_STARTED, PREFIX, SUCCESS, UNKNOWN_CID, WITH_ERRORS, add_dag_run, set_run_state
 from tests.support.seed import company_for
 
 from notes_migration import rollout as R
 from notes_migration.config import ROLLOUT_CIDS, ROLLOUTS, job_id_for
+from notes_migration.contract import ROLLOUT_DAG_ID
 
 ORDER = [SUCCESS, HALTED, UNKNOWN_CID, WITH_ERRORS, NOT_STARTED]
 GATE = 0.02
@@ -45,6 +46,7 @@ def recorded(fleet, cdp):
         "created_at": now(),
     }
     R.save_plan(cdp, plan)
+    add_dag_run(ROLLOUT_DAG_ID, plan["dag_run_id"], "running")  # its run, as Airflow knows it while the lanes run
     started = now() - dt.timedelta(seconds=30)
     for lane, cid in enumerate([SUCCESS, HALTED, WITH_ERRORS]):
         run_id = fleet.runs[cid].run_id
@@ -124,6 +126,40 @@ def test_the_stored_report_is_what_the_api_shows_after_the_rollout_ends(client, 
     assert (row["state"], row["totals"]) == ("stopped_at_gate", t)
     assert set(row) == {"rollout_id", "dag_run_id", "state", "created_at", "finished_at", "totals"}
     assert len(get(client, "/api/rollouts", auth, limit=1).json()["rollouts"]) == 1
+
+
+@pytest.mark.parametrize(("airflow_state", "run_state"), [("failed", "failed"), (None, R.RUN_NOT_FOUND)])
+def test_a_rollout_whose_run_died_is_never_shown_running(client, auth, fleet, cdp, airflow_state, run_state):
+    """Its run failed (or was killed, or marked failed), or Airflow does not have it (a rollout recorded by
+    another Airflow): the rollout never writes its report, so the view says run_failed, with the reason."""
+    rid = R.rollout_id_for(f"dead-{uuid.uuid4().hex}")
+    decided = R.classify(
+        [{"cid": c, "company_sso_id": company_for(c)} for c in (SUCCESS, NOT_STARTED)],
+        {},
+        flag_cids={SUCCESS, NOT_STARTED},
+    )
+    plan = {
+        "_id": rid,
+        "dag_run_id": f"manual__{rid}",
+        "params": {"cids_variable": "", "max_concurrent": 1, "halt_gate": GATE, "batch_size": 20, "poke_interval": 2},
+        "cids": decided,
+        "state": R.RolloutState.RUNNING.value,
+        "created_at": now(),
+    }
+    R.save_plan(cdp, plan)
+    try:
+        if airflow_state:
+            add_dag_run(ROLLOUT_DAG_ID, plan["dag_run_id"], "running")
+            assert get(client, f"/api/rollouts/{rid}", auth).json()["state"] == "running"  # alive: live progress
+            set_run_state(plan["dag_run_id"], airflow_state)  # the run dies before its report task
+        body = get(client, f"/api/rollouts/{rid}", auth).json()
+        assert (body["state"], body["reason_code"], body["run_state"]) == ("run_failed", "RUN_FAILED", run_state)
+        assert {c["cid"]: c["progress"] for c in body["cids"]} == {SUCCESS: "not_launched", NOT_STARTED: "not_launched"}
+        listed = {r["rollout_id"]: r for r in get(client, "/api/rollouts", auth).json()["rollouts"]}
+        assert listed[rid]["state"] == "run_failed"
+        assert cdp[ROLLOUTS].find_one({"_id": rid}).get("report") is None  # the view writes nothing
+    finally:
+        cdp[ROLLOUTS].delete_one({"_id": rid})
 
 
 def test_the_weekly_aggregate_counts_the_week_and_is_listed(client, auth, fleet, cdp):
