@@ -65,10 +65,15 @@ def run_once(stack, cid: int, batch_size: int, timeout: float) -> dict[str, Any]
     del run
     dag_run = stack.dag_run(run_id)
     notes = int(status.get("notes_migrated") or 0)
-    pages = int((status.get("counts") or {}).get("pages_total") or 0)
-    page_tis = stack.task_instances(run_id, "migrate_page")
+    batches = int((status.get("counts") or {}).get("pages_total") or 0)
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for ti in stack.task_instances(run_id):
+        by_task.setdefault(ti["task_id"], []).append(ti)
+    page_tis = by_task.get("migrate_page", [])
+    pages = len(page_tis)
     hosts = sorted({ti.get("hostname") for ti in page_tis if ti.get("hostname")})
-    phases = {"pages": _phase(page_tis), "relink": _phase(stack.task_instances(run_id, "relink_attachments"))}
+    phases = {"pages": _phase(page_tis), "relink": _phase(by_task.get("relink_attachments", []))}
+    tasks = {task_id: _phase(tis) for task_id, tis in by_task.items()}  # every step, to see where the time goes
     job = db["crm_migration_jobs"].find_one({"run_id": run_id}, {"_id": 1})
     in_task = [
         float((p.get("timings_s") or {}).get("total") or 0.0)
@@ -83,6 +88,7 @@ def run_once(stack, cid: int, batch_size: int, timeout: float) -> dict[str, Any]
         "dag_run_state": dag_run["state"],
         "notes_migrated": notes,
         "notes_cleared_before": cleared,
+        "insert_batches": batches,
         "mapped_migrate_page_tasks": pages,
         "mapped_tasks_within_cap": pages <= MAX_MAPPED,
         "wall_s_trigger_to_completed": round(wall, 1),
@@ -90,6 +96,7 @@ def run_once(stack, cid: int, batch_size: int, timeout: float) -> dict[str, Any]
         "end_to_end_notes_per_s": round(notes / wall, 1) if wall > 0 else 0.0,
         "migrate_page_hostnames": hosts,
         "phases": phases,
+        "tasks": tasks,
     }
 
 
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cids", default="8100,8101")
     parser.add_argument("--timeout", type=float, default=1500, help="seconds per CID run")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--in-process-large", action="store_true", help="also the in-process page path on 8101")
     args = parser.parse_args(argv)
     cids = [int(c) for c in args.cids.split(",")]
     db = cdp_database()
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     fig["seeded_now"] = [c for c in cids if not args.no_seed and ensure_seeded(SPECS[c], db)]
     fig["in_process_page_path"] = in_process(8100, args.batch_size)
     base = fig["in_process_page_path"]["notes_per_s"]
+    if args.in_process_large:  # the same page path over the 100,000-note CID: what its larger collections cost
+        fig["in_process_page_path_8101"] = in_process(8101, args.batch_size)
     save(fig, args.out)
     manager = StackManager()
     try:
