@@ -105,16 +105,12 @@ def relink_batch(
     by_note: dict[int, list[FileRow]] = {}
     for row in rows:
         by_note.setdefault(row.note_id, []).append(row)
-    notes = {
-        d["legacy_crm_note_id"]: d
-        for d in cdp_store.stored_notes(
-            db, cfg.company_sso_id, sorted(by_note), {"_id": 1, "legacy_crm_note_id": 1, "attachments": 1}
-        )
+    planned = {
+        nid: plan_note_files(cfg.company_sso_id, nid, files, cap_bytes=t.attachment_size_cap_bytes)
+        for nid, files in sorted(by_note.items())
     }
-    plans = {
-        nid: plan_note_files(cfg.company_sso_id, nid, by_note[nid], cap_bytes=t.attachment_size_cap_bytes)
-        for nid in sorted(notes)
-    }
+    notes = _notes_to_relink(db, job_id, page["page_no"], cfg.company_sso_id, planned)
+    plans = {nid: planned[nid] for nid in sorted(notes)}
     t_read = time.perf_counter()
 
     flat = [p for ps in plans.values() for p in ps]
@@ -193,6 +189,44 @@ def relink_batch(
         k: page_doc[k]
         for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "notes_updated")
     }
+
+
+def _notes_to_relink(
+    db: Database, job_id: str, page_no: int, company_sso_id: str, planned: Mapping[int, list[FilePlan]]
+) -> dict[int, dict[str, Any]]:
+    """{legacy id: its CDP note (_id, attachments)} of the page's notes that are in CDP.
+
+    On FerretDB v1 every lookup scans `contact_notes`, so lookups are spared where the job already knows
+    the answer: when the page's result says its one attempt finished, inserted every note it found in
+    CDP (none already migrated, no failed-record retry since) and its audit record maps exactly the notes
+    it inserted, the notes in CDP are the audited ones. Of those, a note with a file to copy or to mark
+    unavailable is read (its own attachments are merged); a note whose every file is skipped gets no
+    write and is known to hold the empty `attachments` it was inserted with, so it is not read; a note
+    not audited is not in CDP. In any other case every note is looked up."""
+    projection = {"_id": 1, "legacy_crm_note_id": 1, "attachments": 1}
+    result = job_store.page_result(db, job_id, page_no) if planned else None
+    inserted = None
+    if (
+        result is not None
+        and result.get("state") == "done"
+        and int(result.get("attempt") or 0) == 1
+        and not result.get("already_migrated")
+        and not result.get("retried_at")
+    ):
+        migrated = int(result.get("migrated") or 0)
+        inserted = job_store.audit_note_ids(db, job_store.page_key(job_id, page_no)) if migrated else set()
+        if inserted is not None and len(inserted) != migrated:
+            inserted = None  # the audit does not match the result: do not trust it
+    if inserted is None:
+        found = cdp_store.stored_notes(db, company_sso_id, sorted(planned), projection)
+        return {d["legacy_crm_note_id"]: d for d in found}
+    ours = {nid: ps for nid, ps in planned.items() if nid in inserted}
+    to_read = sorted(nid for nid, ps in ours.items() if any(p.skip is None for p in ps))
+    notes = {d["legacy_crm_note_id"]: d for d in cdp_store.stored_notes(db, company_sso_id, to_read, projection)}
+    for nid, ps in ours.items():
+        if all(p.skip is not None for p in ps):
+            notes[nid] = {"_id": None, "legacy_crm_note_id": nid, "attachments": []}
+    return notes
 
 
 # --------------------------------------------------------------------------- the plan of a dry run

@@ -226,6 +226,10 @@ def page_counters(db: Database, job_id: str) -> list[dict]:
     return list(db[C.PAGES].find({"job_id": job_id}, projection))
 
 
+def page_result(db: Database, job_id: str, page_no: int) -> dict | None:
+    return db[C.PAGES].find_one({"_id": page_key(job_id, page_no)})
+
+
 def done_page_nos(db: Database, job_id: str) -> set[int]:
     """The pages of a job whose final result is recorded (a retried task page skips them)."""
     return {int(p["page_no"]) for p in db[C.PAGES].find({"job_id": job_id, "state": "done"}, {"_id": 0, "page_no": 1})}
@@ -300,6 +304,15 @@ def record_audit(db: Database, page_audit: dict) -> None:
         db[C.AUDIT].insert_one(page_audit)
     except DuplicateKeyError:
         db[C.AUDIT].replace_one({"_id": page_audit["_id"]}, page_audit, upsert=True)
+
+
+def audit_note_ids(db: Database, audit_id: str) -> set[int] | None:
+    """The legacy ids one audit record maps (a page's first attempt: `{job_id}:{page_no}`); None when there
+    is no such record or its notes were rolled back."""
+    doc = db[C.AUDIT].find_one({"_id": audit_id}, {"_id": 0, "legacy_crm_note_ids": 1, "rolled_back_at": 1})
+    if doc is None or doc.get("rolled_back_at"):
+        return None
+    return {int(i) for i in doc.get("legacy_crm_note_ids") or []}
 
 
 def audit_entries(db: Database, cid: int) -> dict[int, Any]:

@@ -453,7 +453,8 @@ def migrate_batch(crm, db: Database, job_id: str, page: dict, writer: cdp_store.
         if late_entries:
             writes.append(pool.submit(job_store.insert_note_log, db, late_entries))
         if not cfg.dry_run and audit_ids:  # notes found already migrated are in the audit of the job that inserted them
-            audit_id = f"{job_id}:{page_no}" if attempt == 1 else f"{job_id}:{page_no}:{attempt}"
+            first = job_store.page_key(job_id, page_no)  # the relink step reads this one (audit_note_ids)
+            audit_id = first if attempt == 1 else f"{first}:{attempt}"
             writes.append(
                 pool.submit(
                     job_store.record_audit,

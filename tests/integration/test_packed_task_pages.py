@@ -1,7 +1,7 @@
 """Task pages of several batches against the real servers: each batch is decided, inserted, relinked and
 accounted on its own, and a task page run again resumes at its first batch that is not done.
 
-CIDs used here: 1130–1131.
+CIDs used here: 1130–1132.
 """
 
 from __future__ import annotations
@@ -92,3 +92,53 @@ def test_a_packed_task_page_run_again_resumes_at_its_first_batch_not_done(seed_c
     finally:
         migration.release(cdp, 1131, "packed-1131")
     assert_conserved(crm, cdp, 1131, job["job_id"])
+
+
+def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_lookup_would(seed_cid, crm, cdp):
+    """Notes whose every file is skipped (unsupported type, over the cap) get no write, so the relink step
+    takes their presence from the page's audit record instead of a scan of contact_notes per note; the
+    page's figures are those the lookups give (checked by relinking again with the audit removed)."""
+    from pymongo import MongoClient, monitoring
+
+    only_skipped = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "unsupported_file_share": 0.4}
+    seed_cid(SeedSpec(cid=1132, notes=60, upload_files=False, **only_skipped))
+    job = _start(crm, cdp, 1132, "packed-1132")
+
+    class Finds(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.notes = 0
+
+        def started(self, event) -> None:
+            if event.command_name == "find" and event.command.get("find") == "contact_notes":
+                self.notes += 1
+
+        def succeeded(self, event) -> None: ...
+
+        def failed(self, event) -> None: ...
+
+    finds = Finds()
+    host, port = cdp.client.address
+    watched = MongoClient(host, port, event_listeners=[finds], tz_aware=True)[cdp.name]
+    counters = ("files", "skipped", "relinked", "failed", "files_without_cdp_note", "notes_with_files")
+    try:
+        pages = migration.plan(crm, cdp, job["job_id"])
+        for page in pages:
+            migration.migrate_page(crm, cdp, job["job_id"], page)
+        for page in pages:
+            attachments.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
+        first = {
+            p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
+        }
+        assert sum(p["skipped"] for p in first.values()) > 0 and sum(p["relinked"] for p in first.values()) == 0
+        assert finds.notes == 0  # no note was read: every file skipped, every note inserted by this job
+
+        cdp["crm_migration_audit"].delete_many({"job_id": job["job_id"]})  # now each note must be looked up
+        for page in pages:
+            attachments.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
+        again = {
+            p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
+        }
+        assert finds.notes > 0 and again == first
+    finally:
+        watched.client.close()
+        migration.release(cdp, 1132, "packed-1132")
