@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pymongo.database import Database
@@ -244,8 +245,9 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
 def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> dict:
     """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash.
 
-    One streamed read of the company's migrated notes (hashes kept, not bodies), one fresh
-    resolution of all persons, then the source page by page."""
+    One streamed read of the company's migrated notes (hashes kept, not bodies), in a thread while the
+    persons and the company's users are resolved afresh (the read is the server's work, the resolution
+    the client's), then the source page by page."""
     projection = {
         "_id": 0,
         "legacy_crm_note_id": 1,
@@ -257,11 +259,19 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
         "updated_at": 1,
         "note": 1,
     }
-    stored = {}
-    for doc in cdp_store.migrated_notes(db, cfg.company_sso_id, projection):
-        doc["note_hash"] = note_hash(doc.pop("note", "") or "")
-        stored[doc["legacy_crm_note_id"]] = doc
-    _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+
+    def read_stored() -> dict[int, dict]:
+        stored = {}
+        for doc in cdp_store.migrated_notes(db, cfg.company_sso_id, projection):
+            doc["note_hash"] = note_hash(doc.pop("note", "") or "")
+            stored[doc["legacy_crm_note_id"]] = doc
+        return stored
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-check") as pool:
+        stored_f = pool.submit(read_stored)
+        _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+        users = cdp_store.company_users(db, cfg.company_sso_id)  # once for the run, not once per page
+        stored = stored_f.result()
     expected = found = mismatch_count = 0
     mismatches: list[dict] = []
     for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
@@ -269,7 +279,7 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
         expected += len(in_scope)
         present = [r for r in in_scope if r.id in stored]
         found += len(present)
-        for d in transform_page(present, db, cfg, contacts):
+        for d in transform_page(present, db, cfg, contacts, users=users):
             if d.doc is None:
                 continue  # no longer resolvable: counted as present, compared on nothing
             problems = content_mismatches(d.doc, stored[d.note_id])
