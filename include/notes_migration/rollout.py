@@ -43,6 +43,7 @@ class Progress(StrEnum):
     FINISHED = "finished"  # its migration run ended (state: the job's)
     NOT_LAUNCHED_GATE = "not_launched_halt_gate"  # the gate had tripped before its turn
     NOT_LAUNCHED = "not_launched"  # the rollout ended without launching it (a lane failed)
+    LANE_LOST = "lane_lost"  # launched, but the rollout's run died before its lane recorded the end (see its status)
 
 
 class RolloutState(StrEnum):
@@ -155,10 +156,12 @@ def build_report(
     job_rows: Mapping[str, Mapping[str, Any]],
     *,
     final: bool = False,
+    lanes_dead: bool = False,
 ) -> dict[str, Any]:
     """The rollout's report (pure): per CID its decision, progress, final state, match_pct, failure rate,
     attachment success and duration; then the rollout's totals and halt rate. `final`: the lanes are done,
-    so a CID to launch that none launched was stopped by the gate (or lost to a failed lane)."""
+    so a CID to launch that none launched was stopped by the gate (or lost to a failed lane). `lanes_dead`:
+    the rollout's run died, so a launched CID its lane never recorded is lane_lost, not running."""
     gate = float(rollout["params"]["halt_gate"])
     finished_states: list[str] = []
     per_cid: list[dict[str, Any]] = []
@@ -181,7 +184,7 @@ def build_report(
                     row.update(state=doc.get("state"), halted_reason=doc.get("halted_reason"))
                     finished_states.append(doc.get("state") or "")
                 else:
-                    row["progress"] = Progress.RUNNING.value
+                    row["progress"] = (Progress.LANE_LOST if lanes_dead else Progress.RUNNING).value
         per_cid.append(row)
     rate = halt_rate(finished_states)
     tripped = not gate_open(finished_states, gate)
@@ -196,8 +199,11 @@ def build_report(
         "to_launch": by("decision", Decision.LAUNCH),
         "skipped_already_completed": by("decision", Decision.SKIP_COMPLETED),
         "not_launched_flag_off": by("decision", Decision.FLAG_OFF),
-        "launched": sum(1 for r in per_cid if r.get("progress") in (Progress.RUNNING, Progress.FINISHED)),
+        "launched": sum(
+            1 for r in per_cid if r.get("progress") in (Progress.RUNNING, Progress.FINISHED, Progress.LANE_LOST)
+        ),
         "running": by("progress", Progress.RUNNING),
+        "lane_lost": by("progress", Progress.LANE_LOST),
         "pending": by("progress", Progress.PENDING),
         "finished": len(finished),
         "not_launched_halt_gate": by("progress", Progress.NOT_LAUNCHED_GATE),
@@ -331,9 +337,10 @@ def job_rows(db: Any, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     return {j["_id"]: fleet_row(j, pages.get(j["_id"], [])) for j in jobs}
 
 
-def report_of(db: Any, rollout: Mapping[str, Any], *, final: bool = False) -> dict[str, Any]:
+def report_of(db: Any, rollout: Mapping[str, Any], *, final: bool = False, lanes_dead: bool = False) -> dict[str, Any]:
     docs = cid_docs(db, rollout["_id"])
-    return build_report(rollout, docs, job_rows(db, [d["job_id"] for d in docs.values()]), final=final)
+    rows = job_rows(db, [d["job_id"] for d in docs.values()])
+    return build_report(rollout, docs, rows, final=final, lanes_dead=lanes_dead)
 
 
 RUN_NOT_FOUND = "not_found"  # run_states' answer for a run the Airflow metadata DB does not have
@@ -347,7 +354,8 @@ def rollout_view(
     `run_states` ({dag_run_id: Airflow state, or RUN_NOT_FOUND}) is how the view learns that a rollout
     without a report will never write one: its run ended without it (failed, killed, marked failed) or is
     gone from Airflow. It is then shown `run_failed` with RUN_FAILED and the run's state, its CIDs as they
-    stand (finalised: a CID no lane launched is not_launched), never `running` forever."""
+    stand (a CID no lane launched is not_launched, one whose lane never recorded the end lane_lost: its
+    own status says how its run ended), never `running` forever."""
     from notes_migration.plain import as_plain
 
     rollout = get_rollout(db, rollout_id)
@@ -360,7 +368,7 @@ def rollout_view(
         run_state = (run_states([rollout["dag_run_id"]]) if run_states else {}).get(rollout["dag_run_id"], "running")
         if run_state in ("failed", "success", RUN_NOT_FOUND):
             report = {
-                **report_of(db, rollout, final=True),
+                **report_of(db, rollout, final=True, lanes_dead=True),
                 "state": RolloutState.RUN_FAILED.value,
                 "reason_code": Reason.RUN_FAILED.value,
                 "run_state": run_state,

@@ -147,6 +147,8 @@ def test_a_rollout_whose_run_died_is_never_shown_running(client, auth, fleet, cd
         "created_at": now(),
     }
     R.save_plan(cdp, plan)
+    run_id = fleet.runs[SUCCESS].run_id  # launched by a lane that died before recording the end
+    assert R.claim(cdp, rid, SUCCESS, lane=0, run_id=run_id, job_id=job_id_for(run_id, SUCCESS), finished=False)
     try:
         if airflow_state:
             add_dag_run(ROLLOUT_DAG_ID, plan["dag_run_id"], "running")
@@ -154,12 +156,14 @@ def test_a_rollout_whose_run_died_is_never_shown_running(client, auth, fleet, cd
             set_run_state(plan["dag_run_id"], airflow_state)  # the run dies before its report task
         body = get(client, f"/api/rollouts/{rid}", auth).json()
         assert (body["state"], body["reason_code"], body["run_state"]) == ("run_failed", "RUN_FAILED", run_state)
-        assert {c["cid"]: c["progress"] for c in body["cids"]} == {SUCCESS: "not_launched", NOT_STARTED: "not_launched"}
+        assert {c["cid"]: c["progress"] for c in body["cids"]} == {SUCCESS: "lane_lost", NOT_STARTED: "not_launched"}
+        assert (body["totals"]["running"], body["totals"]["lane_lost"], body["totals"]["launched"]) == (0, 1, 1)
         listed = {r["rollout_id"]: r for r in get(client, "/api/rollouts", auth).json()["rollouts"]}
         assert listed[rid]["state"] == "run_failed"
         assert cdp[ROLLOUTS].find_one({"_id": rid}).get("report") is None  # the view writes nothing
     finally:
         cdp[ROLLOUTS].delete_one({"_id": rid})
+        cdp[ROLLOUT_CIDS].delete_many({"rollout_id": rid})
 
 
 def test_the_weekly_aggregate_counts_the_week_and_is_listed(client, auth, fleet, cdp):
