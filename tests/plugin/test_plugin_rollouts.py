@@ -30,22 +30,32 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@pytest.fixture(scope="module")
-def recorded(fleet, cdp):
-    """A rollout in flight: SUCCESS and HALTED finished, WITH_ERRORS running, NOT_STARTED pending, 3999 flag off."""
-    rid = R.rollout_id_for(f"plugin-test-{uuid.uuid4().hex}")
-    decided = R.classify(
-        [{"cid": c, "company_sso_id": company_for(c)} for c in ORDER], {}, flag_cids=set(ORDER) - {UNKNOWN_CID}
-    )
+def save_plan(cdp, name: str, cids: list[int], *, flag_cids: set[int], lanes: int) -> dict[str, Any]:
+    """A rollout's plan as its plan task stores it (state running, no report yet)."""
+    rid = R.rollout_id_for(f"{name}-{uuid.uuid4().hex}")
     plan = {
         "_id": rid,
         "dag_run_id": f"manual__{rid}",
-        "params": {"cids_variable": "", "max_concurrent": 2, "halt_gate": GATE, "batch_size": 20, "poke_interval": 2},
-        "cids": decided,
+        "params": {
+            "cids_variable": "",
+            "max_concurrent": lanes,
+            "halt_gate": GATE,
+            "batch_size": 20,
+            "poke_interval": 2,
+        },
+        "cids": R.classify([{"cid": c, "company_sso_id": company_for(c)} for c in cids], {}, flag_cids=flag_cids),
         "state": R.RolloutState.RUNNING.value,
         "created_at": now(),
     }
     R.save_plan(cdp, plan)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def recorded(fleet, cdp):
+    """A rollout in flight: SUCCESS and HALTED finished, WITH_ERRORS running, NOT_STARTED pending, 3999 flag off."""
+    plan = save_plan(cdp, "plugin-test", ORDER, flag_cids=set(ORDER) - {UNKNOWN_CID}, lanes=2)
+    rid = plan["_id"]
     add_dag_run(ROLLOUT_DAG_ID, plan["dag_run_id"], "running")  # its run, as Airflow knows it while the lanes run
     started = now() - dt.timedelta(seconds=30)
     for lane, cid in enumerate([SUCCESS, HALTED, WITH_ERRORS]):
@@ -132,21 +142,8 @@ def test_the_stored_report_is_what_the_api_shows_after_the_rollout_ends(client, 
 def test_a_rollout_whose_run_died_is_never_shown_running(client, auth, fleet, cdp, airflow_state, run_state):
     """Its run failed (or was killed, or marked failed), or Airflow does not have it (a rollout recorded by
     another Airflow): the rollout never writes its report, so the view says run_failed, with the reason."""
-    rid = R.rollout_id_for(f"dead-{uuid.uuid4().hex}")
-    decided = R.classify(
-        [{"cid": c, "company_sso_id": company_for(c)} for c in (SUCCESS, NOT_STARTED)],
-        {},
-        flag_cids={SUCCESS, NOT_STARTED},
-    )
-    plan = {
-        "_id": rid,
-        "dag_run_id": f"manual__{rid}",
-        "params": {"cids_variable": "", "max_concurrent": 1, "halt_gate": GATE, "batch_size": 20, "poke_interval": 2},
-        "cids": decided,
-        "state": R.RolloutState.RUNNING.value,
-        "created_at": now(),
-    }
-    R.save_plan(cdp, plan)
+    plan = save_plan(cdp, "dead", [SUCCESS, NOT_STARTED], flag_cids={SUCCESS, NOT_STARTED}, lanes=1)
+    rid = plan["_id"]
     run_id = fleet.runs[SUCCESS].run_id  # launched by a lane that died before recording the end
     assert R.claim(cdp, rid, SUCCESS, lane=0, run_id=run_id, job_id=job_id_for(run_id, SUCCESS), finished=False)
     try:
