@@ -63,7 +63,11 @@ class Page:
     size: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"page_no": self.page_no, "lo_id": self.lo_id, "hi_id": self.hi_id, "size": self.size}
+        return {k: getattr(self, k) for k in BATCH_FIELDS}
+
+    def packed(self) -> list[int]:
+        """The four ints as a task page lists its batches (pages.group_batches; batches_of reads them back)."""
+        return [getattr(self, k) for k in BATCH_FIELDS]
 
 
 BATCH_FIELDS = ("page_no", "lo_id", "hi_id", "size")

@@ -80,7 +80,7 @@ def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[
         group = batches[i : i + k]
         page: dict[str, Any] = {**group[0].as_dict(), "hi_id": group[-1].hi_id, "size": sum(b.size for b in group)}
         if len(group) > 1:
-            page["batches"] = [[b.page_no, b.lo_id, b.hi_id, b.size] for b in group]
+            page["batches"] = [b.packed() for b in group]
         out.append(page)
     return out
 

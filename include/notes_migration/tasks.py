@@ -16,7 +16,7 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from notes_migration import alerts, job_store, migration, settings
+from notes_migration import alerts, crm_source, job_store, migration, settings
 from notes_migration.codes import Halted, Refused, State
 from notes_migration.config import RunConfig, Thresholds
 from notes_migration.connections import cdp_database, crm_session
@@ -78,8 +78,8 @@ def plan_pages(job: dict) -> list[dict]:
 
 def page_label(page: dict) -> str:
     """The mapped task's name in the UI: its page (or pages, for a task page of several batches)."""
-    batches = page.get("batches") or []
-    pages = f"pages {batches[0][0]}–{batches[-1][0]}" if len(batches) > 1 else f"page {page['page_no']}"
+    batches = crm_source.batches_of(page)
+    pages = f"pages {batches[0]['page_no']}–{batches[-1]['page_no']}" if len(batches) > 1 else f"page {page['page_no']}"
     return f"{pages} · ids {page['lo_id']}–{page['hi_id']} · {page['size']} rows"
 
 
