@@ -85,6 +85,10 @@ def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set
     assert sums["migrated"] == len(migrated) and sums["already_migrated"] == len(already), (sums, len(migrated))
     assert dict(failed_by) == {r: len(ids) for r, ids in failed.items() if ids}
     assert dict(skipped_by) == {r: len(ids) for r, ids in skipped.items() if ids and r != "NOT_A_PERSON_NOTE"}
+    from notes_migration import job_store  # what the status counts without reading the whole log
+
+    logged = {o: by for o, by in job_store.counts_by_outcome(cdp, job_id).items() if o in job_store.STATUS_OUTCOMES}
+    assert job_store.status_counts(cdp, job_id, pages) == logged
     return {
         "migrated": {"migrated": migrated},
         "already_migrated": {"already_migrated": already},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from notes_migration import cdp_store
 from notes_migration import config as C
 from notes_migration.accounting import PAGE_COUNTERS
 from notes_migration.cdp_store import DUPLICATE_KEY
-from notes_migration.codes import AttachmentOutcome, Outcome
+from notes_migration.codes import ERROR_OUTCOMES, RUN_ERROR_OUTCOME, AttachmentOutcome, Outcome
 from notes_migration.plain import utc_now as now
 
 log = logging.getLogger(__name__)
@@ -342,6 +343,32 @@ def counts_by_outcome(db: Database, job_id: str) -> dict[str, dict[str, int]]:
     for row in db[C.NOTE_LOG].aggregate(pipeline):
         out.setdefault(row["_id"]["o"], {})[row["_id"]["r"]] = row["n"]
     return out
+
+
+# What the status shows of the note log: every error outcome, by reason, and the skipped notes by reason.
+STATUS_OUTCOMES = (*ERROR_OUTCOMES, Outcome.SKIPPED.value)
+
+
+def status_counts(db: Database, job_id: str, pages: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """counts_by_outcome for STATUS_OUTCOMES, without decoding the job's whole note log on every poll.
+
+    FerretDB v1 decodes each matching entry (~90 µs): counting the log cost 2.9 s and 3.7 CPU-seconds
+    of the server per status call at a 100,000-note CID whose 24,000 activities are logged skipped.
+    The notes' failed and skipped counts come from the page results, which record them by reason (the
+    conservation check after every test run holds them equal to the log); run errors and failed files,
+    few by the failure threshold, are counted from the log, one equality query each."""
+    failed: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for page in pages:
+        failed.update(page.get("failed_by_reason") or {})
+        skipped.update(page.get("skipped_by_reason") or {})
+    out = {Outcome.FAILED.value: dict(failed), Outcome.SKIPPED.value: dict(skipped)}
+    for outcome in (RUN_ERROR_OUTCOME, AttachmentOutcome.FAILED.value):
+        found = Counter(
+            e["reason_code"] for e in db[C.NOTE_LOG].find({"job_id": job_id, "outcome": outcome}, {"reason_code": 1})
+        )
+        out[outcome] = dict(found)
+    return {outcome: by for outcome, by in out.items() if by}
 
 
 # --------------------------------------------------------------------------- ops surface (plugin API and UI)

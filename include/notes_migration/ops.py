@@ -78,7 +78,8 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     job = job_store.latest_job(db, cid)
     if job is None:
         return with_airflow_runs(build_status(cid, None, [], {}), None, runs)
-    out = build_status(cid, job, job_store.page_results(db, job["_id"]), job_store.counts_by_outcome(db, job["_id"]))
+    pages = job_store.page_results(db, job["_id"])
+    out = build_status(cid, job, pages, job_store.status_counts(db, job["_id"], pages))
     out["run_id"] = job.get("run_id")
     if job.get("retry"):  # failed-record retries of the job (retry.py): retried and recovered counts
         out["retry"] = as_plain(job["retry"])
