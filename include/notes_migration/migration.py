@@ -24,7 +24,7 @@ from notes_migration.events import event
 from notes_migration.plain import utc_now
 from notes_migration.preflight import check_preconditions, coverage_report, resolve_all_persons
 from notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
-from notes_migration.transform import Decision, content_mismatches, crm_users, decide, note_hash
+from notes_migration.transform import COMPARED_PROJECTION, Decision, comparable, content_mismatches, crm_users, decide
 
 log = logging.getLogger(__name__)
 __all__ = ["AlreadyHalted", "Halted", "Refused", "job_id_for"]  # re-exported: callers catch them from here
@@ -245,52 +245,43 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
 def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> dict:
     """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash.
 
-    One streamed read of the company's migrated notes (hashes kept, not bodies), in a thread while the
-    persons and the company's users are resolved afresh (the read is the server's work, the resolution
-    the client's), then the source page by page."""
-    projection = {
-        "_id": 0,
-        "legacy_crm_note_id": 1,
-        "contact_id": 1,
-        "owner_id": 1,
-        "legacy_owner_label": 1,
-        "company_sso_id": 1,
-        "created_at": 1,
-        "updated_at": 1,
-        "note": 1,
-    }
+    Two passes at once: a thread streams the company's migrated notes (the server's work) while this
+    one resolves the persons and the company's users afresh and transforms the source page by page (the
+    client's work); both sides are kept in their `comparable` form (HTML as a digest), then compared."""
 
-    def read_stored() -> dict[int, dict]:
-        stored = {}
-        for doc in cdp_store.migrated_notes(db, cfg.company_sso_id, projection):
-            doc["note_hash"] = note_hash(doc.pop("note", "") or "")
-            stored[doc["legacy_crm_note_id"]] = doc
-        return stored
+    def read_stored() -> dict[int, tuple]:
+        return {
+            doc["legacy_crm_note_id"]: comparable(doc)
+            for doc in cdp_store.migrated_notes(db, cfg.company_sso_id, COMPARED_PROJECTION)
+        }
 
+    derived: dict[int, tuple | None] = {}  # in-scope source note → what it yields now (None: no document)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-check") as pool:
         stored_f = pool.submit(read_stored)
         _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
         users = cdp_store.company_users(db, cfg.company_sso_id)  # once for the run, not once per page
+        for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
+            in_scope = [r for r in rows if cfg.include_activities or not r.is_activity]
+            for d in transform_page(in_scope, db, cfg, contacts, users=users):
+                derived[d.note_id] = comparable(d.doc) if d.doc is not None else None
         stored = stored_f.result()
-    expected = found = mismatch_count = 0
+    found = mismatch_count = 0
     mismatches: list[dict] = []
-    for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
-        in_scope = [r for r in rows if cfg.include_activities or not r.is_activity]
-        expected += len(in_scope)
-        present = [r for r in in_scope if r.id in stored]
-        found += len(present)
-        for d in transform_page(present, db, cfg, contacts, users=users):
-            if d.doc is None:
-                continue  # no longer resolvable: counted as present, compared on nothing
-            problems = content_mismatches(d.doc, stored[d.note_id])
-            if problems:
-                mismatch_count += 1
-                if len(mismatches) < sample_limit:
-                    mismatches.append({"legacy_crm_note_id": d.note_id, "fields": problems})
+    for note_id, now in derived.items():  # source order
+        if note_id not in stored:
+            continue
+        found += 1
+        if now is None:
+            continue  # no longer resolvable: counted as present, compared on nothing
+        problems = content_mismatches(now, stored[note_id])
+        if problems:
+            mismatch_count += 1
+            if len(mismatches) < sample_limit:
+                mismatches.append({"legacy_crm_note_id": note_id, "fields": problems})
     return {
-        "expected": expected,
+        "expected": len(derived),
         "found": found,
-        "match_pct": match_pct(expected, found),
+        "match_pct": match_pct(len(derived), found),
         "content_mismatches": mismatch_count,
         "mismatch_samples": mismatches,
     }

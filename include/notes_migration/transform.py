@@ -37,10 +37,6 @@ def to_millis(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-def note_hash(html: str) -> str:
-    return hashlib.sha256(html.encode("utf-8")).hexdigest()
-
-
 def crm_users(rows: list[NoteRow]) -> list[CrmUser]:
     seen: dict[int, CrmUser] = {}
     for r in rows:
@@ -120,17 +116,45 @@ def decide(
     return decision
 
 
-def content_mismatches(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> list[str]:
-    """Fields where a stored note differs from what its source yields now (validation's content check)."""
-    problems = []
-    for key in ("contact_id", "owner_id", "legacy_owner_label", "company_sso_id"):
-        if expected.get(key) != stored.get(key):
-            problems.append(key)
-    for key in ("created_at", "updated_at"):
-        got = stored.get(key)
-        if got is None or to_millis(got if got.tzinfo else got.replace(tzinfo=dt.UTC)) != expected[key]:
-            problems.append(key)
-    stored_hash = stored["note_hash"] if "note_hash" in stored else note_hash(stored.get("note") or "")
-    if note_hash(expected["note"]) != stored_hash:
-        problems.append("note_hash")
-    return problems
+# What validation's content check compares, in this order: a note document (as built, or as read back
+# from CDP) reduced to these values is `comparable(doc)`.
+COMPARED_FIELDS = (
+    "contact_id",
+    "owner_id",
+    "legacy_owner_label",
+    "company_sso_id",
+    "created_at",
+    "updated_at",
+    "note_hash",
+)
+COMPARED_PROJECTION = {"_id": 0, "legacy_crm_note_id": 1, **dict.fromkeys(COMPARED_FIELDS[:-1], 1), "note": 1}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _millis(value: dt.datetime | None) -> int | None:
+    """Milliseconds since the epoch, as BSON keeps a date (a naive value read back from CDP is UTC)."""
+    if value is None:
+        return None
+    return ((value if value.tzinfo else value.replace(tzinfo=dt.UTC)) - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def comparable(doc: Mapping[str, Any]) -> tuple:
+    """A note document as the values the content check compares (COMPARED_FIELDS): small enough to hold
+    for every note of a CID, the HTML reduced to its SHA-256 digest."""
+    return (
+        doc.get("contact_id"),
+        doc.get("owner_id"),
+        doc.get("legacy_owner_label"),
+        doc.get("company_sso_id"),
+        _millis(doc.get("created_at")),
+        _millis(doc.get("updated_at")),
+        hashlib.sha256((doc.get("note") or "").encode("utf-8")).digest(),
+    )
+
+
+def content_mismatches(expected: Mapping[str, Any] | tuple, stored: Mapping[str, Any] | tuple) -> list[str]:
+    """Fields where a stored note differs from what its source yields now (validation's content check);
+    either side a document or its `comparable` form."""
+    a = expected if isinstance(expected, tuple) else comparable(expected)
+    b = stored if isinstance(stored, tuple) else comparable(stored)
+    return [field for field, x, y in zip(COMPARED_FIELDS, a, b, strict=True) if x != y]
