@@ -19,8 +19,8 @@ and proves it by validation before calling the CID done.
 | `force_rerun` | run a CID that already completed (re-inserts nothing that exists) |
 
 **Flow**: preconditions + per-CID lock → coverage preflight → plan keyset pages →
-migrate pages (mapped) → relink attachments (mapped) → validate → alert branch →
-finalise; the lock is released by a teardown whatever happens.
+per task page (a mapped task group): migrate its notes → relink its attachments →
+validate → alert branch → finalise; the lock is released by a teardown whatever happens.
 
 **Connections**: `crm_postgres`, `cdp_mongo`, `crm_s3`, `cdp_s3`, `slack_alerts`,
 `pagerduty_events`. **Status**: `GET /crm-notes-migration/api/status?cid=…`.
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task, teardown
+from airflow.sdk import dag, task, task_group, teardown
 
 from notes_migration.contract import DAG_ID, dag_params
 from notes_migration.lazy import lazy_import
@@ -53,6 +53,9 @@ tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at 
         "retries": 2,
         "retry_delay": dt.timedelta(seconds=30),
         "retry_exponential_backoff": True,
+        # Depth first: a free slot goes to the step furthest along (a page's relink before the next
+        # page's notes, a run's validation before another run's pages).
+        "weight_rule": "upstream",
     },
     params=dag_params(),  # the run contract (notes_migration/contract.py)
 )
@@ -72,6 +75,21 @@ def crm_notes_migration():
     @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=4)
     def migrate_page(job: dict, page: dict) -> dict:
         return tasks.migrate_page(job, page)
+
+    @task_group(group_id="pages", prefix_group_id=False)
+    def page_then_files(job: dict, page: dict) -> None:
+        """Steps 4 and 5 for one task page: its files are relinked as soon as its notes are in, while
+        the other pages are still migrating (relink on all_done: a failed page must not strand the
+        files of the notes it did insert; it skips itself on a dry run or a halted job)."""
+        migrated = migrate_page(job=job, page=page)
+        relinked = AttachmentRelinkOperator(
+            task_id="relink_attachments",
+            page=page,
+            trigger_rule="all_done",
+            map_index_template="{{ page_label }}",
+            max_active_tis_per_dagrun=4,
+        )
+        migrated >> relinked
 
     @task(trigger_rule="all_done")
     def validate() -> dict:
@@ -102,18 +120,9 @@ def crm_notes_migration():
     coverage = coverage_preflight(job)
     pages = plan_pages(job)
     coverage >> pages
-    migrated = migrate_page.partial(job=job).expand(page=pages)
-    # Step 5 once every page is done, whatever their states (a failed page must not strand the other
-    # pages' files); it skips itself on a dry run or a halted job, and finds its job from the run.
-    relinked = AttachmentRelinkOperator.partial(
-        task_id="relink_attachments",
-        trigger_rule="all_done",
-        map_index_template="{{ page_label }}",
-        max_active_tis_per_dagrun=4,
-    ).expand(page=pages)
-    migrated >> relinked
+    paged = page_then_files.partial(job=job).expand(page=pages)
     verdict = validate()
-    [coverage, migrated, relinked] >> verdict
+    [coverage, paged] >> verdict
     branch = choose_outcome(verdict)
     alerted, quiet = send_alerts(verdict), no_alert()
     branch >> [alerted, quiet]

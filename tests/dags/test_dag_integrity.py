@@ -77,8 +77,13 @@ def test_flow_and_trigger_rules(bag):
     t = dag.task_dict
     assert t["release_lock"].is_teardown
     assert t["validate"].trigger_rule == "all_done"
-    assert "migrate_page" in t["validate"].upstream_task_ids
-    assert t["migrate_page"].map_index_template
+    assert t["migrate_page"].map_index_template and t["relink_attachments"].map_index_template
+    # Steps 4 and 5 are one mapped task group: a page's files follow its notes, not every page's notes.
+    group = t["migrate_page"].task_group
+    assert group is t["relink_attachments"].task_group and type(group).__name__ == "MappedTaskGroup"
+    assert t["relink_attachments"].upstream_task_ids == {"plan_pages", "migrate_page"}  # its page, then its notes
+    assert t["relink_attachments"].trigger_rule == "all_done"  # a failed page must not strand its files
+    assert "relink_attachments" in t["validate"].upstream_task_ids
 
 
 def test_dag_file_only_wires():

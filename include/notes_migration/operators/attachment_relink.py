@@ -1,4 +1,5 @@
-"""AttachmentRelinkOperator: design step 5, mapped over the same page descriptors as migrate_page.
+"""AttachmentRelinkOperator: design step 5, mapped over the same page descriptors as migrate_page (in
+the DAG both are one mapped task group: a page's relink follows that page's notes).
 
 A classic operator because it earns one: it owns two cached S3 hooks (CRM assets
 bucket → CDP files bucket) shared by the page's worker threads. Everything else is
@@ -26,7 +27,8 @@ class AttachmentRelinkOperator(BaseOperator):
     the notes' `attachments` (proxy URLs). Skips itself on a dry run or a halted job.
 
     :param job: the job descriptor ({job_id, cid, company_sso_id, run_id}); by default the job this DAG run
-        recorded: the operator runs on `all_done` (a failed page must not strand the others' files), and
+        recorded: the operator runs on `all_done` (a failed page must not strand the files of the notes
+        it did insert), and
         Airflow wants a setup task (preconditions) followed by `all_success` tasks only
     :param page: one page descriptor of `plan_pages` ({page_no, lo_id, hi_id, size})
     :param source_conn_id: S3 connection of the CRM assets bucket (bucket in its extras)
