@@ -26,7 +26,7 @@ from typing import Any
 from tests.support.seed import SeedSpec, company_for, seed
 
 from notes_migration import cdp_store, crm_source, job_store, migration
-from notes_migration.config import CONTACT_NOTES, RunConfig
+from notes_migration.config import ATTACHMENT_PAGES, AUDIT, CONTACT_NOTES, EVENTS, JOBS, NOTE_LOG, PAGES, RunConfig
 from notes_migration.connections import cdp_database, crm_connection
 
 SMALL = SeedSpec(cid=8000, notes=5000, upload_files=False)
@@ -63,6 +63,18 @@ def clear_notes(db, cid: int, chunk: int = 50_000) -> int:
         part = ids[i : i + chunk]
         ranged = {"company_sso_id": query["company_sso_id"], "legacy_crm_note_id": {"$gte": part[0], "$lte": part[-1]}}
         deleted += db[CONTACT_NOTES].delete_many(ranged).deleted_count
+    return deleted
+
+
+def clear_bookkeeping(db, cid: int) -> dict[str, int]:
+    """Delete what the CID's earlier runs recorded (note log, events, page and attachment results, audit),
+    so every measured run starts from the same collections: each run of the 100,000-note CID adds ~30,000
+    note-log entries and ~10,000 events, and FerretDB v1 scans a collection whole for any filter. One job
+    at a time: FerretDB v1 refuses to delete more than 65,535 documents in one statement."""
+    deleted = dict.fromkeys((NOTE_LOG, EVENTS, PAGES, ATTACHMENT_PAGES, AUDIT), 0)
+    for job in db[JOBS].find({"cid": cid}, {"_id": 1}):
+        for c in deleted:
+            deleted[c] += db[c].delete_many({"job_id": job["_id"]}).deleted_count
     return deleted
 
 
