@@ -177,17 +177,21 @@ class MongoNoteWriter:
                 raise ValueError("refusing to write a contact_notes document without legacy_crm_note_id")
             doc.setdefault("_id", ObjectId())
         failed: dict[int, str] = {}
+        dups: set[int] = set()
         try:
             self.collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             for err in exc.details.get("writeErrors", []):
                 legacy = docs[err["index"]]["legacy_crm_note_id"]
                 if err.get("code") == DUPLICATE_KEY:
-                    result.already_migrated.add(legacy)
+                    dups.add(legacy)
                 else:
                     failed[legacy] = f"{err.get('code')}: {err.get('errmsg', '')[:300]}"
         except Exception as exc:  # connection-level: every doc of the batch is in doubt
             failed = {d["legacy_crm_note_id"]: f"{type(exc).__name__}: {exc}"[:300] for d in docs}
+        if dups and not retry:  # the second try of notes in doubt: the first may have landed after all
+            dups -= self._own_inserts([d for d in docs if d["legacy_crm_note_id"] in dups])
+        result.already_migrated |= dups
         for doc in docs:
             legacy = doc["legacy_crm_note_id"]
             if legacy not in failed and legacy not in result.already_migrated:
@@ -202,6 +206,13 @@ class MongoNoteWriter:
             self._write_batch(again, result, retry=False)
         else:
             result.errors.update(failed)
+
+    def _own_inserts(self, docs: list[dict]) -> set[int]:
+        """The legacy ids among `docs` stored under these very `_id`s: inserted by this page's first try
+        (its error came after the server had written them), so migrated by it, not `already_migrated`.
+        One `_id $in` (FerretDB v1 scans the collection for it): only on this rare path."""
+        mine = {d["_id"]: d["legacy_crm_note_id"] for d in docs}
+        return {mine[d["_id"]] for d in self.collection.find({"_id": {"$in": list(mine)}}, {"_id": 1})}
 
 
 # --------------------------------------------------------------------------- attachment relink (design step 5)
