@@ -212,7 +212,11 @@ class MongoNoteWriter:
         (its error came after the server had written them), so migrated by it, not `already_migrated`.
         One `_id $in` (FerretDB v1 scans the collection for it): only on this rare path."""
         mine = {d["_id"]: d["legacy_crm_note_id"] for d in docs}
-        return {mine[d["_id"]] for d in self.collection.find({"_id": {"$in": list(mine)}}, {"_id": 1})}
+        try:
+            return {mine[d["_id"]] for d in self.collection.find({"_id": {"$in": list(mine)}}, {"_id": 1})}
+        except Exception as exc:  # noqa: BLE001 - the server went away again: counted as before, already_migrated
+            log.warning("could not tell own inserts from earlier ones (%s): counted already_migrated", exc)
+            return set()
 
 
 # --------------------------------------------------------------------------- attachment relink (design step 5)
