@@ -73,6 +73,12 @@ def _crm_data_ids(contact: dict) -> list[Any]:
     return [d.get("id") for d in items if isinstance(d, dict)]
 
 
+# Documents per reply of a whole-company pass: FerretDB v1 answers a getMore with ~250 notes by default, and
+# the 71,210 notes of a 100,000-note CID streamed in 12.8 s that way against 8.7-9.5 s at 5,000-20,000 per
+# reply (~4 MB a reply here, within the 16 MiB a reply may hold).
+SCAN_BATCH = 10_000
+
+
 def find_contacts(db: Database, company_sso_id: str, person_ids: Iterable[int], chunk: int = 1000) -> list[dict]:
     """Contacts of the company matching any of the persons by crm_data.id or (crm, source_id).
 
@@ -84,7 +90,7 @@ def find_contacts(db: Database, company_sso_id: str, person_ids: Iterable[int], 
     projection = {"_id": 1, "crm_data": 1, "source": 1, "source_id": 1, "created_at": 1}
     if len(ids) > SCAN_ABOVE_PERSONS:
         wanted, wanted_str = set(ids), {str(p) for p in ids}
-        for contact in db[C.CONTACTS].find({"company_sso_id": company_sso_id}, projection):
+        for contact in db[C.CONTACTS].find({"company_sso_id": company_sso_id}, projection).batch_size(SCAN_BATCH):
             by_source = contact.get("source") == "crm" and contact.get("source_id") in wanted_str
             if by_source or any(i in wanted for i in _crm_data_ids(contact) if isinstance(i, int | float)):
                 found.append(contact)
@@ -107,9 +113,11 @@ def company_users(db: Database, company_sso_id: str) -> list[dict]:
 
 
 def migrated_notes(db: Database, company_sso_id: str, projection: dict | None = None):
-    """A cursor over every migrated note of the company (one pass, streamed)."""
-    return db[C.CONTACT_NOTES].find(
-        {"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}}, projection
+    """A cursor over every migrated note of the company (one pass, streamed in batches of SCAN_BATCH)."""
+    return (
+        db[C.CONTACT_NOTES]
+        .find({"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}}, projection)
+        .batch_size(SCAN_BATCH)
     )
 
 

@@ -23,7 +23,7 @@ from notes_migration.crm_source import CrmExtractFailed
 from notes_migration.events import event
 from notes_migration.plain import utc_now
 from notes_migration.preflight import check_preconditions, coverage_report, resolve_all_persons
-from notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners
+from notes_migration.resolve import ContactMatch, resolve_contacts, resolve_owners, saved_matches
 from notes_migration.transform import COMPARED_PROJECTION, Decision, comparable, content_mismatches, crm_users, decide
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows) -> dict[int, 
     """The run's person → contact answers (saved by the coverage step); resolved here only if absent."""
     saved = job_store.load_person_map(db, job_id)
     if saved is not None:
-        return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
+        return saved_matches(saved)
     persons = {r.crm_person_id for r in rows}
     return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
 
@@ -242,12 +242,14 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
 # --------------------------------------------------------------------------- 6. validate
 
 
-def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> dict:
+def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20, job_id: str | None = None) -> dict:
     """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash.
 
     Two passes at once: a thread streams the company's migrated notes (the server's work) while this
-    one resolves the persons and the company's users afresh and transforms the source page by page (the
-    client's work); both sides are kept in their `comparable` form (HTML as a digest), then compared."""
+    one transforms the source page by page (the client's work); both sides are kept in their `comparable`
+    form (HTML as a digest), then compared. The contacts are the run's own answers (the map the coverage
+    step saved for `job_id`, the one its pages wrote with), resolved afresh only when the run saved none:
+    re-reading the company's contacts cost FerretDB ~2.4 s at 25,000 contacts, before any transform."""
 
     def read_stored() -> dict[int, tuple]:
         return {
@@ -258,7 +260,11 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20) -> 
     derived: dict[int, tuple | None] = {}  # in-scope source note → what it yields now (None: no document)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-check") as pool:
         stored_f = pool.submit(read_stored)
-        _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+        saved = job_store.load_person_map(db, job_id) if job_id else None
+        if saved is None:
+            _, contacts = resolve_all_persons(crm, db, cfg.cid, cfg.company_sso_id, cfg.include_activities)
+        else:
+            contacts = saved_matches(saved)
         users = cdp_store.company_users(db, cfg.company_sso_id)  # once for the run, not once per page
         for rows in crm_source.iter_pages(crm, cfg.cid, max(cfg.batch_size, 500)):
             in_scope = [r for r in rows if cfg.include_activities or not r.is_activity]
@@ -307,7 +313,7 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
         )
     else:
         try:
-            report = content_check(crm, db, cfg)
+            report = content_check(crm, db, cfg, job_id=job_id)
         except CrmExtractFailed as unavailable:  # PRD §9 #8: the count source is down after retries
             log.error("validation of job %s skipped: %s", job_id, unavailable)
             report = {"skipped": Reason.VALIDATION_SKIPPED.value, "details": str(unavailable)}

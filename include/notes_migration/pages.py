@@ -24,7 +24,8 @@ Because every page publishes (2) before it checks (3), of any set of pages runni
 last one to check sees all of their decisions: only pages whose check came before the crossing
 point can insert. After a halt nothing more is inserted except inserts already past their check.
 
-Round trips per page: job (the person map read beside it), users (in parallel with the CRM read),
+Round trips per page: job (the person map read beside it), users (in parallel with the CRM read;
+both read once per task page),
 provisional result (which also says whether an earlier attempt exists: only then is the note log
 of the page deleted), job + page results (in parallel), the insert of each batch with the decided
 note log, events and heartbeat beside it, then final result, audit (an insert), the insert's note log
@@ -50,7 +51,7 @@ from notes_migration.config import MAX_TASK_BATCHES, MAX_TASK_PAGES, TARGET_TASK
 from notes_migration.crm_source import Page
 from notes_migration.events import event
 from notes_migration.plain import utc_now
-from notes_migration.resolve import ContactMatch, resolve_contacts
+from notes_migration.resolve import resolve_contacts, saved_matches
 from notes_migration.transform import Decision
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows, saved: dict[i
     """The run's person → contact answers for this page's persons only (memory flat in CID size)."""
     persons = {r.crm_person_id for r in rows}
     if saved is not None:
-        return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
+        return saved_matches(saved)
     return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
 
 
@@ -225,13 +226,14 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
     if len(batches) == 1:
         return migrate_batch(crm, db, job_id, batches[0], writer)
     done = job_store.done_page_nos(db, job_id)
+    known: dict[str, Any] = {}  # the run's person map and the company's users: read once for all the batches
     summary = {"page_no": page["page_no"], **dict.fromkeys(SUMMARY_COUNTERS, 0), "batches": len(batches)}
     resumed = 0
     for batch in batches:
         if batch["page_no"] in done:
             resumed += 1
             continue
-        one = migrate_batch(crm, db, job_id, batch, writer)
+        one = migrate_batch(crm, db, job_id, batch, writer, known)
         for k in SUMMARY_COUNTERS:
             summary[k] += one[k]
     if resumed:
@@ -241,24 +243,36 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
     return {**summary, "batches_resumed": resumed}
 
 
-def migrate_batch(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
-    """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account."""
+def migrate_batch(
+    crm,
+    db: Database,
+    job_id: str,
+    page: dict,
+    writer: cdp_store.MongoNoteWriter | None = None,
+    known: dict[str, Any] | None = None,
+) -> dict:
+    """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account.
+
+    `known` carries what the batches of one task page share and read only once (the run's person map
+    chunks, the company's users): each read decoded ~0.1 s of documents in FerretDB per batch."""
     started = time.perf_counter()
     page_no = page["page_no"]
+    known = {} if known is None else known
     with ThreadPoolExecutor(max_workers=5, thread_name_prefix=f"page{page_no}") as pool:
-        chunks_f = pool.submit(job_store.person_map_chunks, db, job_id)  # needs only the job id: beside the job read
-        job, cfg = m._job(db, job_id)
+        chunks_f = None if "chunks" in known else pool.submit(job_store.person_map_chunks, db, job_id)
+        job, cfg = m._job(db, job_id)  # the person map is read beside it: it needs only the job id
         if job.get("state") == State.HALTED:
             raise AlreadyHalted(
                 Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page_no} writes nothing"
             )
-        users_f = pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
+        users_f = None if "users" in known else pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
         rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
         t_read = time.perf_counter()
         persons = {r.crm_person_id for r in rows}
-        chunks = chunks_f.result()
+        chunks = known["chunks"] = chunks_f.result() if chunks_f else known["chunks"]
+        users = known["users"] = users_f.result() if users_f else known["users"]
         saved = None if chunks is None else job_store.parse_person_map(chunks, persons)
-        decisions = m.transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows, saved), users=users_f.result())
+        decisions = m.transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows, saved), users=users)
         t_transform = time.perf_counter()
 
         # publish the decided outcomes, then re-check the run immediately before inserting

@@ -25,6 +25,11 @@ class ContactMatch:
         return len(self.candidates) > 1
 
 
+def saved_matches(saved: Mapping[int, str]) -> dict[int, ContactMatch]:
+    """A run's saved person → contact answers (job_store.save_person_map) as matches."""
+    return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
+
+
 def _rank_for(person_id: int, contact: Mapping) -> tuple:
     return _contact_rank(contact, person_id)
 
