@@ -1,12 +1,13 @@
 """Task pages of several batches against the real servers: each batch is decided, inserted, relinked and
 accounted on its own, and a task page run again resumes at its first batch that is not done.
 
-CIDs used here: 1130–1132.
+CIDs used here: 1130–1133.
 """
 
 from __future__ import annotations
 
 import pytest
+from pymongo import MongoClient, monitoring
 
 from notes_migration import attachments, crm_source, job_store, migration
 from notes_migration import s3_store as s3
@@ -15,6 +16,28 @@ from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
+
+
+class _Commands(monitoring.CommandListener):
+    """Counts the commands of one name sent to one collection (a pymongo command listener)."""
+
+    def __init__(self, name: str, collection: str) -> None:
+        self.name, self.collection, self.count = name, collection, 0
+
+    def started(self, event) -> None:
+        if event.command_name == self.name and event.command.get(self.name) == self.collection:
+            self.count += 1
+
+    def succeeded(self, event) -> None: ...
+
+    def failed(self, event) -> None: ...
+
+
+def _watched(cdp, name: str, collection: str):
+    """(counter, the CDP database through a client of its own that counts `name` commands to `collection`)."""
+    counter = _Commands(name, collection)
+    host, port = cdp.client.address
+    return counter, MongoClient(host, port, event_listeners=[counter], tz_aware=True)[cdp.name]
 
 
 def _start(crm, cdp, cid: int, run_id: str) -> dict:
@@ -98,27 +121,11 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
     """Notes whose every file is skipped (unsupported type, over the cap) get no write, so the relink step
     takes their presence from the page's audit record instead of a scan of contact_notes per note; the
     page's figures are those the lookups give (checked by relinking again with the audit removed)."""
-    from pymongo import MongoClient, monitoring
-
     only_skipped = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "unsupported_file_share": 0.4}
     seed_cid(SeedSpec(cid=1132, notes=60, upload_files=False, **only_skipped))
     job = _start(crm, cdp, 1132, "packed-1132")
 
-    class Finds(monitoring.CommandListener):
-        def __init__(self) -> None:
-            self.notes = 0
-
-        def started(self, event) -> None:
-            if event.command_name == "find" and event.command.get("find") == "contact_notes":
-                self.notes += 1
-
-        def succeeded(self, event) -> None: ...
-
-        def failed(self, event) -> None: ...
-
-    finds = Finds()
-    host, port = cdp.client.address
-    watched = MongoClient(host, port, event_listeners=[finds], tz_aware=True)[cdp.name]
+    finds, watched = _watched(cdp, "find", "contact_notes")
     counters = ("files", "skipped", "relinked", "failed", "files_without_cdp_note", "notes_with_files")
     try:
         pages = migration.plan(crm, cdp, job["job_id"])
@@ -130,7 +137,7 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
             p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
         }
         assert sum(p["skipped"] for p in first.values()) > 0 and sum(p["relinked"] for p in first.values()) == 0
-        assert finds.notes == 0  # no note was read: every file skipped, every note inserted by this job
+        assert finds.count == 0  # no note was read: every file skipped, every note inserted by this job
 
         cdp["crm_migration_audit"].delete_many({"job_id": job["job_id"]})  # now each note must be looked up
         for page in pages:
@@ -138,7 +145,34 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
         again = {
             p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
         }
-        assert finds.notes > 0 and again == first
+        assert finds.count > 0 and again == first
     finally:
         watched.client.close()
         migration.release(cdp, 1132, "packed-1132")
+
+
+def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_leaves_none_stale(seed_cid, crm, cdp):
+    """The operator's first try skips the per-page delete of file records (a scan of the whole note log on
+    FerretDB v1): none can exist yet. Relinking again as a retry does delete, and ends with the same records."""
+    seed_cid(SeedSpec(cid=1133, notes=40, missing_file_share=0.2, unsupported_file_share=0.2))
+    job = _start(crm, cdp, 1133, "packed-1133")
+
+    deletes, watched = _watched(cdp, "delete", "crm_migration_note_log")
+    source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
+    outcomes = ["attachment_failed", "attachment_skipped"]
+    try:
+        pages = migration.plan(crm, cdp, job["job_id"])
+        for page in pages:
+            migration.migrate_page(crm, cdp, job["job_id"], page)
+            attachments.relink_page(crm, watched, job["job_id"], page, source=source, target=target, first_attempt=True)
+        first = sorted(e["file"]["ref"] for e in job_store.note_log(cdp, job["job_id"], outcomes))
+        assert first and deletes.count == 0
+        for page in pages:  # as an Airflow retry of every relink task
+            attachments.relink_page(crm, watched, job["job_id"], page, source=source, target=target)
+        assert deletes.count > 0
+        assert sorted(e["file"]["ref"] for e in job_store.note_log(cdp, job["job_id"], outcomes)) == first
+        assert migration.validate(crm, cdp, job["job_id"]).as_dict()["match_pct"] == 100.0
+    finally:
+        watched.client.close()
+        migration.release(cdp, 1133, "packed-1133")
+    assert_conserved(crm, cdp, 1133, job["job_id"])

@@ -89,6 +89,7 @@ class AttachmentRelinkOperator(BaseOperator):
                     source=lambda: bucket_from_hook(self.source_hook),  # built only for a page with files
                     target=lambda: bucket_from_hook(self.target_hook),
                     concurrency=self.concurrency,
+                    first_attempt=getattr(context.get("ti"), "try_number", None) == 1,  # else a retry
                 )
             except attachments.RelinkSkipped as skipped:
                 raise AirflowSkipException(str(skipped)) from None
