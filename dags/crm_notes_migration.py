@@ -18,7 +18,7 @@ and proves it by validation before calling the CID done.
 | `dry_run` | read, transform and account, write no notes |
 | `force_rerun` | run a CID that already completed (re-inserts nothing that exists) |
 
-**Flow**: preconditions + per-CID lock → coverage preflight → plan keyset pages →
+**Flow**: preconditions + per-CID lock → coverage preflight, beside it plan keyset pages →
 per task page (a mapped task group): migrate its notes → relink its attachments →
 validate → alert branch → finalise; the lock is released by a teardown whatever happens.
 
@@ -118,9 +118,9 @@ def crm_notes_migration():
 
     job = preconditions()
     coverage = coverage_preflight(job)
-    pages = plan_pages(job)
-    coverage >> pages
+    pages = plan_pages(job)  # side by side with the coverage gate: it only reads the CRM and writes no note
     paged = page_then_files.partial(job=job).expand(page=pages)
+    coverage >> paged
     verdict = validate()
     [coverage, paged] >> verdict
     branch = choose_outcome(verdict)

@@ -49,9 +49,10 @@ CONTACT_NOTES = "contact_notes"
 # unit of reading, deciding, inserting and accounting): a CID of up to TARGET_TASK_PAGES batches gets one task
 # per batch; a larger one about TARGET_TASK_PAGES tasks of k consecutive batches each, processed one after
 # another (memory stays that of one batch), k ≤ MAX_TASK_BATCHES unless MAX_TASK_PAGES tasks would not do.
-# Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does, so 96 one-batch
-# tasks spent most of a 100,000-note run waiting.
-TARGET_TASK_PAGES = 16
+# Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does (and as much again
+# for its relink task), so 96 one-batch tasks spent most of a 100,000-note run waiting; 8 keeps two rounds
+# of the DAG's 4 page lanes busy.
+TARGET_TASK_PAGES = 8
 MAX_TASK_BATCHES = 20
 MAX_TASK_PAGES = 1024
 CONTACTS = "contacts"

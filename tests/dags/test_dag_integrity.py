@@ -82,6 +82,9 @@ def test_flow_and_trigger_rules(bag):
     group = t["migrate_page"].task_group
     assert group is t["relink_attachments"].task_group and type(group).__name__ == "MappedTaskGroup"
     assert t["relink_attachments"].upstream_task_ids == {"plan_pages", "migrate_page"}  # its page, then its notes
+    # planning runs beside the coverage gate; no page writes before the gate passed
+    assert t["plan_pages"].upstream_task_ids == {"preconditions"}
+    assert t["migrate_page"].upstream_task_ids == {"preconditions", "plan_pages", "coverage_preflight"}
     assert t["relink_attachments"].trigger_rule == "all_done"  # a failed page must not strand its files
     assert "relink_attachments" in t["validate"].upstream_task_ids
 

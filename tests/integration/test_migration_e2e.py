@@ -13,6 +13,7 @@ from notes_migration import job_store
 from notes_migration.codes import Reason
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
 from notes_migration.ops import cid_status
+from notes_migration.pages import batches_per_task
 from tests.helpers import PARAM_DEFAULTS, run_migration, task_states
 from tests.support.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 
@@ -73,8 +74,10 @@ def test_stage1_cids_complete_with_full_match(stage1, cdp, crm, cid):
         1 for r in src.values() if r[2] is not None and r[5] in ACTIVITIES
     )
     assert counts["out_of_scope"]["NOT_A_PERSON_NOTE"] == sum(1 for r in src.values() if r[2] is None)
-    pages = task_states(dag_run)["migrate_page"]
-    assert len(pages) == -(-sum(1 for r in src.values() if r[2] is not None) // 500)
+    batches = -(-sum(1 for r in src.values() if r[2] is not None) // 500)  # one page result per insert batch
+    assert len(job_store.page_results(cdp, status["job_id"])) == batches
+    pages = task_states(dag_run)["migrate_page"]  # one mapped task per task page of k batches
+    assert len(pages) == -(-batches // batches_per_task(batches)) and all(s == "success" for s in pages)
 
 
 def test_migrated_content_matches_the_source(stage1, cdp, crm):
