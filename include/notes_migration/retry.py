@@ -167,12 +167,22 @@ def summary(retries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _remember_contacts(db: Database, job_id: str, contacts: dict) -> None:
+    """The retry's fresh answers join the run's saved person map, so validation compares the notes it
+    recovers with the contacts they were written with. A run that saved no map is left without one
+    (its validation resolves every person afresh)."""
+    saved = job_store.load_person_map(db, job_id)
+    if saved is not None and contacts:
+        job_store.save_person_map(db, job_id, {**saved, **{p: match.contact_id for p, match in contacts.items()}})
+
+
 def _retry(crm, db: Database, job: dict, cfg: RunConfig, queue: list[dict], relink) -> dict[str, Any]:
     job_id = job["_id"]
     by_note = {int(e["legacy_crm_note_id"]): e for e in queue}
     rows = crm_source.read_notes(crm, cfg.cid, sorted(by_note))
     persons = {r.crm_person_id for r in rows}
     contacts = resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))  # fresh
+    _remember_contacts(db, job_id, contacts)
     decisions = m.transform_page(rows, db, cfg, contacts)
     docs = [d.doc for d in decisions if d.doc is not None]
     result = cdp_store.MongoNoteWriter(db).write(docs) if docs else cdp_store.WriteResult()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from notes_migration import migration
 from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
 from tests.helpers import assert_conserved, run_steps
 from tests.support.seed import SeedSpec, backfill_contacts
@@ -108,3 +109,12 @@ def test_a_retry_from_the_cli_recovers_exactly_the_backfilled_notes(failed_job, 
     assert_conserved(crm, cdp, CID, job_id)
     code, out = cli("retry", "--job-id", job_id)  # nothing left
     assert (code, out["refused"]) == (3, "NOTHING_TO_RETRY")
+
+    # validation compares the recovered notes too (with the contacts the retry wrote them with): one changed
+    # in CDP is a content mismatch
+    recovered = min(expected)
+    cdp[CONTACT_NOTES].update_one(
+        {"company_sso_id": company, "legacy_crm_note_id": recovered}, {"$set": {"contact_id": "x"}}
+    )
+    verdict = migration.validate(crm, cdp, job_id).as_dict()
+    assert verdict["content_mismatches"] == 1 and verdict["state"] == "completed_with_errors", verdict
