@@ -140,6 +140,8 @@ def _process_cpu() -> dict[int, tuple[str, float]]:
 
 
 def _kind(cmd: str, stat: str) -> str:
+    if cmd.startswith("postgres:"):  # a PostgreSQL backend, FerretDB's own ("postgres: postgres ferretdb …") too
+        return "postgres"
     for key in ("ferretdb", "postgres", "moto_server", "redis", "celery", "scheduler", "dag-processor", "triggerer"):
         if key in cmd or f"({key}" in stat:
             return key.replace("_server", "")
