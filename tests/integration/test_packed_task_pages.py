@@ -151,9 +151,10 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
         migration.release(cdp, 1132, "packed-1132")
 
 
-def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_leaves_none_stale(seed_cid, crm, cdp):
+def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_still_does(seed_cid, crm, cdp):
     """The operator's first try skips the per-page delete of file records (a scan of the whole note log on
-    FerretDB v1): none can exist yet. Relinking again as a retry does delete, and ends with the same records."""
+    FerretDB v1): none can exist yet. Relinking again as a retry deletes them first and ends with the same
+    records, none duplicated."""
     seed_cid(SeedSpec(cid=1133, notes=40, missing_file_share=0.2, unsupported_file_share=0.2))
     job = _start(crm, cdp, 1133, "packed-1133")
 

@@ -20,7 +20,6 @@ def batches(n: int, size: int = 500) -> list[Page]:
     [
         (0, 1024, 0, 1),
         (1, 1024, 1, 1),
-        (8, 1024, 8, 1),
         (10, 1024, 5, 2),
         (TARGET_TASK_PAGES, 1024, TARGET_TASK_PAGES, 1),  # up to the target: one task per batch
         (TARGET_TASK_PAGES + 1, 1024, 5, 2),
