@@ -97,6 +97,8 @@ s3_up() {
     log "s3 already listening on $S3_PORT"
   else
     mkdir -p "$LOG_DIR"
+    # a fresh clone has no .venv yet: moto's server comes with the dev requirements
+    [ -x "$VENV/bin/moto_server" ] || bash "$ROOT/scripts/bootstrap.sh"
     nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$LOG_DIR/s3.log" 2>&1 &
     echo $! >"$BUILD_DIR/s3.pid"
     wait_port "$S3_PORT" s3 60
