@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from tests.support.seed import SeedSpec, company_for, seed
+from tests.support.seed import SeedSpec, company_for, ensure_schema, seed
 
 from notes_migration import cdp_store, crm_source, job_store, migration
 from notes_migration.config import ATTACHMENT_PAGES, AUDIT, CONTACT_NOTES, EVENTS, JOBS, NOTE_LOG, PAGES, RunConfig
@@ -40,6 +40,7 @@ def p95(values: list[float]) -> float:
 def ensure_seeded(spec: SeedSpec, db) -> bool:
     """Seed the CID unless the CRM already holds exactly its notes (seeding 100,000 notes takes ~10 s)."""
     with crm_connection(read_only=False) as rw:
+        ensure_schema(rw)  # a fresh cluster has none yet
         with rw.cursor() as cur:
             cur.execute("SELECT count(*) FROM crm_notes WHERE organization_id = %s", (spec.cid,))
             have = cur.fetchone()[0]

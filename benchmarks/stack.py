@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     cids = [int(c) for c in args.cids.split(",")]
     db = cdp_database()
     fig: dict[str, Any] = {"batch_size": args.batch_size, "target_ratio": TARGET_RATIO, "max_mapped_tasks": MAX_MAPPED}
-    fig["seeded_now"] = [c for c in cids if not args.no_seed and ensure_seeded(SPECS[c], db)]
+    measured = sorted({*cids, 8100, *([8101] if args.in_process_large else [])})  # run, or measured in process
+    fig["seeded_now"] = [c for c in measured if not args.no_seed and ensure_seeded(SPECS[c], db)]
     fig["in_process_page_path"] = in_process(8100, args.batch_size)
     base = fig["in_process_page_path"]["notes_per_s"]
     if args.in_process_large:  # the same page path over the 100,000-note CID: what its larger collections cost
