@@ -33,6 +33,7 @@ import datetime as dt
 
 from airflow.sdk import dag, task, task_group, teardown
 
+from notes_migration.config import PAGE_LANES
 from notes_migration.contract import DAG_ID, dag_params
 from notes_migration.lazy import lazy_import
 from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
@@ -45,7 +46,7 @@ tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at 
     schedule=None,
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
-    max_active_tasks=4,
+    max_active_tasks=PAGE_LANES,
     doc_md=__doc__,
     tags=["crm-migration", "cdp", "notes"],
     default_args={
@@ -72,7 +73,7 @@ def crm_notes_migration():
     def plan_pages(job: dict) -> list[dict]:
         return tasks.plan_pages(job)
 
-    @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=4)
+    @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=PAGE_LANES)
     def migrate_page(job: dict, page: dict) -> dict:
         return tasks.migrate_page(job, page)
 
@@ -87,7 +88,7 @@ def crm_notes_migration():
             page=page,
             trigger_rule="all_done",
             map_index_template="{{ page_label }}",
-            max_active_tis_per_dagrun=4,
+            max_active_tis_per_dagrun=PAGE_LANES,
         )
         migrated >> relinked
 

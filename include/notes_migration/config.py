@@ -50,10 +50,12 @@ CONTACT_NOTES = "contact_notes"
 # per batch; a larger one about TARGET_TASK_PAGES tasks of k consecutive batches each, processed one after
 # another (memory stays that of one batch), k ≤ MAX_TASK_BATCHES unless MAX_TASK_PAGES tasks would not do.
 # Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does (and as much again
-# for its relink task), so 96 one-batch tasks spent most of a 100,000-note run waiting; 8 keeps two rounds
-# of the DAG's 4 page lanes busy.
-TARGET_TASK_PAGES = 8
-MAX_TASK_BATCHES = 20
+# for its relink task), so 96 one-batch tasks spent most of a 100,000-note run waiting; as many task pages
+# as the run has lanes (PAGE_LANES: the DAG's max_active_tasks and the mapped tasks' per-run cap) run all
+# pages in one round, then all relinks in one round.
+PAGE_LANES = 4
+TARGET_TASK_PAGES = PAGE_LANES
+MAX_TASK_BATCHES = 25
 MAX_TASK_PAGES = 1024
 CONTACTS = "contacts"
 LAUNCHPAD_USERS = "launchpad_users"

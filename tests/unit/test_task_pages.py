@@ -20,12 +20,12 @@ def batches(n: int, size: int = 500) -> list[Page]:
     [
         (0, 1024, 0, 1),
         (1, 1024, 1, 1),
-        (10, 1024, 5, 2),
+        (10, 1024, 4, 3),
         (TARGET_TASK_PAGES, 1024, TARGET_TASK_PAGES, 1),  # up to the target: one task per batch
-        (TARGET_TASK_PAGES + 1, 1024, 5, 2),
-        (96, 1024, 8, 12),  # the 100,000-note CID at batch 1,000
-        (200, 1024, 10, MAX_TASK_BATCHES),
-        (2000, 1024, 100, MAX_TASK_BATCHES),  # a million notes at batch 500: tasks stay short
+        (TARGET_TASK_PAGES + 1, 1024, 3, 2),
+        (96, 1024, 4, 24),  # the 100,000-note CID at batch 1,000: one task per page lane
+        (200, 1024, 8, MAX_TASK_BATCHES),
+        (2000, 1024, 80, MAX_TASK_BATCHES),  # a million notes at batch 500: tasks stay short
         (30_000, 1024, 1000, 30),  # beyond MAX_TASK_BATCHES only to stay within the cap
         (40, 3, 3, 14),
     ],
@@ -53,7 +53,7 @@ def test_a_run_of_a_million_notes_stays_under_the_mapped_task_cap():
 def test_task_labels_name_their_pages():
     one, packed = group_batches(batches(1))[0], group_batches(batches(40))[0]
     assert page_label(one) == "page 0 · ids 1–999 · 500 rows"
-    assert page_label(packed) == "pages 0–4 · ids 1–4999 · 2500 rows"
+    assert page_label(packed) == "pages 0–9 · ids 1–9999 · 5000 rows"
 
 
 def test_a_page_parses_only_its_own_persons_from_the_run_map():
