@@ -33,8 +33,7 @@ import datetime as dt
 
 from airflow.sdk import dag, task, task_group, teardown
 
-from notes_migration.config import PAGE_LANES
-from notes_migration.contract import DAG_ID, dag_params
+from notes_migration.contract import DAG_ID, PAGE_LANES, dag_params
 from notes_migration.lazy import lazy_import
 from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from notes_migration.contract import DAG_ID, UUID_RE, param, run_options
+from notes_migration.contract import DAG_ID, PAGE_LANES, UUID_RE, param, run_options
 
 _JOB_NS = uuid.UUID("6f1c7a52-8d0e-4d4f-9a57-0b1c2e3f4a5b")
 
@@ -51,9 +51,8 @@ CONTACT_NOTES = "contact_notes"
 # another (memory stays that of one batch), k ≤ MAX_TASK_BATCHES unless MAX_TASK_PAGES tasks would not do.
 # Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does (and as much again
 # for its relink task), so 96 one-batch tasks spent most of a 100,000-note run waiting; as many task pages
-# as the run has lanes (PAGE_LANES: the DAG's max_active_tasks and the mapped tasks' per-run cap) run all
-# pages in one round, then all relinks in one round.
-PAGE_LANES = 4
+# as the run has lanes (contract.PAGE_LANES: the DAG's max_active_tasks and the mapped tasks' per-run cap)
+# run all pages in one round, then all relinks in one round.
 TARGET_TASK_PAGES = PAGE_LANES
 MAX_TASK_BATCHES = 25
 MAX_TASK_PAGES = 1024

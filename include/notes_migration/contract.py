@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DAG_ID = "crm_notes_migration"  # one run per CID; its params are RUN_PARAMS
+PAGE_LANES = 4  # the DAG's max_active_tasks and its mapped tasks' per-run cap (config.TARGET_TASK_PAGES)
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 UUID_RE = re.compile(UUID_PATTERN)

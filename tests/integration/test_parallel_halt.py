@@ -24,7 +24,8 @@ BATCH = 100
 
 
 @pytest.fixture
-def job(seed_cid, crm, cdp):
+def job(seed_cid, crm, cdp, monkeypatch):
+    monkeypatch.setattr("notes_migration.pages.TARGET_TASK_PAGES", 8)  # one-batch pages: 8 of them
     seed_cid(SeedSpec(cid=CID, notes=800, unmapped_person_share=0.06, upload_files=False))
     cfg = RunConfig(
         cid=CID, company_sso_id=company_for(CID), batch_size=BATCH, thresholds=Thresholds(coverage_gate=0.5)
