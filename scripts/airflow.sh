@@ -97,6 +97,10 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$PASSWORDS_FILE"
 export AIRFLOW__CELERY__BROKER_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+$PG_DRIVER://postgres@127.0.0.1:$CRM_PG_PORT/$DB_NAME"
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
+# An idle scheduler loop sleeps this long (Airflow's default: 1 s) before it sees that a task finished:
+# each step of a run waited up to that for its successor. 0.2 s cost the scheduler ~2 CPU-s more over a
+# 100,000-note run and took its trigger-to-done from 25.0-26.6 s to 23.3-24.2 s (benchmarks.stack).
+export AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="${AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME:-0.2}"
 AIRFLOW=("$VENV/bin/airflow")
 
 secrets() { # one set per stack dir, shared by every process (JWTs signed by one are checked by the others)
