@@ -7,8 +7,10 @@ state. Refusals and halts are exceptions carrying a reason code.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -242,6 +244,21 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
 # --------------------------------------------------------------------------- 6. validate
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cycle collector off for a bulk pass whose objects form no cycles (reference counting
+    still frees them): it kept re-walking the content check's ~140,000 live comparables, ~15% of the
+    check's CPU at a 71,000-note CID (4.8-5.2 CPU-s with it, 4.25-4.3 without)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@cyclic_gc_paused()
 def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20, job_id: str | None = None) -> dict:
     """Every in-scope source note vs its CDP document: presence, contact, owner, timestamps, HTML hash.
 
