@@ -455,6 +455,7 @@ def migrate_batch(
                 already_migrated=already,
                 failed=final["failed"],
                 skipped=final["skipped"],
+                owners_unresolved=final["owners_unresolved"],
                 duration_s=round(final["timings_s"]["total"], 3),
                 **ev,
             )

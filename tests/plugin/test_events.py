@@ -32,7 +32,16 @@ def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
     assert core <= set(by_name)
     expected_props = {
         Event.STARTED: {"company_sso_id", "triggered_by", "config"},
-        Event.BATCH_COMPLETED: {"page_no", "rows", "migrated", "already_migrated", "failed", "skipped", "duration_s"},
+        Event.BATCH_COMPLETED: {
+            "page_no",
+            "rows",
+            "migrated",
+            "already_migrated",
+            "failed",
+            "skipped",
+            "owners_unresolved",
+            "duration_s",
+        },
         Event.NOTE_FAILED: {"legacy_crm_note_id", "reason_code", "details"},
         Event.OWNER_NOT_RESOLVED: {"legacy_crm_note_id", "legacy_owner_label"},
         Event.HALTED: {"reason", "failure_rate"},
@@ -67,3 +76,19 @@ def test_events_are_structured_log_lines(caplog):
         "failure_rate": 0.0,
     }
     assert record["_id"] == "j:crm_notes_migration_halted:"
+
+
+def test_a_notes_owner_not_resolved_logs_at_debug_and_its_batch_counts_it(caplog, fleet, cdp):
+    from notes_migration.events import event
+
+    with caplog.at_level(logging.INFO, logger="notes_migration.events"):
+        event(Event.OWNER_NOT_RESOLVED, job_id="j", cid=3001, subject=7, legacy_crm_note_id=7)
+    assert not caplog.records  # not at INFO: one line per migrated note flooded the task log
+    with caplog.at_level(logging.DEBUG, logger="notes_migration.events"):
+        record = event(Event.OWNER_NOT_RESOLVED, job_id="j", cid=3001, subject=7, legacy_crm_note_id=7)
+    assert json.loads(caplog.records[-1].getMessage())["event"] == Event.OWNER_NOT_RESOLVED.value
+    assert record["properties"] == {"legacy_crm_note_id": 7}
+    events = _events(cdp, SUCCESS)
+    unresolved = sum(1 for e in events if e["event"] == Event.OWNER_NOT_RESOLVED)
+    counted = sum(e["properties"]["owners_unresolved"] for e in events if e["event"] == Event.BATCH_COMPLETED)
+    assert unresolved == counted > 0
