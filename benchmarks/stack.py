@@ -196,7 +196,7 @@ def _phase(tis: list[dict[str, Any]], t0: float) -> dict[str, Any]:
 
 
 def median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """The round whose `key` is the median (the lower middle of an even count), with every round's `key`."""
+    """The round whose `key` is the median of an odd number of rounds, with every round's `key`."""
     ordered = sorted(rounds, key=lambda r: r[key])
     return {**ordered[(len(ordered) - 1) // 2], f"rounds_{key}": [r[key] for r in rounds]}
 
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per figure (the median is reported)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.rounds % 2 == 0:  # an even count has no middle round: either pick would bias a ratio
+        parser.error("--rounds must be odd (the median is one of the rounds)")
     cids = [int(c) for c in args.cids.split(",")]
     db = cdp_database()
     fig: dict[str, Any] = {
