@@ -6,11 +6,14 @@ and record the page's result, reason-coded file records and events.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo.database import Database
@@ -60,9 +63,11 @@ def relink_page(
     first_attempt: bool = False,
 ) -> dict[str, Any]:
     """Relink one task page: its batches one after another (each its own attachment result, as
-    migrate_page accounts them), the S3 clients built once for all of them, the job's live attachment
-    figures written once at the end (each write reads every attachment result of the job). Returns the
-    counters summed.
+    migrate_page accounts them), their files read in one CRM query, the S3 clients built once for all
+    of them; then their file records in one insert (`_record`), the lock's heartbeat and the job's live
+    attachment figures (each write reads every attachment result of the job). A batch of 1,000 notes
+    whose files are all skipped costs 3 FerretDB commands, not 6 and a CRM query: ~20 ms instead of ~33
+    (CID 8101, in process). Returns the counters summed.
 
     `first_attempt` (the operator's first try of this task): no earlier attempt can have left file
     records for these pages of this job, so they are not deleted first (on FerretDB v1 that delete
@@ -74,46 +79,126 @@ def relink_page(
         return lambda: buckets[name] if name in buckets else buckets.setdefault(name, _bucket(b))
 
     src, dst = once("source", source), once("target", target)
+    batches = crm_source.batches_of(page)
+    job = _relinkable_job(db, job_id)
+    cfg = RunConfig.from_dict(job["config"])
     summary: dict[str, Any] = {"page_no": page["page_no"]}
-    for batch in crm_source.batches_of(page):
-        one = relink_batch(
-            crm, db, job_id, batch, source=src, target=dst, concurrency=concurrency, retry=retry, fresh=first_attempt
-        )
+    if cfg.dry_run:
+        outcomes = [plan_page(crm, db, job, b, source=src(), target=dst(), concurrency=concurrency) for b in batches]
+    else:
+        files = _files_by_batch(crm, cfg.cid, batches)
+        done: list[BatchRelinked] = []
+        try:
+            for b in batches:
+                done.append(
+                    relink_batch(
+                        crm,
+                        db,
+                        job,
+                        b,
+                        files[b["page_no"]],
+                        source=src,
+                        target=dst,
+                        concurrency=concurrency,
+                        retry=retry,
+                    )
+                )
+        finally:  # a halt or a failure mid-page: the batches already relinked keep their records
+            _record(db, job, done, clear=not first_attempt)
+        outcomes = [d.counters for d in done]
+    for one in outcomes:
         for k, v in one.items():
             if k != "page_no":
                 summary[k] = summary.get(k, 0) + v
+    job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
     summarise_job(db, job_id)  # live figures; validate recomputes them once every page is done
     return summary
+
+
+def _relinkable_job(db: Database, job_id: str) -> dict[str, Any]:
+    """The job, unless it is gone (LookupError) or halted (RelinkSkipped: nothing more is written)."""
+    job = job_store.get_job(db, job_id)
+    if job is None:
+        raise LookupError(f"job {job_id} not found")
+    if job.get("state") == State.HALTED:
+        raise RelinkSkipped(f"job {job_id} halted ({(job.get('halted') or {}).get('reason')}): no relinking")
+    return job
+
+
+def _files_by_batch(crm, cid: int, batches: list[dict[str, Any]]) -> dict[int, list[FileRow]]:
+    """The files of every batch of a task page, read in one query over the task page's id range (the files
+    of a note between two batches, one out of scope, belong to no batch and are dropped)."""
+    out: dict[int, list[FileRow]] = {b["page_no"]: [] for b in batches}
+    bounds = sorted((b["lo_id"], b["hi_id"], b["page_no"]) for b in batches)
+    for row in crm_source.read_page_files(crm, cid, bounds[0][0], bounds[-1][1]):
+        i = bisect.bisect_right(bounds, (row.note_id, math.inf, math.inf)) - 1
+        if i >= 0 and bounds[i][0] <= row.note_id <= bounds[i][1]:
+            out[bounds[i][2]].append(row)
+    return out
+
+
+@dataclass
+class BatchRelinked:
+    """One batch relinked (its files copied, its notes' `attachments` set), its records not yet written."""
+
+    job_page: str
+    page_doc: dict[str, Any]
+    entries: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    found_notes: bool  # some of its notes are in CDP (a retry then replaces their earlier file records)
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        keys = ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "notes_updated")
+        return {k: self.page_doc[k] for k in keys}
+
+
+def _record(db: Database, job: Mapping[str, Any], done: list[BatchRelinked], *, clear: bool) -> None:
+    """The records of a task page's batches, written once they are all relinked: the reason-coded file
+    records (one insert), the events, then each batch's result (the figures the status reads); also
+    when a later batch stopped the page (a halt, a failure). A task process killed before this leaves
+    none of them, and its retry relinks every batch again (`clear`: an earlier attempt may have written
+    some; a first attempt has nothing to clear)."""
+    job_store.replace_attachment_logs(
+        db, [e for d in done for e in d.entries], clear_pages=[d.job_page for d in done if clear and d.found_notes]
+    )
+    job_store.record_events(db, [e for d in done for e in d.events])
+    for d in done:
+        job_store.save_attachment_page(db, d.page_doc)
+        metrics.attachment_page_completed(d.page_doc)
+        doc = d.page_doc
+        log.info(
+            "page %s: %d files, %d relinked (%d copied), %d failed, %d skipped, %d notes updated in %.2fs",
+            doc["page_no"],
+            doc["files"],
+            doc["relinked"],
+            doc["copied"],
+            doc["failed"],
+            doc["skipped"],
+            doc["notes_updated"],
+            doc["timings_s"]["total"],
+        )
 
 
 def relink_batch(
     crm,
     db: Database,
-    job_id: str,
+    job: dict[str, Any],
     page: Mapping[str, int],
+    rows: list[FileRow],
     *,
-    source: s3.Bucket | Callable[[], s3.Bucket],
-    target: s3.Bucket | Callable[[], s3.Bucket],
+    source: Callable[[], s3.Bucket],
+    target: Callable[[], s3.Bucket],
     concurrency: int | None = None,
     retry: RetryPolicy | None = None,
-    fresh: bool = False,
-) -> dict[str, Any]:
-    """Relink the files of one page's migrated notes and record the page's attachment result.
-
-    `source` / `target` may be callables, called only when the page has files to copy (a page without
-    files never builds an S3 client). `concurrency` overrides the job's attachment_concurrency."""
+) -> BatchRelinked:
+    """Relink the files of one batch's migrated notes (`rows`: its files); its records are returned for
+    relink_page to write. The S3 clients are built only when the batch has a file to copy, and the job is
+    read again first: a run halted meanwhile copies and writes nothing more (RelinkSkipped)."""
     started = time.perf_counter()
-    job = job_store.get_job(db, job_id)
-    if job is None:
-        raise LookupError(f"job {job_id} not found")
     cfg = RunConfig.from_dict(job["config"])
-    if job.get("state") == State.HALTED:
-        raise RelinkSkipped(f"job {job_id} halted ({(job.get('halted') or {}).get('reason')}): no relinking")
-    if cfg.dry_run:
-        return plan_page(crm, db, job, page, source=_bucket(source), target=_bucket(target), concurrency=concurrency)
     t = cfg.thresholds
     workers = concurrency or t.attachment_concurrency
-    rows = crm_source.read_page_files(crm, cfg.cid, page["lo_id"], page["hi_id"])
     by_note: dict[int, list[FileRow]] = {}
     for row in rows:
         by_note.setdefault(row.note_id, []).append(row)
@@ -121,14 +206,16 @@ def relink_batch(
         nid: plan_note_files(cfg.company_sso_id, nid, files, cap_bytes=t.attachment_size_cap_bytes)
         for nid, files in sorted(by_note.items())
     }
-    notes = _notes_to_relink(db, job_id, page["page_no"], cfg.company_sso_id, planned)
+    notes = _notes_to_relink(db, job["_id"], page["page_no"], cfg.company_sso_id, planned)
     plans = {nid: planned[nid] for nid in sorted(notes)}
     t_read = time.perf_counter()
 
     flat = [p for ps in plans.values() for p in ps]
     results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
-    if len(results) < len(flat):  # something to copy: only then S3 clients and the target listing
-        src, dst = _bucket(source), _bucket(target)
+    checked = len(results) < len(flat)
+    if checked:  # something to copy: only then S3 clients and the target listing (and never after a halt)
+        _relinkable_job(db, job["_id"])
+        src, dst = source(), target()
         known = target_listing(dst, cfg.company_sso_id, sorted(plans))
         results = copy_files(
             flat, src, dst, cap_bytes=t.attachment_size_cap_bytes, concurrency=workers, retry=retry, known=known
@@ -151,7 +238,7 @@ def relink_batch(
                 events_out.append(
                     event(
                         Event.ATTACHMENT_FAILED,
-                        job_id=job_id,
+                        job_id=job["_id"],
                         cid=cfg.cid,
                         subject=f"{nid}:{plan.ref}",
                         legacy_crm_note_id=nid,
@@ -163,12 +250,11 @@ def relink_batch(
                         details=r.details,
                     )
                 )
+    if updates and not checked:
+        _relinkable_job(db, job["_id"])
     cdp_store.set_note_attachments(db, updates)
-    job_store.replace_attachment_log(
-        db, job_store.page_key(job_id, page["page_no"]), entries, clear=bool(notes) and not fresh
-    )
-    job_store.record_events(db, events_out)
-
+    if checked:  # copies can take long: the lock's lease is kept alive between such batches
+        job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
     page_doc = page_result(
         job,
         page,
@@ -184,24 +270,7 @@ def relink_batch(
             "total": time.perf_counter() - started,
         },
     )
-    job_store.save_attachment_page(db, page_doc)
-    metrics.attachment_page_completed(page_doc)
-    job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
-    log.info(
-        "page %s: %d files, %d relinked (%d copied), %d failed, %d skipped, %d notes updated in %.2fs",
-        page["page_no"],
-        page_doc["files"],
-        page_doc["relinked"],
-        page_doc["copied"],
-        page_doc["failed"],
-        page_doc["skipped"],
-        len(updates),
-        page_doc["timings_s"]["total"],
-    )
-    return {
-        k: page_doc[k]
-        for k in ("page_no", "files", "relinked", "copied", "reused", "failed", "skipped", "notes_updated")
-    }
+    return BatchRelinked(job_store.page_key(job["_id"], page["page_no"]), page_doc, entries, events_out, bool(notes))
 
 
 def _notes_to_relink(

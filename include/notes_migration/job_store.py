@@ -404,13 +404,14 @@ def event_counts(db: Database, job_id: str) -> dict[str, int]:
 _ATTACHMENT_OUTCOMES = [o.value for o in AttachmentOutcome]
 
 
-def replace_attachment_log(db: Database, job_page: str, entries: list[dict], *, clear: bool = True) -> None:
-    """The per-file records of one page of a job, replaced (note-level records untouched).
+def replace_attachment_logs(db: Database, entries: list[dict], *, clear_pages: Iterable[str] = ()) -> None:
+    """The per-file records of some pages of a job: those of `clear_pages` deleted first (note-level
+    records untouched), then `entries` inserted in one command.
 
     Deleted by `job_page` (string equality, which FerretDB v1 pushes down to PostgreSQL) and outcome:
     a `legacy_crm_note_id $in` filter is not pushed down, so it decoded every note-log entry of the
     job (1.1 s per page at a 100,000-note CID)."""
-    if clear:
+    for job_page in clear_pages:
         db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": _ATTACHMENT_OUTCOMES}})
     _insert_all(db[C.NOTE_LOG], entries)
 

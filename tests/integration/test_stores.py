@@ -193,7 +193,9 @@ def test_replacing_a_pages_file_records_keeps_note_records_and_other_pages(cdp):
                 entry(1, 9, "attachment_failed", "asset:9"),
             ],
         )
-        job_store.replace_attachment_log(cdp, f"{job_id}:0", [entry(0, 2, "attachment_failed", "asset:3")])
+        job_store.replace_attachment_logs(
+            cdp, [entry(0, 2, "attachment_failed", "asset:3")], clear_pages=[f"{job_id}:0"]
+        )
         left = sorted(e["_id"] for e in cdp[NOTE_LOG].find({"job_id": job_id}, {"_id": 1}))
     finally:
         cdp[NOTE_LOG].delete_many({"job_id": job_id})
