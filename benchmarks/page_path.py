@@ -26,7 +26,17 @@ from typing import Any
 from tests.support.seed import SeedSpec, company_for, ensure_schema, seed
 
 from notes_migration import cdp_store, crm_source, job_store, migration
-from notes_migration.config import ATTACHMENT_PAGES, AUDIT, CONTACT_NOTES, EVENTS, JOBS, NOTE_LOG, PAGES, RunConfig
+from notes_migration.config import (
+    ATTACHMENT_PAGES,
+    AUDIT,
+    CONTACT_NOTES,
+    EVENTS,
+    JOBS,
+    NOTE_LOG,
+    PAGES,
+    PERSON_MAPS,
+    RunConfig,
+)
 from notes_migration.connections import cdp_database, crm_connection
 
 SMALL = SeedSpec(cid=8000, notes=5000, upload_files=False)
@@ -68,11 +78,12 @@ def clear_notes(db, cid: int, chunk: int = 50_000) -> int:
 
 
 def clear_bookkeeping(db, cid: int) -> dict[str, int]:
-    """Delete what the CID's earlier runs recorded (note log, events, page and attachment results, audit),
-    so every measured run starts from the same collections: each run of the 100,000-note CID adds ~30,000
-    note-log entries and ~10,000 events, and FerretDB v1 scans a collection whole for any filter. One job
+    """Delete what the CID's earlier runs recorded (note log, events, page and attachment results, audit,
+    person maps), so every measured run starts from the same collections: each run of the 100,000-note CID
+    adds ~30,000 note-log entries, ~10,000 events and a 25,000-person map, and FerretDB v1 scans a
+    collection whole for any filter (857 maps of earlier runs, 144 MB, had piled up here by 2026-12-03). One job
     at a time: FerretDB v1 refuses to delete more than 65,535 documents in one statement."""
-    deleted = dict.fromkeys((NOTE_LOG, EVENTS, PAGES, ATTACHMENT_PAGES, AUDIT), 0)
+    deleted = dict.fromkeys((NOTE_LOG, EVENTS, PAGES, ATTACHMENT_PAGES, AUDIT, PERSON_MAPS), 0)
     for job in db[JOBS].find({"cid": cid}, {"_id": 1}):
         for c in deleted:
             deleted[c] += db[c].delete_many({"job_id": job["_id"]}).deleted_count
