@@ -489,6 +489,17 @@ def _cid_seeded(crm_source, conn, cid: int) -> bool:
         return False
 
 
+def _files_lost(spec: SeedSpec) -> bool:
+    """A seeded CID that should have files but has no object left in the CRM bucket: the local S3 server
+    keeps its objects in memory, so a restart of the services loses them (the CID is then seeded again)."""
+    if not spec.upload_files:
+        return False
+    from notes_migration import s3_store as s3
+    from notes_migration.config import CRM_S3_CONN_ID
+
+    return s3.list_objects(s3.bucket_for(CRM_S3_CONN_ID), f"crm/{spec.cid}/", limit=1) == {}  # None: over 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="seed the Stage-1 pair (CIDs 100 and 5000)")
@@ -508,8 +519,10 @@ def main(argv: list[str] | None = None) -> None:
     with crm_connection(read_only=False) as conn:
         for spec in specs:
             if args.if_missing and _cid_seeded(crm_source, conn, spec.cid):
-                print(json.dumps({"already_seeded": spec.cid}))
-                continue
+                if not _files_lost(spec):
+                    print(json.dumps({"already_seeded": spec.cid}))
+                    continue
+                print(json.dumps({"reseeding": spec.cid, "why": "its files are not in the CRM bucket"}))
             out = seed(spec, conn, cdp_database())
             out.pop("unmapped_person_ids", None)
             print(json.dumps({"seeded": out, "spec": asdict(spec)}))
