@@ -101,13 +101,23 @@ def safe_file_name(name: str | None, max_len: int = MAX_KEY_NAME_CHARS) -> str:
     return f"{safe}.{ext}" if ext else safe
 
 
-def object_key(company_sso_id: str, legacy_crm_note_id: int, kind: str, source_id: int, name: str | None) -> str:
-    """`{company_sso_id}/notes/{legacy_crm_note_id}/{kind}-{source_id}-{safe name}`, whatever the CRM name holds."""
+def notes_prefix(company_sso_id: str, legacy_crm_note_id: int | str = "") -> str:
+    """The one owner of a company's object prefix in CDP storage: `{company}/notes/[{legacy id}/]`.
+
+    CDP documents keep `company_sso_id` as the run was given it (CDP's own id, matched as CDP stores it); storage
+    keys use its canonical lower-case form, so every writer, lister and deleter must build keys here (a rollback
+    that deleted under the given case once left every file of an upper-case company behind)."""
     if not UUID_RE.fullmatch(company_sso_id or ""):
         raise ValueError(f"company_sso_id {company_sso_id!r} is not a UUID")
+    note = f"{int(legacy_crm_note_id)}/" if legacy_crm_note_id != "" else ""
+    return f"{company_sso_id.lower()}/notes/{note}"
+
+
+def object_key(company_sso_id: str, legacy_crm_note_id: int, kind: str, source_id: int, name: str | None) -> str:
+    """`{company_sso_id}/notes/{legacy_crm_note_id}/{kind}-{source_id}-{safe name}`, whatever the CRM name holds."""
     if kind not in ("asset", "document"):
         raise ValueError(f"unknown source kind {kind!r}")
-    key = f"{company_sso_id.lower()}/notes/{int(legacy_crm_note_id)}/{kind}-{int(source_id)}-{safe_file_name(name)}"
+    key = f"{notes_prefix(company_sso_id, legacy_crm_note_id)}{kind}-{int(source_id)}-{safe_file_name(name)}"
     assert SAFE_KEY_RE.match(key), key
     return key
 

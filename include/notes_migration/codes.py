@@ -45,6 +45,9 @@ class Reason(StrEnum):
     NOT_A_PERSON_NOTE = "NOT_A_PERSON_NOTE"
     ACTIVITY_OUT_OF_SCOPE = "ACTIVITY_OUT_OF_SCOPE"
     CHECKIN_DROPPED = "CHECKIN_DROPPED"
+    # a CDP contact of an unexpected shape (crm_data neither absent nor an object): skipped for resolution and
+    # counted in the coverage report, never a crash
+    CONTACT_MALFORMED = "CONTACT_MALFORMED"
     # note-level warning (the note is migrated): its markup was out of the sanitiser's reach (nesting, attribute
     # count, no fixed point), so its text was kept, escaped, instead of its HTML
     HTML_FLATTENED_TO_TEXT = "HTML_FLATTENED_TO_TEXT"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from notes_migration import s3_store as s3
-from notes_migration.attachment_plan import FilePlan, FileResult, forbidden_content, skipped_result
+from notes_migration.attachment_plan import FilePlan, FileResult, forbidden_content, notes_prefix, skipped_result
 from notes_migration.codes import AttachmentOutcome, Reason
 
 log = logging.getLogger(__name__)
@@ -200,11 +200,11 @@ def target_listing(target: s3.Bucket, company_sso_id: str, note_ids: Sequence[in
     if lo == hi:
         common = f"{lo}/"
     try:
-        listing = s3.list_objects(target, f"{company_sso_id.lower()}/notes/{common}", limit=LISTING_LIMIT)
+        listing = s3.list_objects(target, notes_prefix(company_sso_id) + common, limit=LISTING_LIMIT)
     except Exception as exc:
         log.warning("could not list the target (%s); checking files one by one", _short(exc))
         return None
     if listing is None:
         return None
-    wanted = {f"{company_sso_id.lower()}/notes/{n}/" for n in note_ids}
+    wanted = {notes_prefix(company_sso_id, n) for n in note_ids}
     return {k: v for k, v in listing.items() if k[: k.rfind("/") + 1] in wanted}

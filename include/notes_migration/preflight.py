@@ -61,9 +61,18 @@ def coverage_report(
         "persons_unmapped": len(unmapped),
         "unmapped_person_ids_sample": unmapped[:20],
         "persons_ambiguous": sum(1 for m in matches.values() if m.ambiguous),
+        "contacts_skipped_by_reason": _by_reason(getattr(matches, "malformed", [])),
+        "contacts_skipped_sample": getattr(matches, "malformed", [])[:20],
         "gate_pct": round(100.0 * gate, 2),
         "passes_gate": share >= gate,
     }
+
+
+def _by_reason(entries: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in entries:
+        out[e["reason_code"]] = out.get(e["reason_code"], 0) + 1
+    return out
 
 
 def unmapped_person_entries(job: dict, per_person: dict[int, int], mapped) -> list[dict]:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from notes_migration.codes import Reason
 from notes_migration.config import UNKNOWN_OWNER_LABEL
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,32 @@ class ContactMatch:
         return len(self.candidates) > 1
 
 
+class Resolution(dict[int, ContactMatch]):
+    """person → chosen contact, plus the candidate contacts skipped as malformed (each with its reason)."""
+
+    def __init__(self, matches: Mapping[int, ContactMatch] | None = None, malformed: list[dict] | None = None):
+        super().__init__(matches or {})
+        self.malformed: list[dict] = malformed or []
+
+
+def crm_data_id(contact: Mapping) -> int | None:
+    """The contact's `crm_data.id` when the contract's shape holds it (an object with an integer id)."""
+    data = contact.get("crm_data")
+    crm_id = data.get("id") if isinstance(data, Mapping) else None
+    return crm_id if isinstance(crm_id, int) and not isinstance(crm_id, bool) else None
+
+
+def contact_shape_problem(contact: Mapping) -> str | None:
+    """Why a CDP contact cannot be trusted for resolution (None when its shape is the contract's).
+
+    `crm_data` is optional, but when present it is an object (contract); a list, a string or a number is a
+    document CDP should not hold, so the contact is skipped rather than guessed at."""
+    data = contact.get("crm_data")
+    if data is not None and not isinstance(data, Mapping):
+        return f"crm_data is a {type(data).__name__}, not an object"
+    return None
+
+
 def saved_matches(saved: Mapping[int, str]) -> dict[int, ContactMatch]:
     """A run's saved person → contact answers (job_store.save_person_map) as matches."""
     return {p: ContactMatch(c, (c,)) for p, c in saved.items()}
@@ -36,21 +63,33 @@ def _rank_for(person_id: int, contact: Mapping) -> tuple:
 
 def _contact_rank(contact: Mapping, person_id: int) -> tuple:
     """Deterministic preference: a crm_data.id match, then the oldest contact, then the smallest id."""
-    by_crm_data = (contact.get("crm_data") or {}).get("id") == person_id
+    by_crm_data = crm_data_id(contact) == person_id
     created = contact.get("created_at") or _FAR_FUTURE
     if created.tzinfo is None:
         created = created.replace(tzinfo=dt.UTC)
     return (0 if by_crm_data else 1, created, str(contact["_id"]))
 
 
-def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> dict[int, ContactMatch]:
-    """Map each person to one contact; several matches get a logged, deterministic answer."""
+def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> Resolution:
+    """Map each person to one contact; several matches get a logged, deterministic answer; a contact of an
+    unexpected shape is skipped with CONTACT_MALFORMED (listed on the answer), never a crash."""
     wanted = set(person_ids)
     matches: dict[int, list[Mapping]] = {}
+    malformed: list[dict] = []
     for contact in contacts:
+        problem = contact_shape_problem(contact)
+        if problem is not None:
+            malformed.append(
+                {
+                    "contact_id": str(contact.get("_id")),
+                    "reason_code": Reason.CONTACT_MALFORMED.value,
+                    "details": problem,
+                }
+            )
+            continue
         keys = set()
-        crm_id = (contact.get("crm_data") or {}).get("id")
-        if isinstance(crm_id, int) and crm_id in wanted:
+        crm_id = crm_data_id(contact)
+        if crm_id is not None and crm_id in wanted:
             keys.add(crm_id)
         if contact.get("source") == "crm":
             try:
@@ -59,7 +98,9 @@ def resolve_contacts(person_ids: Iterable[int], contacts: Iterable[Mapping]) -> 
                 pass
         for person_id in keys & wanted:
             matches.setdefault(person_id, []).append(contact)
-    out: dict[int, ContactMatch] = {}
+    if malformed:
+        log.warning("%d CDP contacts skipped as malformed (CONTACT_MALFORMED): %s", len(malformed), malformed[:5])
+    out = Resolution(malformed=malformed)
     for person_id, found in matches.items():
         ranked = sorted(found, key=functools.partial(_rank_for, person_id))
         match = ContactMatch(str(ranked[0]["_id"]), tuple(str(c["_id"]) for c in ranked))

@@ -25,6 +25,7 @@ from pymongo.database import Database
 from notes_migration import config as C
 from notes_migration import crm_source, job_store
 from notes_migration import s3_store as s3
+from notes_migration.attachment_plan import notes_prefix
 from notes_migration.codes import Reason, Refused
 from notes_migration.config import RunConfig
 from notes_migration.plain import as_plain, utc_now
@@ -134,7 +135,7 @@ def rollback_cid(
             )
         if target is not None:
             for legacy in sorted(by_company[company]):
-                objects += s3.delete_prefix(target, f"{company}/notes/{legacy}/")
+                objects += s3.delete_prefix(target, notes_prefix(company, legacy))
     for page in pages:
         db[C.AUDIT].update_one({"_id": page["_id"]}, {"$set": {"rolled_back_at": stamp, "rollback_id": rollback_id}})
     for job in db[C.JOBS].find({"cid": cid, "rolled_back": {"$exists": False}}, {"_id": 1}):

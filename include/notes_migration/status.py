@@ -159,6 +159,7 @@ def build_status(
         "failed": failed_by_reason,
         "checkins_dropped": totals.checkins_dropped,
         "owners_unresolved": totals.owners_unresolved,
+        "contacts_skipped": (job.get("coverage") or {}).get("contacts_skipped_by_reason") or {},
         "pages_done": totals.pages_done,
         "pages_total": job.get("pages_total"),
     }

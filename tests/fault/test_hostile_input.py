@@ -6,7 +6,7 @@ server (or the driver) refuses them, tested below. Those arrive instead as HTML 
 references (`&#0;`, `&#xD800;`, `&#xFFFE;`), C0 controls, noncharacters and U+FFFD, which the
 run must carry through to a valid BSON string. run_dag checks conservation after the run.
 
-CIDs used here: 6030–6039.
+CIDs used here: 6030–6039 (6031: malformed contacts).
 """
 
 from __future__ import annotations
@@ -111,3 +111,34 @@ def test_hostile_notes_through_the_dag(hostile_cid, cdp, run_dag):
     relinked = [a for a in files if "url" in a]
     assert len(relinked) + len([a for a in files if a.get("unavailable")]) == 50
     assert len(relinked) >= 45
+
+
+MALFORMED_CID = CID + 1
+
+
+def test_contacts_of_an_unexpected_shape_beside_valid_ones(seed_cid, cdp, run_dag):
+    """CDP contacts whose `crm_data` is a list, a string, a number or null, beside the company's valid contacts:
+    the run completes, each malformed one is skipped with CONTACT_MALFORMED and counted; null is allowed."""
+    spec = SeedSpec(cid=MALFORMED_CID, notes=60, image_share=0, audio_share=0, document_share=0)
+    seed_cid(spec)
+    valid = list(cdp[C.CONTACTS].find({"company_sso_id": spec.company_sso_id, "crm_data.id": {"$exists": True}}))
+    odd_shapes = {"list": [{"id": 1}], "string": "12345", "number": 7, "null": None}
+    for k, (name, value) in enumerate(odd_shapes.items()):
+        person = valid[k]["crm_data"]["id"]
+        cdp[C.CONTACTS].insert_one(
+            {
+                **valid[k],
+                "_id": f"odd-{name}-{MALFORMED_CID}",
+                "crm_data": value if name != "list" else [{"id": person}],
+                "source": "crm",
+                "source_id": str(person),
+            }
+        )
+    conf = {**PARAM_DEFAULTS, "cid": MALFORMED_CID, "company_sso_id": spec.company_sso_id, "batch_size": 20}
+    dag_run = run_dag(conf)
+    assert set(task_states(dag_run)["migrate_page"]) == {"success"}
+    status = cid_status(cdp, MALFORMED_CID)
+    assert status["status"] == "completed_success", status
+    assert status["counts"]["contacts_skipped"] == {"CONTACT_MALFORMED": 3}
+    stored = cdp[C.CONTACT_NOTES].distinct("contact_id", {"company_sso_id": spec.company_sso_id})
+    assert not [c for c in stored if str(c).startswith("odd-") and c != f"odd-null-{MALFORMED_CID}"]

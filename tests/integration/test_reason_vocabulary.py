@@ -71,7 +71,7 @@ class Sightings:
         cid = status["cid"]
         self.add(status.get("halted_reason"), f"GET status?cid={cid} halted_reason")
         counts = status.get("counts") or {}
-        for key in ("failed", "out_of_scope", "withheld_by_halt"):
+        for key in ("failed", "out_of_scope", "withheld_by_halt", "contacts_skipped"):
             for code in counts.get(key) or {}:
                 self.add(code, f"GET status?cid={cid} counts.{key}")
         attachments = status.get("attachments") or {}
@@ -323,9 +323,14 @@ INSERTS = 6502
 
 
 @pytest.fixture(scope="module")
-def coverage_halt(seed_cid, run, ops) -> Scenario:
-    """30% of the persons have no contact: the coverage gate (99%) halts the run before any write."""
+def coverage_halt(seed_cid, cdp, run, ops) -> Scenario:
+    """30% of the persons have no contact: the coverage gate (99%) halts the run before any write. One CDP contact
+    has a list for `crm_data`: skipped as CONTACT_MALFORMED and counted in the coverage report."""
     seed_cid(SeedSpec(cid=COVERAGE, notes=60, unmapped_person_share=0.3, **NO_FILES))
+    valid = cdp[C.CONTACTS].find_one({"company_sso_id": company_for(COVERAGE), "crm_data.id": {"$exists": True}})
+    person = valid["crm_data"]["id"]
+    malformed = {**valid, "_id": f"malformed-{COVERAGE}", "crm_data": [{"id": person}]}
+    cdp[C.CONTACTS].insert_one({**malformed, "source": "crm", "source_id": str(person)})
     dag_run = run({"cid": COVERAGE})
     seen = Sightings()
     status = ops.status(seen, COVERAGE)
@@ -340,6 +345,8 @@ def test_coverage_halt_lists_each_unmapped_person(coverage_halt):
     persons = [e for e in entries if e["reason_code"] == "COVERAGE_BELOW_GATE"]
     assert persons and all(e["outcome"] == RUN_ERROR_OUTCOME and e["crm_person_id"] for e in persons)
     assert len(persons) == status["coverage"]["persons_unmapped"]
+    assert status["coverage"]["contacts_skipped_by_reason"] == {"CONTACT_MALFORMED": 1}
+    assert status["counts"]["contacts_skipped"] == {"CONTACT_MALFORMED": 1}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Rollback of one CID against the real servers: dry run, refusal on notes changed in CDP, exact removal of the
 migrated notes and their copied files, the record, the audit kept (marked), and a fresh re-migration.
 
-CIDs used here: 9050–9051.
+CIDs used here: 9050–9052.
 """
 
 from __future__ import annotations
@@ -88,3 +88,28 @@ def test_rollback_of_one_cid(seed_cid, run_dag, cdp, crm, cdp_bucket):
     assert second["counts"]["migrated"] == n_notes and second["counts"]["already_migrated"] == 0
     assert len(s3.list_objects(cdp_bucket, f"{company}/notes/") or {}) == objects
     assert job_store.latest_job(cdp, CID)["_id"] == second["job_id"]
+
+
+def test_rollback_under_an_upper_case_company_leaves_nothing(seed_cid, run_dag, cdp, crm, cdp_bucket):
+    """The run contract accepts A–F in `company_sso_id`; CDP documents keep the id as given while storage keys
+    use its canonical (lower-case) form. The rollback must find and delete those same keys."""
+    cid = CID + 2
+    seeded = seed_cid(SeedSpec(cid=cid, notes=40, image_share=0.4, document_share=0.2, missing_file_share=0.0))
+    lower = seeded["company_sso_id"]
+    upper = lower.upper()
+    for coll in (C.CONTACTS, C.LAUNCHPAD_USERS, C.CONTACT_NOTES):  # the company's CDP documents, as CDP holds them
+        cdp[coll].update_many({"company_sso_id": lower}, {"$set": {"company_sso_id": upper}})
+    try:
+        run_dag({"cid": cid, "company_sso_id": upper, "batch_size": 20})
+        assert ops.cid_status(cdp, cid)["status"] == "completed_success"
+        objects = s3.list_objects(cdp_bucket, f"{lower}/notes/") or {}
+        assert objects and migrated(cdp, upper) > 0
+
+        done = rollback_cid(crm, cdp, cid, requested_by="ops", dry_run=False, target=cdp_bucket)
+        assert done["rollback"]["objects_deleted"] == len(objects)
+        assert migrated(cdp, upper) == 0
+        for prefix in (f"{lower}/notes/", f"{upper}/notes/"):
+            assert (s3.list_objects(cdp_bucket, prefix) or {}) == {}, prefix
+    finally:
+        for coll in (C.CONTACTS, C.LAUNCHPAD_USERS, C.CONTACT_NOTES):
+            cdp[coll].update_many({"company_sso_id": upper}, {"$set": {"company_sso_id": lower}})
