@@ -30,7 +30,7 @@ from typing import Any
 from tests.stack.conftest import ROOT, StackManager, wait_until
 from tests.support.seed import SeedSpec, company_for, seed
 
-from notes_migration.connections import cdp_database, crm_connection
+from notes_migration.stores.connections import cdp_database, crm_connection
 
 FIRST_CID, FLEET_SIZE = 8200, 130
 TARGET_S = 600.0
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.monotonic() - t0
         fig["fleet_wall_s"] = round(wall, 1)
         fig["target_met"] = wall <= TARGET_S
-        from notes_migration.rollout import rollout_id_for
+        from notes_migration.ops.rollout import rollout_id_for
 
         rid = rollout_id_for(run_id)
         with stack.client("ops") as c:

@@ -3,7 +3,7 @@
 From one run, on a 5,000-note CID (8000) and, for memory and the per-run steps, a 100,000-note CID (8001):
   * the raw ceilings: the bare extract query and a bare `insert_many` of the same prepared documents into
     the same collection of the same server;
-  * the page path (`migration.migrate_page` over every page: extract + transform + decide + halt re-check +
+  * the page path (`batch.migrate_page` over every page: extract + transform + decide + halt re-check +
     insert + bookkeeping) and its ratio to the raw insert, with its per-phase seconds;
   * the naive baseline: one `insert_one` per note, no batching, the same extract and transform;
   * the peak RSS (VmHWM) of a page task's process for both CIDs, and of the coverage step + plan_pages.
@@ -25,8 +25,7 @@ from typing import Any
 
 from tests.support.seed import SeedSpec, company_for, ensure_schema, seed
 
-from notes_migration import cdp_store, crm_source, job_store, migration
-from notes_migration.config import (
+from notes_migration.domain.config import (
     ATTACHMENT_PAGES,
     AUDIT,
     CONTACT_NOTES,
@@ -37,7 +36,9 @@ from notes_migration.config import (
     PERSON_MAPS,
     RunConfig,
 )
-from notes_migration.connections import cdp_database, crm_connection
+from notes_migration.run import batch, coverage, plan, start
+from notes_migration.stores import cdp_store, crm_source, job_store
+from notes_migration.stores.connections import cdp_database, crm_connection
 
 SMALL = SeedSpec(cid=8000, notes=5000, upload_files=False)
 LARGE = SeedSpec(cid=8001, notes=100_000, upload_files=False)
@@ -92,7 +93,7 @@ def clear_bookkeeping(db, cid: int) -> dict[str, int]:
 
 def fresh_job(crm, db, cid: int, batch_size: int) -> dict:
     cfg = RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=batch_size, force_rerun=True)
-    return migration.start_job(crm, db, cfg, run_id=f"bench-{uuid.uuid4()}", triggered_by="benchmark", flag_cids=[cid])
+    return start.start_job(crm, db, cfg, run_id=f"bench-{uuid.uuid4()}", triggered_by="benchmark", flag_cids=[cid])
 
 
 def prepared(crm, db, cid: int, batch_size: int) -> dict[str, Any]:
@@ -102,10 +103,10 @@ def prepared(crm, db, cid: int, batch_size: int) -> dict[str, Any]:
     t = time.perf_counter()
     rows_by_batch = [crm_source.read_page(crm, cid, b.lo_id, b.hi_id) for b in batches]
     extract_s = time.perf_counter() - t
-    _, contacts = migration.resolve_all_persons(crm, db, cid, cfg.company_sso_id, cfg.include_activities)
+    _, contacts = coverage.resolve_all_persons(crm, db, cid, cfg.company_sso_id, cfg.include_activities)
     users = cdp_store.company_users(db, cfg.company_sso_id)
     t = time.perf_counter()
-    decisions = [migration.transform_page(r, db, cfg, contacts, users=users) for r in rows_by_batch]
+    decisions = [batch.transform_page(r, db, cfg, contacts, users=users) for r in rows_by_batch]
     transform_s = time.perf_counter() - t
     docs = [[d.doc for d in ds if d.doc is not None] for ds in decisions]
     return {
@@ -139,13 +140,13 @@ def page_path(crm, db, cid: int, batch_size: int) -> dict[str, Any]:
     job = fresh_job(crm, db, cid, batch_size)
     try:
         t = time.perf_counter()
-        migration.run_coverage(crm, db, job["job_id"])
-        pages = migration.plan(crm, db, job["job_id"])
+        coverage.run_coverage(crm, db, job["job_id"])
+        pages = plan.plan(crm, db, job["job_id"])
         per_run_s = time.perf_counter() - t
         walls, notes = [], 0
         for page in pages:
             t = time.perf_counter()
-            s = migration.migrate_page(crm, db, job["job_id"], page)
+            s = batch.migrate_page(crm, db, job["job_id"], page)
             walls.append(time.perf_counter() - t)
             notes += s["migrated"] + s["already_migrated"] + s["failed"]
         phases = dict.fromkeys(("read", "transform", "check", "write"), 0.0)
@@ -179,7 +180,7 @@ def _pages_in_process(job_id: str, pages: list[dict]) -> tuple[int, float]:
     with crm_connection() as crm:
         for page in pages:
             t = time.perf_counter()
-            s = migration.migrate_page(crm, db, job_id, page)
+            s = batch.migrate_page(crm, db, job_id, page)
             busy += time.perf_counter() - t
             notes += s["migrated"] + s["already_migrated"] + s["failed"]
     return notes, busy
@@ -194,8 +195,8 @@ def page_path_parallel(crm, db, cid: int, batch_size: int, processes: int = 4) -
     clear_notes(db, cid)
     job = fresh_job(crm, db, cid, batch_size)
     try:
-        migration.run_coverage(crm, db, job["job_id"])
-        pages = migration.plan(crm, db, job["job_id"])
+        coverage.run_coverage(crm, db, job["job_id"])
+        pages = plan.plan(crm, db, job["job_id"])
         shares = [pages[i::processes] for i in range(processes)]
         with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(_pages_in_process, [job["job_id"]] * processes, [[]] * processes))  # start-up, not timed
@@ -217,7 +218,7 @@ def naive(crm, db, prep: dict[str, Any], max_batches: int) -> dict[str, Any]:
     t = time.perf_counter()
     for b in prep["batches"][:max_batches]:
         rows = crm_source.read_page(crm, cfg.cid, b.lo_id, b.hi_id)
-        for d in migration.transform_page(rows, db, cfg, prep["contacts"], users=prep["users"]):
+        for d in batch.transform_page(rows, db, cfg, prep["contacts"], users=prep["users"]):
             if d.doc is not None:
                 db[CONTACT_NOTES].insert_one(d.doc)
                 n += 1
@@ -246,9 +247,9 @@ def memory(crm, db, spec: SeedSpec, batch_size: int, pages_measured: int) -> dic
     try:
         coverage = subprocess_step("coverage", job_id=job["job_id"])
         pages = job_store.get_job(db, job["job_id"])["pages_total"]
-        plan = migration.plan(crm, db, job["job_id"])
-        mid = max(0, len(plan) // 2 - pages_measured // 2)
-        task = subprocess_step("pages", job_id=job["job_id"], pages=json.dumps(plan[mid : mid + pages_measured]))
+        slices = plan.plan(crm, db, job["job_id"])
+        mid = max(0, len(slices) // 2 - pages_measured // 2)
+        task = subprocess_step("pages", job_id=job["job_id"], pages=json.dumps(slices[mid : mid + pages_measured]))
     finally:
         job_store.release_lock(db, spec.cid, job["run_id"])
         clear_notes(db, spec.cid)

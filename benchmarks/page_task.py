@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.disable(logging.WARNING)  # per-note event lines are not what we measure here
 
     from notes_migration import migration  # the imports a task process makes
-    from notes_migration.connections import cdp_database, crm_connection
+    from notes_migration.stores.connections import cdp_database, crm_connection
 
     db = cdp_database()
     out: dict = {"mode": args.mode}

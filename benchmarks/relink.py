@@ -18,13 +18,13 @@ import time
 import uuid
 from typing import Any
 
-from notes_migration import s3_store as s3
-from notes_migration.accounting import percentile
-from notes_migration.attachment_plan import plan_note_files
-from notes_migration.codes import AttachmentOutcome
-from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID, Thresholds
-from notes_migration.copy_engine import copy_files, target_listing
-from notes_migration.crm_source import FileRow
+from notes_migration.domain.accounting import percentile
+from notes_migration.domain.attachment_plan import plan_note_files
+from notes_migration.domain.codes import AttachmentOutcome
+from notes_migration.domain.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID, Thresholds
+from notes_migration.domain.rows import FileRow
+from notes_migration.run.copy_engine import copy_files, target_listing
+from notes_migration.stores import s3_store as s3
 
 BENCH_COMPANY = str(uuid.uuid5(uuid.NAMESPACE_URL, "crm-notes-migration/relink-benchmark"))
 SOURCE_PREFIX = "bench/relink/"

@@ -41,7 +41,7 @@ from tests.stack.conftest import ROOT, StackManager, wait_until
 from tests.support.seed import SeedSpec, company_for
 
 from benchmarks.page_path import clear_bookkeeping, clear_notes, ensure_seeded, page_path
-from notes_migration.connections import cdp_database, crm_connection
+from notes_migration.stores.connections import cdp_database, crm_connection
 
 NO_FILES: dict[str, Any] = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "upload_files": False}
 SPECS = {8100: SeedSpec(cid=8100, notes=5000, **NO_FILES), 8101: SeedSpec(cid=8101, notes=100_000, **NO_FILES)}

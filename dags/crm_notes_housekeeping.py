@@ -25,9 +25,9 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from notes_migration.lazy import lazy_import
+from notes_migration.tasks.lazy import lazy_import
 
-housekeeping = lazy_import("notes_migration.housekeeping")  # loaded when a task runs, not at parse time
+housekeeping = lazy_import("notes_migration.ops.housekeeping")  # loaded when a task runs, not at parse time
 
 
 @dag(

@@ -33,11 +33,12 @@ import datetime as dt
 
 from airflow.sdk import dag, task, task_group, teardown
 
-from notes_migration.contract import DAG_ID, PAGE_LANES, dag_params
-from notes_migration.lazy import lazy_import
-from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
+from notes_migration.domain.contract import DAG_ID, PAGE_LANES
+from notes_migration.tasks.attachment_relink import AttachmentRelinkOperator
+from notes_migration.tasks.lazy import lazy_import
+from notes_migration.tasks.params import dag_params
 
-tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at parse time
+tasks = lazy_import("notes_migration.tasks.migration_tasks")  # loaded when a task runs, not at parse time
 
 
 @dag(
@@ -57,7 +58,7 @@ tasks = lazy_import("notes_migration.tasks")  # loaded when a task runs, not at 
         # page's notes, a run's validation before another run's pages).
         "weight_rule": "upstream",
     },
-    params=dag_params(),  # the run contract (notes_migration/contract.py)
+    params=dag_params(),  # the run contract (notes_migration/domain/contract.py)
 )
 def crm_notes_migration():
     @task(retries=0)

@@ -34,10 +34,11 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from notes_migration.contract import ROLLOUT_DAG_ID, ROLLOUT_PARAMS, dag_params
-from notes_migration.lazy import lazy_import
+from notes_migration.domain.contract import ROLLOUT_DAG_ID, ROLLOUT_PARAMS
+from notes_migration.tasks.lazy import lazy_import
+from notes_migration.tasks.params import dag_params
 
-rollout_tasks = lazy_import("notes_migration.rollout_tasks")  # loaded when a task runs, not at parse time
+rollout_tasks = lazy_import("notes_migration.tasks.rollout_tasks")  # loaded when a task runs, not at parse time
 
 
 @dag(
@@ -53,7 +54,7 @@ rollout_tasks = lazy_import("notes_migration.rollout_tasks")  # loaded when a ta
         "retries": 2,
         "retry_delay": dt.timedelta(seconds=30),
     },
-    params=dag_params(ROLLOUT_PARAMS),  # the rollout's contract (notes_migration/contract.py)
+    params=dag_params(ROLLOUT_PARAMS),  # the rollout's contract (notes_migration/domain/contract.py)
 )
 def crm_notes_rollout():
     @task

@@ -16,9 +16,9 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from notes_migration.lazy import lazy_import
+from notes_migration.tasks.lazy import lazy_import
 
-rollout_tasks = lazy_import("notes_migration.rollout_tasks")  # loaded when a task runs, not at parse time
+rollout_tasks = lazy_import("notes_migration.tasks.rollout_tasks")  # loaded when a task runs, not at parse time
 
 
 @dag(

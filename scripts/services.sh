@@ -105,7 +105,7 @@ s3_up() {
     log "s3 (moto server) started on 127.0.0.1:$S3_PORT"
     # moto keeps objects in memory: a fresh server has no buckets. Create the crm_s3 and cdp_s3
     # connections' buckets (loopback endpoints only); the seeder also ensures them.
-    "$VENV/bin/python" -m notes_migration.s3_store ensure-buckets >>"$LOG_DIR/s3.log" 2>&1 ||
+    "$VENV/bin/python" -m notes_migration.stores.s3_store ensure-buckets >>"$LOG_DIR/s3.log" 2>&1 ||
       { log "could not create the S3 buckets; see $LOG_DIR/s3.log"; return 1; }
     log "s3 buckets ready"
   fi

@@ -50,14 +50,14 @@ if not _template.exists():
 
 @pytest.fixture(scope="session")
 def cdp():
-    from notes_migration.connections import cdp_database
+    from notes_migration.stores.connections import cdp_database
 
     return cdp_database()
 
 
 @pytest.fixture(scope="session")
 def crm_rw():
-    from notes_migration.connections import crm_connection
+    from notes_migration.stores.connections import crm_connection
 
     with crm_connection(read_only=False) as conn:
         yield conn
@@ -65,7 +65,7 @@ def crm_rw():
 
 @pytest.fixture(scope="session")
 def crm():
-    from notes_migration.connections import crm_connection
+    from notes_migration.stores.connections import crm_connection
 
     with crm_connection() as conn:
         yield conn

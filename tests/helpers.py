@@ -25,8 +25,8 @@ def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set
     Returns {outcome: {reason or outcome: ids}} for further checks."""
     from collections import Counter
 
-    from notes_migration import config as C
-    from notes_migration.codes import Outcome, State
+    from notes_migration.domain import config as C
+    from notes_migration.domain.codes import Outcome, State
 
     job = cdp[C.JOBS].find_one({"_id": job_id})
     assert job is not None, f"job {job_id} not found"
@@ -85,7 +85,7 @@ def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set
     assert sums["migrated"] == len(migrated) and sums["already_migrated"] == len(already), (sums, len(migrated))
     assert dict(failed_by) == {r: len(ids) for r, ids in failed.items() if ids}
     assert dict(skipped_by) == {r: len(ids) for r, ids in skipped.items() if ids and r != "NOT_A_PERSON_NOTE"}
-    from notes_migration import job_store  # what the status counts without reading the whole log
+    from notes_migration.stores import job_store  # what the status counts without reading the whole log
 
     logged = {o: by for o, by in job_store.counts_by_outcome(cdp, job_id).items() if o in job_store.STATUS_OUTCOMES}
     assert job_store.status_counts(cdp, job_id, pages) == logged
@@ -100,8 +100,8 @@ def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set
 
 def assert_run_conserved(crm, cdp, dag_run) -> dict | None:
     """assert_conserved for the job a dag.test() run recorded (None: preconditions refused it, no job)."""
-    from notes_migration import config as C
-    from notes_migration.config import job_id_for
+    from notes_migration.domain import config as C
+    from notes_migration.domain.config import job_id_for
 
     cid = int(dag_run.conf["cid"])
     job_id = job_id_for(dag_run.run_id, cid)
@@ -161,19 +161,19 @@ def run_steps(crm, cdp, cfg, run_id: str, *, triggered_by: str = "ops") -> dict:
     """A whole run of the CID in-process, its steps as the DAG calls them (job, coverage, pages with their
     relinking, validation), the lock released; then conservation of the job. For fixtures that need a
     finished job without Airflow."""
-    from notes_migration import attachments, migration
-    from notes_migration import s3_store as s3
+    from notes_migration.run import batch, coverage, plan, relink, start, validate
+    from notes_migration.stores import s3_store as s3
 
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by=triggered_by, flag_cids=[cfg.cid])
+    job = start.start_job(crm, cdp, cfg, run_id=run_id, triggered_by=triggered_by, flag_cids=[cfg.cid])
     try:
-        migration.run_coverage(crm, cdp, job["job_id"])
+        coverage.run_coverage(crm, cdp, job["job_id"])
         source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
-        for page in migration.plan(crm, cdp, job["job_id"]):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
-        migration.validate(crm, cdp, job["job_id"])
+        for page in plan.plan(crm, cdp, job["job_id"]):
+            batch.migrate_page(crm, cdp, job["job_id"], page)
+            relink.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
+        validate.validate(crm, cdp, job["job_id"])
     finally:
-        migration.release(cdp, cfg.cid, run_id)
+        start.release(cdp, cfg.cid, run_id)
     assert_conserved(crm, cdp, cfg.cid, job["job_id"])
     return job
 

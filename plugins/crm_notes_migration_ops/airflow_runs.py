@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from notes_migration.config import DAG_ID
+from notes_migration.domain.config import DAG_ID
 
 
 class DagUnavailable(RuntimeError):
@@ -93,8 +93,8 @@ def rollout_run_states(run_ids: list[str]) -> dict[str, str]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from notes_migration.contract import ROLLOUT_DAG_ID
-    from notes_migration.rollout import RUN_NOT_FOUND
+    from notes_migration.domain.contract import ROLLOUT_DAG_ID
+    from notes_migration.ops.rollout import RUN_NOT_FOUND
 
     with create_session() as session:
         rows = session.execute(

@@ -1,7 +1,7 @@
 """The Ops REST API and UI page of the migration, a FastAPI app mounted by the Airflow plugin.
 
 Every route authenticates with Airflow's JWT (auth.py). Routes parse the request,
-call one query of `notes_migration.ops` and map its result or reason code to HTTP.
+call one query of `notes_migration.ops.queries` and map its result or reason code to HTTP.
 
 Mounted at `/crm-notes-migration` on the Airflow API server; see docs/api.md.
 """
@@ -34,14 +34,15 @@ from crm_notes_migration_ops.auth import (
     cookie_scheme,
     reader,
 )
-from notes_migration import contract, settings
-from notes_migration.codes import OUTCOME_FILTERS, Reason, Refused, State
-from notes_migration.config import DAG_ID, RunConfig, job_id_for
-from notes_migration.lazy import lazy_import
+from notes_migration.domain import contract
+from notes_migration.domain.codes import OUTCOME_FILTERS, Reason, Refused, State
+from notes_migration.domain.config import DAG_ID, RunConfig, job_id_for
+from notes_migration.stores import settings
+from notes_migration.tasks.lazy import lazy_import
 
 # Loaded when a route first uses them, not when Airflow loads the plugin (they bring pymongo, psycopg …).
-ops = lazy_import("notes_migration.ops")
-preflight = lazy_import("notes_migration.preflight")
+ops = lazy_import("notes_migration.ops.queries")
+preflight = lazy_import("notes_migration.run.start")
 
 UI_REFRESH_SECONDS = 15
 API_VERSION = "1.0.0"
@@ -89,14 +90,14 @@ REFUSAL_HTTP_STATUS: dict[Reason, int] = {
 
 @contextmanager
 def _crm() -> Iterator[Any]:
-    from notes_migration.connections import crm_connection
+    from notes_migration.stores.connections import crm_connection
 
     with crm_connection() as conn:
         yield conn
 
 
 def _cdp() -> Any:
-    from notes_migration.connections import cdp_database
+    from notes_migration.stores.connections import cdp_database
 
     return cdp_database()
 
@@ -168,8 +169,8 @@ def get_status(
     with _crm() as crm:
         try:
             if dry_run:
-                from notes_migration import crm_source
-                from notes_migration import dry_run as dry
+                from notes_migration.ops import dry_run as dry
+                from notes_migration.stores import crm_source
 
                 if not crm_source.cid_exists(crm, cid):
                     raise ops.UnknownCid(cid)
@@ -234,7 +235,7 @@ def get_errors(
     tags=["monitor"],
 )
 def get_coverage(cid: CidQuery, company_sso_id: UuidQuery, user: Reader, include_activities: bool = False) -> Any:
-    from notes_migration import crm_source
+    from notes_migration.stores import crm_source
 
     with _crm() as crm:
         if not crm_source.cid_exists(crm, cid):
@@ -419,7 +420,7 @@ def _login_url(request: Request) -> str:
 
 def _rollout_context(db: Any) -> dict[str, Any]:
     """The Ops page's rollouts (the newest one in full, with its per-CID progress) and weekly aggregates."""
-    from notes_migration import rollout
+    from notes_migration.ops import rollout
 
     rollouts = rollout.list_rollouts(db, limit=10, run_states=airflow_runs.rollout_run_states)
     latest = rollout.rollout_view(db, rollouts[0]["rollout_id"], airflow_runs.rollout_run_states) if rollouts else None
@@ -449,7 +450,7 @@ def _ui_context(cid_param: str | None) -> dict[str, Any]:
             try:
                 cid = int(cid_param)
                 context["detail"] = jsonable_encoder(ops.cid_detail(crm, db, cid, runs.get(cid)))
-                from notes_migration import dry_run
+                from notes_migration.ops import dry_run
 
                 context["dry_run"] = jsonable_encoder(dry_run.latest_report(db, cid))
             except ops.UnknownCid:
@@ -506,7 +507,7 @@ class CancelResponse(BaseModel):
     tags=["operate"],
 )
 def cancel_job(job_id: Annotated[str, Path(max_length=200)], request: Request, user: Operator) -> Any:
-    from notes_migration import cancel
+    from notes_migration.ops import cancel
 
     db = _cdp()
     try:
@@ -567,9 +568,9 @@ def rollback_cid(
     user: Operator,
     dry_run: Annotated[bool, Query(description="default true: report only, write nothing")] = True,
 ) -> Any:
-    from notes_migration import rollback
-    from notes_migration import s3_store as s3
-    from notes_migration.config import CDP_S3_CONN_ID
+    from notes_migration.domain.config import CDP_S3_CONN_ID
+    from notes_migration.ops import rollback
+    from notes_migration.stores import s3_store as s3
 
     target = None if dry_run else s3.bucket_for(CDP_S3_CONN_ID)
     with _crm() as crm:
@@ -636,7 +637,7 @@ class RetryBody(BaseModel):
 def retry_job(
     job_id: Annotated[str, Path(max_length=200)], request: Request, user: Operator, body: RetryBody | None = None
 ) -> Any:
-    from notes_migration import retry
+    from notes_migration.ops import retry
 
     db = _cdp()
     reasons = body.reason_codes if body else None
@@ -669,7 +670,7 @@ def _retry_refusal(refused: Refused) -> JSONResponse:
     responses=UNAUTHENTICATED,
 )
 def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-    from notes_migration import rollout
+    from notes_migration.ops import rollout
 
     return {
         "rollouts": jsonable_encoder(
@@ -686,7 +687,7 @@ def list_rollouts(user: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50)
     tags=["monitor"],
 )
 def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -> Any:
-    from notes_migration import rollout
+    from notes_migration.ops import rollout
 
     view = rollout.rollout_view(_cdp(), rollout_id, airflow_runs.rollout_run_states)
     if view is None:
@@ -705,6 +706,6 @@ def get_rollout(rollout_id: Annotated[str, Path(max_length=64)], user: Reader) -
     responses=UNAUTHENTICATED,
 )
 def list_weekly(user: Reader, limit: Annotated[int, Query(ge=1, le=520)] = 12) -> dict[str, Any]:
-    from notes_migration import rollout
+    from notes_migration.ops import rollout
 
     return {"weeks": jsonable_encoder(rollout.list_weekly(_cdp(), limit=limit))}

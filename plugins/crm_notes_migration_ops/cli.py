@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from notes_migration import contract
+from notes_migration.domain import contract
 
 
 def _print(obj: Any) -> None:
@@ -35,7 +35,7 @@ def run_in_process(conf: dict[str, Any]) -> str:
     from airflow.configuration import conf as airflow_conf
     from airflow.dag_processing.dagbag import DagBag
 
-    from notes_migration.config import DAG_ID
+    from notes_migration.domain.config import DAG_ID
 
     dag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder")).get_dag(DAG_ID)
     return str(dag.test(run_conf=conf).state)
@@ -89,17 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dag run finished: {run_in_process(conf)}", file=sys.stderr)
         return 0
 
-    from notes_migration import job_store, ops
-    from notes_migration.connections import cdp_database, crm_connection
-    from notes_migration.plain import as_plain
+    from notes_migration.domain.plain import as_plain
+    from notes_migration.ops import queries as ops
+    from notes_migration.stores import job_store
+    from notes_migration.stores.connections import cdp_database, crm_connection
 
     db = cdp_database()
     if args.cmd == "status":
         with crm_connection() as crm:
             _print(ops.status_of(crm, db, args.cid, _airflow_runs(args.cid)))
     elif args.cmd == "coverage":
-        from notes_migration.config import Thresholds
-        from notes_migration.preflight import coverage_report
+        from notes_migration.domain.config import Thresholds
+        from notes_migration.run.coverage import coverage_report
 
         with crm_connection() as crm:
             _print(
@@ -141,13 +142,13 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _retry(db: Any, args: argparse.Namespace) -> int:
-    """The API route's retry (notes_migration.retry.run_retry): exit 0 done, 3 refused (reason printed, nothing
+    """The API route's retry (notes_migration.ops.retry.run_retry): exit 0 done, 3 refused (reason printed, nothing
     written)."""
     import getpass
 
-    from notes_migration import retry
-    from notes_migration.codes import Refused
-    from notes_migration.connections import crm_connection
+    from notes_migration.domain.codes import Refused
+    from notes_migration.ops import retry
+    from notes_migration.stores.connections import crm_connection
 
     try:
         retry.check_retry(db, args.job_id, args.reasons)  # before any connection to the CRM or S3
@@ -164,11 +165,11 @@ def _rollback(db: Any, args: argparse.Namespace) -> int:
     """Exit 0 done (or planned), 3 refused (the report or reason is printed), nothing written on a refusal."""
     import getpass
 
-    from notes_migration import rollback
-    from notes_migration import s3_store as s3
-    from notes_migration.codes import Refused
-    from notes_migration.config import CDP_S3_CONN_ID
-    from notes_migration.connections import crm_connection
+    from notes_migration.domain.codes import Refused
+    from notes_migration.domain.config import CDP_S3_CONN_ID
+    from notes_migration.ops import rollback
+    from notes_migration.stores import s3_store as s3
+    from notes_migration.stores.connections import crm_connection
 
     by = args.by or getpass.getuser()
     target = s3.bucket_for(CDP_S3_CONN_ID) if args.execute else None

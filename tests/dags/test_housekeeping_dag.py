@@ -43,7 +43,7 @@ def test_parse_imports_nothing_heavy():
     code = (
         "import sys,importlib.util as u;"
         f"s=u.spec_from_file_location('hk', r'{DAG_FILE}');m=u.module_from_spec(s);s.loader.exec_module(m);"
-        "print(','.join(x for x in ('pymongo','bson','notes_migration.job_store') if x in sys.modules))"
+        "print(','.join(x for x in ('pymongo','bson','notes_migration.stores.job_store') if x in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -24,7 +24,7 @@ def bag():
 
 
 def test_rollout_dag_params_come_from_the_contract(bag):
-    from notes_migration.contract import ROLLOUT_PARAMS
+    from notes_migration.domain.contract import ROLLOUT_PARAMS
 
     dag = bag.get_dag("crm_notes_rollout")
     assert dag is not None and dag.schedule is None and dag.max_active_runs == 1
@@ -87,7 +87,7 @@ def test_parse_imports_nothing_heavy_and_only_wires(name):
     code = (
         "import sys,importlib.util as u;"
         f"s=u.spec_from_file_location('m', r'{path}');m=u.module_from_spec(s);s.loader.exec_module(m);"
-        "print(','.join(x for x in ('pymongo','bson','notes_migration.rollout','notes_migration.job_store')"
+        "print(','.join(x for x in ('pymongo','bson','notes_migration.ops.rollout','notes_migration.stores.job_store')"
         " if x in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'include'}:{ROOT / 'plugins'}"}

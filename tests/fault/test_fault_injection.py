@@ -22,11 +22,12 @@ from tests.helpers import PARAM_DEFAULTS, point_connection, task_states
 from tests.support.seed import SeedSpec
 from tests.support.tcp_proxy import TcpProxy
 
-from notes_migration import cdp_store, connections, job_store, migration
-from notes_migration import config as C
-from notes_migration import s3_store as s3
-from notes_migration.codes import RUN_ERROR_OUTCOME, Event, Reason
-from notes_migration.ops import cid_status, error_log
+from notes_migration.domain import config as C
+from notes_migration.domain.codes import RUN_ERROR_OUTCOME, Event, Reason
+from notes_migration.ops.queries import cid_status, error_log
+from notes_migration.run import batch, relink, validate
+from notes_migration.stores import cdp_store, connections, job_store
+from notes_migration.stores import s3_store as s3
 
 NO_FILES = dict(image_share=0.0, audio_share=0.0, document_share=0.0, unsupported_file_share=0.0, upload_files=False)
 FAST_CRM_RETRIES = {"crm_retry_backoff_seconds": 0.1}
@@ -80,7 +81,7 @@ def test_crm_stops_mid_run_retries_then_halts_crm_extract_failed(
 ):
     spec = SeedSpec(cid=6001, notes=150, **NO_FILES)
     seed_cid(spec)
-    real = migration.migrate_page
+    real = batch.migrate_page
     pages_done = []
 
     def page_then_crm_stops(*args, **kwargs):
@@ -89,7 +90,7 @@ def test_crm_stops_mid_run_retries_then_halts_crm_extract_failed(
         crm_proxy.stop()  # the CRM goes away after the first page
         return out
 
-    monkeypatch.setattr(migration, "migrate_page", page_then_crm_stops)
+    monkeypatch.setattr(batch, "migrate_page", page_then_crm_stops)
     started = time.monotonic()
     dag_run = run_dag(conf(spec, batch_size=50), settings=FAST_CRM_RETRIES)
     assert time.monotonic() - started < 120
@@ -117,7 +118,7 @@ def test_crm_stops_mid_run_retries_then_halts_crm_extract_failed(
     assert job_store.get_lock(cdp, spec.cid) is None
 
     crm_proxy.start()  # the CRM is back: a new run (the CID is halted, not completed) finishes the job
-    monkeypatch.setattr(migration, "migrate_page", real)
+    monkeypatch.setattr(batch, "migrate_page", real)
     dag_run = run_dag(conf(spec, batch_size=50), settings=FAST_CRM_RETRIES)
     assert str(dag_run.state) == "success", task_states(dag_run)
     status = assert_recovered(crm, cdp, spec)
@@ -143,13 +144,13 @@ def test_count_source_down_at_validation_is_validation_skipped(
 ):
     spec = SeedSpec(cid=6003, notes=80, **NO_FILES)
     seed_cid(spec)
-    real = migration.validate
+    real = validate.validate
 
     def crm_stops_then_validate(*args, **kwargs):
         crm_proxy.stop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(migration, "validate", crm_stops_then_validate)
+    monkeypatch.setattr(validate, "validate", crm_stops_then_validate)
     dag_run = run_dag(conf(spec), settings=FAST_CRM_RETRIES)
     states = task_states(dag_run)
     assert states["validate"] == ["success"] and states["send_alerts"] == ["success"]
@@ -168,7 +169,7 @@ def test_count_source_down_at_validation_is_validation_skipped(
     assert alerts and "not validated (VALIDATION_SKIPPED)" in alerts[-1]
 
     crm_proxy.start()
-    monkeypatch.setattr(migration, "validate", real)
+    monkeypatch.setattr(validate, "validate", real)
     dag_run = run_dag(conf(spec, force_rerun=True), settings=FAST_CRM_RETRIES)
     assert str(dag_run.state) == "success", task_states(dag_run)
     status = assert_recovered(crm, cdp, spec)
@@ -272,11 +273,10 @@ def s3_proxy(monkeypatch):
 def test_s3_stops_during_relinking_notes_stay_files_marked_then_rerun_copies_each_file_once(
     seed_cid, crm, cdp, run_dag, s3_proxy, monkeypatch
 ):
-    from notes_migration import attachments
 
     spec = SeedSpec(cid=6005, notes=100, **FILES_ONLY_GOOD)
     seed_cid(spec)
-    real = attachments.copy_files
+    real = relink.copy_files
     calls = []
 
     def s3_down_for_first_page(*args, **kwargs):
@@ -288,7 +288,7 @@ def test_s3_stops_during_relinking_notes_stay_files_marked_then_rerun_copies_eac
         finally:
             s3_proxy.start()
 
-    monkeypatch.setattr(attachments, "copy_files", s3_down_for_first_page)
+    monkeypatch.setattr(relink, "copy_files", s3_down_for_first_page)
     started = time.monotonic()
     dag_run = run_dag(conf(spec, batch_size=40))
     assert time.monotonic() - started < 150
@@ -305,7 +305,7 @@ def test_s3_stops_during_relinking_notes_stay_files_marked_then_rerun_copies_eac
     assert all(a["reason_code"] in first["failed_by_reason"] and "url" not in a for a in unavailable)
     assert str(dag_run.state) in ("success", "failed")
 
-    monkeypatch.setattr(attachments, "copy_files", real)
+    monkeypatch.setattr(relink, "copy_files", real)
     dag_run = run_dag(conf(spec, batch_size=40, force_rerun=True))
     assert str(dag_run.state) == "success", task_states(dag_run)
     second = job_store.get_job(cdp, cid_status(cdp, spec.cid)["job_id"])["attachments"]

@@ -19,9 +19,9 @@ from tests.helpers import PARAM_DEFAULTS, task_states
 from tests.support import seed_files
 from tests.support.seed import SeedSpec
 
-from notes_migration import config as C
-from notes_migration import s3_store as s3
-from notes_migration.ops import cid_status
+from notes_migration.domain import config as C
+from notes_migration.ops.queries import cid_status
+from notes_migration.stores import s3_store as s3
 
 CID = 6030
 BASE = CID * 1_000_000 + 900

@@ -14,10 +14,12 @@ from tests.helpers import PARAM_DEFAULTS, assert_conserved, task_states
 from tests.support.seed import SeedSpec
 from tests.support.tcp_proxy import TcpProxy
 
-from notes_migration import attachments, connections, job_store, migration, ops
-from notes_migration import config as C
-from notes_migration import s3_store as s3
-from notes_migration.config import RunConfig, job_id_for
+from notes_migration.domain import config as C
+from notes_migration.domain.config import RunConfig, job_id_for
+from notes_migration.ops import queries as ops
+from notes_migration.run import batch, coverage, plan, relink, start, validate
+from notes_migration.stores import connections, job_store
+from notes_migration.stores import s3_store as s3
 
 # --------------------------------------------------------------------------- tenant isolation
 
@@ -28,17 +30,17 @@ def _run_steps(spec: SeedSpec, run_id: str) -> str:
     db = connections.cdp_database()
     src, tgt = s3.bucket_for(C.CRM_S3_CONN_ID), s3.bucket_for(C.CDP_S3_CONN_ID)
     with connections.crm_session() as crm:
-        job = migration.start_job(crm, db, cfg, run_id=run_id, triggered_by="isolation-test", flag_cids=[spec.cid])
+        job = start.start_job(crm, db, cfg, run_id=run_id, triggered_by="isolation-test", flag_cids=[spec.cid])
         try:
-            migration.run_coverage(crm, db, job["job_id"])
-            pages = migration.plan(crm, db, job["job_id"])
+            coverage.run_coverage(crm, db, job["job_id"])
+            pages = plan.plan(crm, db, job["job_id"])
             for page in pages:
-                migration.migrate_page(crm, db, job["job_id"], page)
+                batch.migrate_page(crm, db, job["job_id"], page)
             for page in pages:
-                attachments.relink_page(crm, db, job["job_id"], page, source=src, target=tgt)
-            migration.validate(crm, db, job["job_id"])
+                relink.relink_page(crm, db, job["job_id"], page, source=src, target=tgt)
+            validate.validate(crm, db, job["job_id"])
         finally:
-            migration.release(db, spec.cid, run_id)
+            start.release(db, spec.cid, run_id)
     return job["job_id"]
 
 
@@ -175,7 +177,7 @@ def _xcoms(run_ids: list[str]) -> list[str]:
 def test_no_secret_in_logs_xcom_events_jobs_status_or_error_csv(
     seed_cid, crm, cdp, run_dag, monkeypatch, caplog, capsys
 ):
-    from notes_migration import migration as mig
+    from notes_migration.run import batch as mig
 
     proxy = TcpProxy(int(os.environ.get("CRM_PG_PORT", 54329))).start()
     try:

@@ -12,13 +12,14 @@ import os
 
 import pytest
 
-from notes_migration import attachments, job_store, migration
-from notes_migration import s3_store as s3
-from notes_migration.attachment_plan import MIME_TYPES, SAFE_KEY_RE, UNAVAILABLE_MESSAGE, extension
-from notes_migration.codes import AttachmentOutcome, Event, Reason
-from notes_migration.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
-from notes_migration.copy_engine import RetryPolicy
-from notes_migration.ops import cid_status
+from notes_migration.domain.attachment_plan import MIME_TYPES, SAFE_KEY_RE, UNAVAILABLE_MESSAGE, extension
+from notes_migration.domain.codes import AttachmentOutcome, Event, Reason
+from notes_migration.domain.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
+from notes_migration.ops.queries import cid_status
+from notes_migration.run import batch, coverage, plan, relink, start, validate
+from notes_migration.run.copy_engine import RetryPolicy
+from notes_migration.stores import job_store
+from notes_migration.stores import s3_store as s3
 from tests.helpers import assert_conserved, task_states
 from tests.support import seed_files
 from tests.support.seed import SeedSpec, company_for
@@ -55,11 +56,11 @@ def run_migration(
         thresholds=thresholds or Thresholds(),
         **cfg,
     )
-    job = migration.start_job(crm, cdp, config, run_id=run_id, triggered_by="test", flag_cids=[cid])
-    migration.run_coverage(crm, cdp, job["job_id"])
-    pages = migration.plan(crm, cdp, job["job_id"])
+    job = start.start_job(crm, cdp, config, run_id=run_id, triggered_by="test", flag_cids=[cid])
+    coverage.run_coverage(crm, cdp, job["job_id"])
+    pages = plan.plan(crm, cdp, job["job_id"])
     for page in pages:
-        migration.migrate_page(crm, cdp, job["job_id"], page)
+        batch.migrate_page(crm, cdp, job["job_id"], page)
     assert_conserved(crm, cdp, cid, job["job_id"])
     return job, pages
 
@@ -107,7 +108,7 @@ def add_file(
 
 
 def relink_all(crm, cdp, job: dict, pages: list[dict], source: s3.Bucket, target: s3.Bucket, **kw) -> list[dict]:
-    return [attachments.relink_page(crm, cdp, job["job_id"], p, source=source, target=target, **kw) for p in pages]
+    return [relink.relink_page(crm, cdp, job["job_id"], p, source=source, target=target, **kw) for p in pages]
 
 
 def by_ref(note: dict) -> dict[str, dict]:
@@ -127,7 +128,7 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
     thresholds = Thresholds(attachment_size_cap_bytes=CAP, proxy_url_base=PROXY, attachment_concurrency=4)
     # an earlier run migrated the notes and died before relinking (its lock went stale and was released)
     job1, pages = run_migration(crm, cdp, cid, "att-2001-interrupted", thresholds)
-    migration.release(cdp, cid, "att-2001-interrupted")
+    start.release(cdp, cid, "att-2001-interrupted")
     notes = sorted(notes_of(cdp, cid))
     n = {k: notes[i] for i, k in enumerate(["media", "refused", "missing", "hostile", "mislabelled"])}
     with crm.cursor() as cur:  # a Person note that is not migrated (an activity): its file must be ignored
@@ -204,7 +205,7 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
 
     before = set(s3.list_objects(cdp_bucket))
     # a new run (notes already there, so only its relink step matters): the files must still arrive
-    job2 = migration.start_job(
+    job2 = start.start_job(
         crm,
         cdp,
         RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=20, thresholds=thresholds),
@@ -212,7 +213,7 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
         triggered_by="test",
         flag_cids=[cid],
     )
-    pages2 = migration.plan(crm, cdp, job2["job_id"])
+    pages2 = plan.plan(crm, cdp, job2["job_id"])
     attachments_before = {k: d.get("attachments") for k, d in notes_of(cdp, cid).items()}
     first = relink_all(crm, cdp, job2, pages2, crm_bucket, cdp_bucket)
     after_first = notes_of(cdp, cid)
@@ -223,8 +224,8 @@ def case(seed_cid, crm, crm_rw, cdp, crm_bucket, cdp_bucket):
         if k.startswith(company_for(cid) + "/")
     }
     second = relink_all(crm, cdp, job2, pages2, crm_bucket, cdp_bucket)
-    verdict = migration.validate(crm, cdp, job2["job_id"])
-    migration.release(cdp, cid, "att-2001-second")
+    verdict = validate.validate(crm, cdp, job2["job_id"])
+    start.release(cdp, cid, "att-2001-second")
     yield {
         "cid": cid,
         "company": company_for(cid),
@@ -384,7 +385,7 @@ def test_job_figures_and_status(case, cdp):
 
 
 def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, crm, cdp, cdp_bucket, monkeypatch):
-    from notes_migration.operators.attachment_relink import AttachmentRelinkOperator
+    from notes_migration.tasks.attachment_relink import AttachmentRelinkOperator
 
     cid = 2002
     seeded = seed_cid(
@@ -408,7 +409,7 @@ def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, cr
         monkeypatch.setenv("AIRFLOW_CONN_CDP_S3", json.dumps(conn))
         out = [AttachmentRelinkOperator(task_id="relink_attachments", job=job, page=p).execute({}) for p in pages]
     finally:
-        migration.release(cdp, cid, "att-2002")
+        start.release(cdp, cid, "att-2002")
     files = sum(p["files"] for p in out)
     assert files > 10 and seeded["file_variants"].get("ok") == seeded["assets"] + seeded["documents"]
     assert sum(p["failed"] for p in out) == files and sum(p["relinked"] for p in out) == 0
@@ -421,7 +422,7 @@ def test_upload_failure_marks_files_unavailable_and_keeps_the_notes(seed_cid, cr
     )
     assert job_store.note_log(cdp, job["job_id"], "failed") == []  # no failed note
     assert cdp[EVENTS].count_documents({"job_id": job["job_id"], "event": Event.ATTACHMENT_FAILED.value}) == files
-    figures = attachments.summarise_job(cdp, job["job_id"])
+    figures = relink.summarise_job(cdp, job["job_id"])
     assert figures["failure_share"] == 1.0 and figures["failed_by_reason"] == {"ATTACHMENT_UPLOAD_FAILED": files}
     assert not s3.list_objects(cdp_bucket, company_for(cid) + "/")
 
@@ -476,7 +477,7 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
         assert failed and len(failed) == sum(p["failed"] for p in out) == sum(p["files"] for p in out)
         assert all(e["reason_code"] == Reason.ATTACHMENT_DOWNLOAD_FAILED and e["file"]["attempts"] == 3 for e in failed)
         assert len(sleeps) == 2 * len(failed)  # backoff between the attempts of every file
-        figures = attachments.summarise_job(cdp, job["job_id"])
+        figures = relink.summarise_job(cdp, job["job_id"])
         assert figures["source_missing"] == 0 and figures["success_rate_where_source_exists"] == 0.0
         # the sources come back: a retry of the same pages copies everything and clears the failures
         again = relink_all(crm, cdp, job, pages, real, cdp_bucket)
@@ -484,15 +485,15 @@ def test_transient_download_errors_are_retried_then_reported(seed_cid, crm, cdp,
         assert job_store.note_log(cdp, job["job_id"], AttachmentOutcome.FAILED.value) == []
         assert all("unavailable" not in e for d in notes_of(cdp, cid).values() for e in d["attachments"])
     finally:
-        migration.release(cdp, cid, "att-2003")
+        start.release(cdp, cid, "att-2003")
 
 
 def test_dry_run_plans_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bucket, cdp_bucket):
     cid = 2003
     dry, pages = run_migration(crm, cdp, cid, "att-2003-dry", dry_run=True)
-    migration.release(cdp, cid, "att-2003-dry")
+    start.release(cdp, cid, "att-2003-dry")
     target_before, notes_before = s3.list_objects(cdp_bucket, f"{company_for(cid)}/"), notes_of(cdp, cid)
-    planned = attachments.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
+    planned = relink.relink_page(crm, cdp, dry["job_id"], pages[0], source=crm_bucket, target=cdp_bucket)
     assert planned["files"] == planned["relinked"] + planned["failed"] + planned["skipped"] > 0
     # the notes and files are there from the test above: the plan reuses them all, copies and updates nothing
     assert planned["copied"] == planned["bytes_to_copy"] == 0 and planned["reused"] == planned["relinked"]
@@ -503,8 +504,8 @@ def test_dry_run_plans_and_halted_jobs_relink_nothing(seed_cid, crm, cdp, crm_bu
     job_store.update_job(
         cdp, dry["job_id"], state="halted", halted={"reason": "FAILURE_RATE_EXCEEDED"}, **{"config.dry_run": False}
     )
-    with pytest.raises(attachments.RelinkSkipped, match="halted"):
-        attachments.relink_page(crm, cdp, dry["job_id"], pages[1], source=crm_bucket, target=cdp_bucket)
+    with pytest.raises(relink.RelinkSkipped, match="halted"):
+        relink.relink_page(crm, cdp, dry["job_id"], pages[1], source=crm_bucket, target=cdp_bucket)
     assert len(job_store.attachment_page_results(cdp, dry["job_id"])) == 1
 
 

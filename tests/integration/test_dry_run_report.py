@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from notes_migration import dry_run, job_store
-from notes_migration import s3_store as s3
-from notes_migration.config import CONTACT_NOTES
-from notes_migration.ops import cid_status
+from notes_migration.domain.config import CONTACT_NOTES
+from notes_migration.ops.queries import cid_status, dry_run
+from notes_migration.stores import job_store
+from notes_migration.stores import s3_store as s3
 from tests.helpers import task_states
 from tests.support.seed import SeedSpec
 

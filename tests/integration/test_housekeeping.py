@@ -9,10 +9,11 @@ import datetime as dt
 
 import pytest
 
-from notes_migration import config as C
-from notes_migration import housekeeping, job_store
-from notes_migration.config import Thresholds
-from notes_migration.plain import utc_now
+from notes_migration.domain import config as C
+from notes_migration.domain.config import Thresholds
+from notes_migration.domain.plain import utc_now
+from notes_migration.ops import housekeeping
+from notes_migration.stores import job_store
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 from pymongo import MongoClient, monitoring
 
-from notes_migration import attachments, crm_source, job_store, migration
-from notes_migration import s3_store as s3
-from notes_migration.config import TARGET_TASK_PAGES, RunConfig
+from notes_migration.domain.config import TARGET_TASK_PAGES, RunConfig
+from notes_migration.domain.rows import batches_of
+from notes_migration.run import batch, coverage, plan, relink, start, validate
+from notes_migration.stores import cdp_store, job_store
+from notes_migration.stores import s3_store as s3
 from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
@@ -42,8 +44,8 @@ def _watched(cdp, name: str, collection: str):
 
 def _start(crm, cdp, cid: int, run_id: str) -> dict:
     cfg = RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=3, force_rerun=True)
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[cid])
-    migration.run_coverage(crm, cdp, job["job_id"])
+    job = start.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[cid])
+    coverage.run_coverage(crm, cdp, job["job_id"])
     return job
 
 
@@ -51,18 +53,18 @@ def test_a_packed_task_page_accounts_and_relinks_every_batch_on_its_own(seed_cid
     seed_cid(SeedSpec(cid=1130, notes=80))
     job = _start(crm, cdp, 1130, "packed-1130")
     try:
-        pages = migration.plan(crm, cdp, job["job_id"])
-        batches = [b for p in pages for b in crm_source.batches_of(p)]
+        pages = plan.plan(crm, cdp, job["job_id"])
+        batches = [b for p in pages for b in batches_of(p)]
         assert len(batches) > TARGET_TASK_PAGES and len(pages) < len(batches)
-        assert all(len(p["batches"]) == len(crm_source.batches_of(p)) > 1 for p in pages[:-1])
+        assert all(len(p["batches"]) == len(batches_of(p)) > 1 for p in pages[:-1])
         stored = job_store.get_job(cdp, job["job_id"])
         assert stored["pages_total"] == len(batches) and stored["task_pages_total"] == len(pages)
 
         source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
         summaries = []
         for page in pages:
-            summaries.append(migration.migrate_page(crm, cdp, job["job_id"], page))
-            attachments.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
+            summaries.append(batch.migrate_page(crm, cdp, job["job_id"], page))
+            relink.relink_page(crm, cdp, job["job_id"], page, source=source, target=target)
         assert sum(s["rows"] for s in summaries) == sum(b["size"] for b in batches)
         results = job_store.page_results(cdp, job["job_id"])
         assert [r["page_no"] for r in results] == [b["page_no"] for b in batches]  # one result per batch
@@ -70,12 +72,12 @@ def test_a_packed_task_page_accounts_and_relinks_every_batch_on_its_own(seed_cid
         relinked = job_store.attachment_page_results(cdp, job["job_id"])
         assert sorted(p["page_no"] for p in relinked) == [b["page_no"] for b in batches]
         assert sum(p["relinked"] for p in relinked) > 0
-        verdict = migration.validate(crm, cdp, job["job_id"]).as_dict()
+        verdict = validate.validate(crm, cdp, job["job_id"]).as_dict()
         assert verdict["match_pct"] == 100.0, verdict
         figures = job_store.get_job(cdp, job["job_id"])["attachments"]
         assert figures["pages_done"] == figures["pages_total"] == len(batches)
     finally:
-        migration.release(cdp, 1130, "packed-1130")
+        start.release(cdp, 1130, "packed-1130")
     assert_conserved(crm, cdp, 1130, job["job_id"])
 
 
@@ -83,11 +85,11 @@ def test_a_packed_task_page_run_again_resumes_at_its_first_batch_not_done(seed_c
     seed_cid(SeedSpec(cid=1131, notes=80, upload_files=False))
     job = _start(crm, cdp, 1131, "packed-1131")
     try:
-        first = migration.plan(crm, cdp, job["job_id"])[0]
-        batches = crm_source.batches_of(first)
+        first = plan.plan(crm, cdp, job["job_id"])[0]
+        batches = batches_of(first)
         assert len(batches) >= 2
 
-        class DiesOnSecondBatch(migration.cdp_store.MongoNoteWriter):
+        class DiesOnSecondBatch(cdp_store.MongoNoteWriter):
             calls = 0
 
             def write(self, docs):
@@ -97,11 +99,11 @@ def test_a_packed_task_page_run_again_resumes_at_its_first_batch_not_done(seed_c
                 return super().write(docs)
 
         with pytest.raises(ConnectionError):
-            migration.migrate_page(crm, cdp, job["job_id"], first, writer=DiesOnSecondBatch(cdp))
+            batch.migrate_page(crm, cdp, job["job_id"], first, writer=DiesOnSecondBatch(cdp))
         assert job_store.done_page_nos(cdp, job["job_id"]) == {batches[0]["page_no"]}
         finished = {r["page_no"]: r.get("finished_at") for r in job_store.page_results(cdp, job["job_id"])}
 
-        again = migration.migrate_page(crm, cdp, job["job_id"], first)  # what an Airflow retry of the task does
+        again = batch.migrate_page(crm, cdp, job["job_id"], first)  # what an Airflow retry of the task does
         assert again["batches_resumed"] == 1
         assert again["rows"] == sum(b["size"] for b in batches[1:])
         results = {r["page_no"]: r for r in job_store.page_results(cdp, job["job_id"])}
@@ -109,11 +111,11 @@ def test_a_packed_task_page_run_again_resumes_at_its_first_batch_not_done(seed_c
         assert done["finished_at"] == finished[batches[0]["page_no"]]  # the finished batch was not re-run ...
         assert died["state"] == "done" and finished[batches[1]["page_no"]] is None  # ... the one that died was
         assert sum(r["already_migrated"] for r in results.values()) == 0  # nothing recounted as already there
-        for page in migration.plan(crm, cdp, job["job_id"])[1:]:
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-        migration.validate(crm, cdp, job["job_id"])
+        for page in plan.plan(crm, cdp, job["job_id"])[1:]:
+            batch.migrate_page(crm, cdp, job["job_id"], page)
+        validate.validate(crm, cdp, job["job_id"])
     finally:
-        migration.release(cdp, 1131, "packed-1131")
+        start.release(cdp, 1131, "packed-1131")
     assert_conserved(crm, cdp, 1131, job["job_id"])
 
 
@@ -128,11 +130,11 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
     finds, watched = _watched(cdp, "find", "contact_notes")
     counters = ("files", "skipped", "relinked", "failed", "files_without_cdp_note", "notes_with_files")
     try:
-        pages = migration.plan(crm, cdp, job["job_id"])
+        pages = plan.plan(crm, cdp, job["job_id"])
         for page in pages:
-            migration.migrate_page(crm, cdp, job["job_id"], page)
+            batch.migrate_page(crm, cdp, job["job_id"], page)
         for page in pages:
-            attachments.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
+            relink.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
         first = {
             p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
         }
@@ -141,14 +143,14 @@ def test_relinking_reads_no_note_whose_files_are_all_skipped_and_counts_as_a_loo
 
         cdp["crm_migration_audit"].delete_many({"job_id": job["job_id"]})  # now each note must be looked up
         for page in pages:
-            attachments.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
+            relink.relink_page(crm, watched, job["job_id"], page, source=lambda: None, target=lambda: None)
         again = {
             p["page_no"]: {k: p[k] for k in counters} for p in job_store.attachment_page_results(cdp, job["job_id"])
         }
         assert finds.count > 0 and again == first
     finally:
         watched.client.close()
-        migration.release(cdp, 1132, "packed-1132")
+        start.release(cdp, 1132, "packed-1132")
 
 
 def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_still_does(seed_cid, crm, cdp):
@@ -162,18 +164,18 @@ def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_still_does(se
     source, target = s3.bucket_for("crm_s3"), s3.bucket_for("cdp_s3")
     outcomes = ["attachment_failed", "attachment_skipped"]
     try:
-        pages = migration.plan(crm, cdp, job["job_id"])
+        pages = plan.plan(crm, cdp, job["job_id"])
         for page in pages:
-            migration.migrate_page(crm, cdp, job["job_id"], page)
-            attachments.relink_page(crm, watched, job["job_id"], page, source=source, target=target, first_attempt=True)
+            batch.migrate_page(crm, cdp, job["job_id"], page)
+            relink.relink_page(crm, watched, job["job_id"], page, source=source, target=target, first_attempt=True)
         first = sorted(e["file"]["ref"] for e in job_store.note_log(cdp, job["job_id"], outcomes))
         assert first and deletes.count == 0
         for page in pages:  # as an Airflow retry of every relink task
-            attachments.relink_page(crm, watched, job["job_id"], page, source=source, target=target)
+            relink.relink_page(crm, watched, job["job_id"], page, source=source, target=target)
         assert deletes.count > 0
         assert sorted(e["file"]["ref"] for e in job_store.note_log(cdp, job["job_id"], outcomes)) == first
-        assert migration.validate(crm, cdp, job["job_id"]).as_dict()["match_pct"] == 100.0
+        assert validate.validate(crm, cdp, job["job_id"]).as_dict()["match_pct"] == 100.0
     finally:
         watched.client.close()
-        migration.release(cdp, 1133, "packed-1133")
+        start.release(cdp, 1133, "packed-1133")
     assert_conserved(crm, cdp, 1133, job["job_id"])

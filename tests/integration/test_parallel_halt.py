@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
-from notes_migration import job_store, migration
-from notes_migration.codes import Halted, State
-from notes_migration.config import CONTACT_NOTES, RunConfig, Thresholds
+from notes_migration.domain.codes import AlreadyHalted, Halted, State
+from notes_migration.domain.config import CONTACT_NOTES, RunConfig, Thresholds
+from notes_migration.run import batch, coverage, plan, start
+from notes_migration.stores import job_store
 from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
@@ -25,15 +26,15 @@ BATCH = 100
 
 @pytest.fixture
 def job(seed_cid, crm, cdp, monkeypatch):
-    monkeypatch.setattr("notes_migration.pages.TARGET_TASK_PAGES", 8)  # one-batch pages: 8 of them
+    monkeypatch.setattr("notes_migration.run.batch.TARGET_TASK_PAGES", 8)  # one-batch pages: 8 of them
     seed_cid(SeedSpec(cid=CID, notes=800, unmapped_person_share=0.06, upload_files=False))
     cfg = RunConfig(
         cid=CID, company_sso_id=company_for(CID), batch_size=BATCH, thresholds=Thresholds(coverage_gate=0.5)
     )
     run_id = f"parallel-halt-{uuid.uuid4()}"
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[CID])
-    migration.run_coverage(crm, cdp, job["job_id"])
-    pages = migration.plan(crm, cdp, job["job_id"])
+    job = start.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[CID])
+    coverage.run_coverage(crm, cdp, job["job_id"])
+    pages = plan.plan(crm, cdp, job["job_id"])
     assert len(pages) >= 8
     yield job, pages
     job_store.release_lock(cdp, CID, run_id)
@@ -52,7 +53,7 @@ def run_in_parallel(job, pages, crm_factory, cdp) -> dict[int, object]:
         with crm_factory() as crm:
             start.wait()
             try:
-                outcomes[page["page_no"]] = migration.migrate_page(crm, cdp, job["job_id"], page)
+                outcomes[page["page_no"]] = batch.migrate_page(crm, cdp, job["job_id"], page)
             except Halted as halted:
                 outcomes[page["page_no"]] = halted
 
@@ -65,7 +66,7 @@ def run_in_parallel(job, pages, crm_factory, cdp) -> dict[int, object]:
 
 
 def crm_factory():
-    from notes_migration.connections import crm_connection
+    from notes_migration.stores.connections import crm_connection
 
     return crm_connection()
 
@@ -115,8 +116,8 @@ def test_four_parallel_pages_that_all_decide_before_any_checks_write_nothing(job
     assert written(cdp) == 0
     monkeypatch.setattr(job_store, "begin_page", begin)
     for page in rest:  # pages after the halt read and write nothing
-        with pytest.raises(migration.AlreadyHalted):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
+        with pytest.raises(AlreadyHalted):
+            batch.migrate_page(crm, cdp, job["job_id"], page)
     assert written(cdp) == 0 and len(job_store.page_results(cdp, job["job_id"])) == 4
 
 
@@ -136,6 +137,6 @@ def test_four_parallel_pages_free_interleaving_at_most_the_inserts_already_under
     before = written(cdp)
     assert before == sum(r["migrated"] for r in inserted) <= 3 * BATCH
     for page in rest:  # nothing more is written after the halt
-        with pytest.raises(migration.AlreadyHalted):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
+        with pytest.raises(AlreadyHalted):
+            batch.migrate_page(crm, cdp, job["job_id"], page)
     assert written(cdp) == before

@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
-from notes_migration import cdp_store, connections, migration
-from notes_migration import config as C
-from notes_migration.codes import RUN_ERROR_OUTCOME, Reason
-from notes_migration.config import RunConfig, Thresholds
+from notes_migration.domain import config as C
+from notes_migration.domain.codes import RUN_ERROR_OUTCOME, Reason
+from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.run import batch, start, validate
+from notes_migration.stores import cdp_store, connections
 from tests.helpers import ops_api_app, point_connection, run_migration, task_states
 from tests.plugin.plugin_support import JWT_SECRET, PREFIX, USERS
 from tests.support.seed import SeedSpec, company_for
@@ -411,25 +412,25 @@ def crm_down(seed_cid, run, ops) -> Scenario:
     data: dict[str, Any] = {}
     with TcpProxy(int(os.environ.get("CRM_PG_PORT", 54329))) as proxy, pytest.MonkeyPatch.context() as mp:
         point_connection(mp, C.CRM_POSTGRES_CONN_ID, port=proxy.port)
-        real_page, real_validate = migration.migrate_page, migration.validate
+        real_page, real_validate = batch.migrate_page, validate.validate
 
         def page_then_crm_stops(*args, **kwargs):
             out = real_page(*args, **kwargs)
             proxy.stop()
             return out
 
-        mp.setattr(migration, "migrate_page", page_then_crm_stops)
+        mp.setattr(batch, "migrate_page", page_then_crm_stops)
         data["run1"] = run({"cid": CRM_DOWN, "batch_size": 40}, settings=FAST_CRM_RETRIES)
         proxy.start()  # the API server reads the CRM through the same connection
         data["status1"] = ops.status(seen, CRM_DOWN)
         data["entries1"] = ops.errors(seen, data["status1"]["job_id"], outcome="errors")
-        mp.setattr(migration, "migrate_page", real_page)
+        mp.setattr(batch, "migrate_page", real_page)
 
         def crm_stops_then_validate(*args, **kwargs):
             proxy.stop()
             return real_validate(*args, **kwargs)
 
-        mp.setattr(migration, "validate", crm_stops_then_validate)
+        mp.setattr(validate, "validate", crm_stops_then_validate)
         data["run2"] = run({"cid": CRM_DOWN, "batch_size": 40}, settings=FAST_CRM_RETRIES)
         proxy.start()
     data["status2"] = ops.status(seen, CRM_DOWN)
@@ -515,7 +516,7 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
     an unknown rollout is ROLLOUT_NOT_FOUND."""
     seeded = seed_cid(SeedSpec(cid=RUNNING, notes=20, **NO_FILES))
     conf = {"cid": RUNNING, "company_sso_id": seeded["company_sso_id"]}
-    job = migration.start_job(
+    job = start.start_job(
         crm,
         cdp,
         RunConfig.from_params(conf, Thresholds()),
@@ -543,7 +544,7 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
         seen.refusal("GET /api/rollouts/{id}", data["no_rollout"])
         yield Scenario(seen, data)
     finally:
-        from notes_migration import job_store
+        from notes_migration.stores import job_store
 
         job_store.release_lock(cdp, RUNNING)
 

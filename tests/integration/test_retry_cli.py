@@ -1,5 +1,5 @@
 """`python -m crm_notes_migration_ops.cli retry --job-id … [--reason …]`: the failed-record queue retried from
-a terminal, through the code the API route runs (notes_migration.retry.run_retry), as a real subprocess
+a terminal, through the code the API route runs (notes_migration.ops.retry.run_retry), as a real subprocess
 against the real CRM (PostgreSQL), FerretDB and S3. Refusals exit 3 with the reason code and write nothing;
 after a contact backfill the retry recovers exactly the backfilled persons' notes.
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from notes_migration import migration
-from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
+from notes_migration.domain.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
+from notes_migration.run import validate
 from tests.helpers import assert_conserved, run_steps
 from tests.support.seed import SeedSpec, backfill_contacts
 
@@ -116,5 +116,5 @@ def test_a_retry_from_the_cli_recovers_exactly_the_backfilled_notes(failed_job, 
     cdp[CONTACT_NOTES].update_one(
         {"company_sso_id": company, "legacy_crm_note_id": recovered}, {"$set": {"contact_id": "x"}}
     )
-    verdict = migration.validate(crm, cdp, job_id).as_dict()
+    verdict = validate.validate(crm, cdp, job_id).as_dict()
     assert verdict["content_mismatches"] == 1 and verdict["state"] == "completed_with_errors", verdict

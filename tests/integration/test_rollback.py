@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from notes_migration import config as C
-from notes_migration import job_store, ops
-from notes_migration import s3_store as s3
-from notes_migration.codes import Reason, Refused
-from notes_migration.config import RunConfig, Thresholds
-from notes_migration.preflight import check_preconditions
-from notes_migration.rollback import ROLLBACKS, RollbackRefused, rollback_cid
+from notes_migration.domain import config as C
+from notes_migration.domain.codes import Reason, Refused
+from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.ops import queries as ops
+from notes_migration.ops.rollback import ROLLBACKS, RollbackRefused, rollback_cid
+from notes_migration.run.start import check_preconditions
+from notes_migration.stores import job_store
+from notes_migration.stores import s3_store as s3
 from tests.support.seed import SeedSpec
 
 pytestmark = pytest.mark.integration

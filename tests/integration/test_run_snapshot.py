@@ -11,8 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from notes_migration import job_store, migration, settings, tasks
-from notes_migration.config import RunConfig, Thresholds
+from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.run import batch, coverage, plan, start
+from notes_migration.stores import job_store, settings
+from notes_migration.tasks import migration_tasks as tasks
 from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
@@ -26,11 +28,11 @@ def test_changing_the_settings_variable_between_validate_and_the_branch_changes_
     seed_cid(SeedSpec(cid=CID, notes=30))
     run_id = "manual__snapshot"
     cfg = RunConfig(cid=CID, company_sso_id=company_for(CID), thresholds=Thresholds())
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[CID])
+    job = start.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="test", flag_cids=[CID])
     try:
-        migration.run_coverage(crm, cdp, job["job_id"])
-        for page in migration.plan(crm, cdp, job["job_id"]):
-            migration.migrate_page(crm, cdp, job["job_id"], page)
+        coverage.run_coverage(crm, cdp, job["job_id"])
+        for page in plan.plan(crm, cdp, job["job_id"]):
+            batch.migrate_page(crm, cdp, job["job_id"], page)
         assert_conserved(crm, cdp, CID, job["job_id"])
         context = {"dag_run": SimpleNamespace(run_id=run_id), "params": {"cid": CID}}
         monkeypatch.setattr(tasks, "get_current_context", lambda: context)
@@ -46,4 +48,4 @@ def test_changing_the_settings_variable_between_validate_and_the_branch_changes_
         assert tasks.send_alerts(verdict) == []
         assert RunConfig.from_dict(job_store.get_job(cdp, job["job_id"])["config"]).thresholds == cfg.thresholds
     finally:
-        migration.release(cdp, CID, run_id)
+        start.release(cdp, CID, run_id)

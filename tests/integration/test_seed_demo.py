@@ -4,8 +4,8 @@ objects in memory, so a restart of the services loses them); then it is seeded a
 
 from __future__ import annotations
 
-from notes_migration import s3_store as s3
-from notes_migration.config import CRM_S3_CONN_ID
+from notes_migration.domain.config import CRM_S3_CONN_ID
+from notes_migration.stores import s3_store as s3
 from tests.support.seed import SeedSpec, _files_lost, main
 
 CID = 2052

@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from notes_migration import cdp_store, crm_source, job_store, migration
-from notes_migration.config import CONTACT_NOTES, NOTE_LOG, RunConfig
+from notes_migration.domain.codes import Halted
+from notes_migration.domain.config import CONTACT_NOTES, NOTE_LOG, RunConfig
+from notes_migration.run import batch, coverage, plan, start
+from notes_migration.stores import cdp_store, crm_source, job_store
 from tests.helpers import assert_conserved
 from tests.support.seed import SeedSpec, company_for
 
@@ -71,18 +73,18 @@ def test_a_null_legacy_id_is_never_written(cdp, clean_company):
 def test_write_errors_become_batch_insert_failed_in_the_page_accounting(seed_cid, crm, cdp):
     seed_cid(SeedSpec(cid=1101, notes=40))
     cfg = RunConfig(cid=1101, company_sso_id=company_for(1101), force_rerun=True)
-    job = migration.start_job(crm, cdp, cfg, run_id="writer-test", triggered_by="test", flag_cids=[1101])
+    job = start.start_job(crm, cdp, cfg, run_id="writer-test", triggered_by="test", flag_cids=[1101])
     try:
-        migration.run_coverage(crm, cdp, job["job_id"])
-        page = migration.plan(crm, cdp, job["job_id"])[0]
+        coverage.run_coverage(crm, cdp, job["job_id"])
+        page = plan.plan(crm, cdp, job["job_id"])[0]
 
         class Poisoning(cdp_store.MongoNoteWriter):
             def write(self, docs):
                 docs[0]["$bad"] = 1  # the server refuses this one document
                 return super().write(docs)
 
-        with pytest.raises(migration.Halted, match="FAILURE_RATE_EXCEEDED"):  # 1 of ~30 notes is > 1%
-            migration.migrate_page(crm, cdp, job["job_id"], page, writer=Poisoning(cdp))
+        with pytest.raises(Halted, match="FAILURE_RATE_EXCEEDED"):  # 1 of ~30 notes is > 1%
+            batch.migrate_page(crm, cdp, job["job_id"], page, writer=Poisoning(cdp))
         (result,) = job_store.page_results(cdp, job["job_id"])
         failed = job_store.note_log(cdp, job["job_id"], outcome="failed")
         assert result["failed"] == 1 and [f["reason_code"] for f in failed] == ["BATCH_INSERT_FAILED"]

@@ -174,7 +174,7 @@ def fleet(seed_cid, migration_dag, crm, cdp) -> Iterator[Fleet]:
     recorder. Each run is checked for conservation (tests/helpers.assert_conserved)."""
     from tests.support.seed import SeedSpec
 
-    from notes_migration import metrics
+    from notes_migration.stores import metrics
 
     mp = pytest.MonkeyPatch()
     edge = install_pagerduty_edge(mp)

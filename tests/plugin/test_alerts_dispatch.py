@@ -9,9 +9,9 @@ import pytest
 from plugin_support import HALTED, IN_PROGRESS, PD_ROUTING_KEY, SUCCESS, WITH_ERRORS, task_state
 from tests.support.ports import free_port
 
-from notes_migration import alerts
-from notes_migration.codes import State
-from notes_migration.config import Thresholds
+from notes_migration.domain.codes import State
+from notes_migration.domain.config import Thresholds
+from notes_migration.stores import alerts
 
 JOB = {
     "job_id": "job-3003",
@@ -96,7 +96,7 @@ def test_undeliverable_alerts_are_logged_not_raised(pagerduty_edge, monkeypatch,
     pagerduty_edge.status_code = 400  # PagerDuty refuses the event
     url = f"http://127.0.0.1:{free_port()}/services/down"
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
-    with caplog.at_level(logging.ERROR, logger="notes_migration.alerts"):
+    with caplog.at_level(logging.ERROR, logger="notes_migration.stores.alerts"):
         sent = alerts.dispatch(JOB, verdict(State.COMPLETED_WITH_ERRORS, match=90.0, attachments=0.5))
     assert sent == []
     assert len(pagerduty_edge.requests) == 1
@@ -107,7 +107,7 @@ def test_undeliverable_alerts_are_logged_not_raised(pagerduty_edge, monkeypatch,
 
 def test_a_missing_connection_is_undeliverable_too(monkeypatch, caplog):
     monkeypatch.delenv("AIRFLOW_CONN_PAGERDUTY_EVENTS", raising=False)
-    with caplog.at_level(logging.ERROR, logger="notes_migration.alerts"):
+    with caplog.at_level(logging.ERROR, logger="notes_migration.stores.alerts"):
         assert alerts.dispatch(JOB, verdict(State.HALTED, reason="COVERAGE_BELOW_GATE")) == []
     assert "could not deliver pagerduty alert halted" in caplog.text
 
@@ -117,7 +117,7 @@ def test_the_local_connection_logs_instead_of_calling_the_saas(pagerduty_edge, m
         "AIRFLOW_CONN_PAGERDUTY_EVENTS",
         json.dumps({"conn_type": "pagerduty_events", "password": "local-dev-routing-key", "extra": {"deliver": False}}),
     )
-    with caplog.at_level(logging.WARNING, logger="notes_migration.alerts"):
+    with caplog.at_level(logging.WARNING, logger="notes_migration.stores.alerts"):
         assert alerts.dispatch(JOB, verdict(State.HALTED, reason="COVERAGE_BELOW_GATE")) == []
     assert pagerduty_edge.requests == []
     assert "PagerDuty delivery disabled" in caplog.text and "local-dev-routing-key" not in caplog.text

@@ -7,8 +7,8 @@ import logging
 
 from plugin_support import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
 
-from notes_migration import job_store
-from notes_migration.codes import Event
+from notes_migration.domain.codes import Event
+from notes_migration.stores import job_store
 
 
 def _events(cdp, cid: int) -> list[dict]:
@@ -63,9 +63,9 @@ def test_real_runs_record_every_prd_event_with_its_properties(fleet, cdp):
 
 
 def test_events_are_structured_log_lines(caplog):
-    from notes_migration.events import event
+    from notes_migration.domain.events import event
 
-    with caplog.at_level(logging.INFO, logger="notes_migration.events"):
+    with caplog.at_level(logging.INFO, logger="notes_migration.domain.events"):
         record = event(Event.HALTED, job_id="j", cid=3001, reason="COVERAGE_BELOW_GATE", failure_rate=0.0)
     line = json.loads(caplog.records[-1].getMessage())
     assert line == {
@@ -79,12 +79,12 @@ def test_events_are_structured_log_lines(caplog):
 
 
 def test_a_notes_owner_not_resolved_logs_at_debug_and_its_batch_counts_it(caplog, fleet, cdp):
-    from notes_migration.events import event
+    from notes_migration.domain.events import event
 
-    with caplog.at_level(logging.INFO, logger="notes_migration.events"):
+    with caplog.at_level(logging.INFO, logger="notes_migration.domain.events"):
         event(Event.OWNER_NOT_RESOLVED, job_id="j", cid=3001, subject=7, legacy_crm_note_id=7)
     assert not caplog.records  # not at INFO: one line per migrated note flooded the task log
-    with caplog.at_level(logging.DEBUG, logger="notes_migration.events"):
+    with caplog.at_level(logging.DEBUG, logger="notes_migration.domain.events"):
         record = event(Event.OWNER_NOT_RESOLVED, job_id="j", cid=3001, subject=7, legacy_crm_note_id=7)
     assert json.loads(caplog.records[-1].getMessage())["event"] == Event.OWNER_NOT_RESOLVED.value
     assert record["properties"] == {"legacy_crm_note_id": 7}

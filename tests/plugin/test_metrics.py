@@ -6,7 +6,7 @@ import datetime as dt
 
 from plugin_support import SUCCESS
 
-from notes_migration import metrics
+from notes_migration.stores import metrics
 
 
 def test_a_real_run_emits_counters_and_batch_timers(fleet, client, auth):

@@ -12,9 +12,10 @@ import pytest
 from plugin_support import PREFIX, dag_runs_of
 from tests.support.seed import SeedSpec
 
-from notes_migration import job_store, migration
-from notes_migration.codes import Reason
-from notes_migration.config import CONTACT_NOTES, EVENTS, PAGES, RunConfig, Thresholds
+from notes_migration.domain.codes import AlreadyHalted, Reason
+from notes_migration.domain.config import CONTACT_NOTES, EVENTS, PAGES, RunConfig, Thresholds
+from notes_migration.run import batch, coverage, plan, start
+from notes_migration.stores import job_store
 
 CID = 9040
 
@@ -36,9 +37,9 @@ def running_job(seed_cid, client, ops_token, dag_in_db, cdp, crm):
     assert resp.status_code == 202, resp.text
     run_id = resp.json()["run_id"]
     cfg = RunConfig.from_params(body, Thresholds())
-    job = migration.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="ops", flag_cids=[CID])
-    migration.run_coverage(crm, cdp, job["job_id"])
-    pages = migration.plan(crm, cdp, job["job_id"])
+    job = start.start_job(crm, cdp, cfg, run_id=run_id, triggered_by="ops", flag_cids=[CID])
+    coverage.run_coverage(crm, cdp, job["job_id"])
+    pages = plan.plan(crm, cdp, job["job_id"])
     assert len(pages) >= 2
     yield {**job, "pages": pages, "company_sso_id": seeded["company_sso_id"]}
     job_store.release_lock(cdp, CID)
@@ -115,8 +116,8 @@ def test_cancel_halts_the_job_stops_the_run_and_releases_the_lock(client, auth, 
     assert (status["status"], status["halted_reason"]) == ("halted", "CANCELLED")
 
     # a page that had not started reads and writes nothing
-    with pytest.raises(migration.AlreadyHalted):
-        migration.migrate_page(crm, cdp, job_id, running_job["pages"][0])
+    with pytest.raises(AlreadyHalted):
+        batch.migrate_page(crm, cdp, job_id, running_job["pages"][0])
     assert cdp[PAGES].count_documents({"job_id": job_id}) == 0
     migrated = {"company_sso_id": running_job["company_sso_id"], "legacy_crm_note_id": {"$exists": True}}
     assert cdp[CONTACT_NOTES].count_documents(migrated) == 0

@@ -11,7 +11,7 @@ from plugin_support import PREFIX
 from tests.helpers import run_steps
 from tests.support.seed import SeedSpec
 
-from notes_migration.config import CONTACT_NOTES, RunConfig
+from notes_migration.domain.config import CONTACT_NOTES, RunConfig
 
 CID = 9110
 

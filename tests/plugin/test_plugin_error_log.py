@@ -13,9 +13,9 @@ import pytest
 from plugin_support import PREFIX
 from tests.support.seed import SeedSpec
 
-from notes_migration import crm_source, job_store
-from notes_migration.codes import Reason
-from notes_migration.ops import ERROR_LOG_FIELDS, SOURCE_MISSING
+from notes_migration.domain.codes import Reason
+from notes_migration.ops.queries import ERROR_LOG_FIELDS, SOURCE_MISSING
+from notes_migration.stores import crm_source, job_store
 
 COVERAGE_CID, FILES_CID = 9020, 9021
 

@@ -14,9 +14,9 @@ from plugin_support import PREFIX
 from tests.helpers import assert_conserved, run_steps
 from tests.support.seed import SeedSpec, backfill_contacts
 
-from notes_migration import job_store
-from notes_migration.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
-from notes_migration.ops import cid_status
+from notes_migration.domain.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
+from notes_migration.ops.queries import cid_status
+from notes_migration.stores import job_store
 
 CID = 9130
 THRESHOLDS = Thresholds(coverage_gate=0.5, max_failure_rate=0.5)  # failures tolerated: completed_with_errors

@@ -9,9 +9,9 @@ from __future__ import annotations
 from plugin_support import PREFIX
 from tests.support.seed import SeedSpec
 
-from notes_migration import config as C
-from notes_migration.codes import Reason
-from notes_migration.rollback import ROLLBACKS
+from notes_migration.domain import config as C
+from notes_migration.domain.codes import Reason
+from notes_migration.ops.rollback import ROLLBACKS
 
 CID, EMPTY = 9060, 9061
 

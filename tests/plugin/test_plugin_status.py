@@ -7,7 +7,7 @@ import io
 
 from plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, SUCCESS, UNKNOWN_CID, WITH_ERRORS
 
-from notes_migration.codes import Reason, State
+from notes_migration.domain.codes import Reason, State
 
 PREFIX = "/crm-notes-migration"
 

@@ -9,9 +9,9 @@ from airflow.utils.types import DagRunTriggeredByType
 from plugin_support import PREFIX, SUCCESS, UNKNOWN_CID, dag_runs_of
 from tests.support.seed import SeedSpec
 
-from notes_migration import job_store
-from notes_migration.codes import Reason
-from notes_migration.migration import job_id_for
+from notes_migration.domain.codes import Reason
+from notes_migration.domain.config import job_id_for
+from notes_migration.stores import job_store
 
 FRESH, LOCKED = 3006, 3007
 URL = f"{PREFIX}/api/jobs"

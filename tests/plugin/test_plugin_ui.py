@@ -63,8 +63,8 @@ def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
     """A run id chosen by whoever triggered through Airflow, event details and names are all untrusted."""
     from tests.support.seed import SeedSpec
 
-    from notes_migration import job_store
-    from notes_migration.config import RunConfig
+    from notes_migration.domain.config import RunConfig
+    from notes_migration.stores import job_store
 
     seeded = seed_cid(SeedSpec(cid=HOSTILE_CID, notes=5))
     stamp = dt.datetime.now(dt.UTC)
@@ -109,7 +109,7 @@ def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
 
 
 def test_csv_cells_that_look_like_formulas_are_neutralised():
-    from notes_migration.ops import error_log_csv
+    from notes_migration.ops.queries import error_log_csv
 
     text = error_log_csv(
         [

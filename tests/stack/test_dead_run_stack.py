@@ -53,7 +53,7 @@ def run_state(stack: Stack, run_id: str) -> tuple[bool, str]:
 
 
 def test_a_run_marked_failed_mid_job_is_halted_run_failed(local_stack: Stack, seeded):
-    from notes_migration.codes import Reason
+    from notes_migration.domain.codes import Reason
 
     local_stack.set_flag([MARKED_FAILED, KILLED_PAGE])
     resp = local_stack.trigger(body(MARKED_FAILED, batch_size=50))
@@ -87,7 +87,7 @@ def test_a_run_marked_failed_mid_job_is_halted_run_failed(local_stack: Stack, se
 
 
 def test_a_direct_airflow_trigger_that_fails_preconditions_is_halted_not_not_started(local_stack: Stack, seeded):
-    from notes_migration.codes import Reason
+    from notes_migration.domain.codes import Reason
 
     local_stack.set_flag([MARKED_FAILED, KILLED_PAGE])  # NO_JOB_FLAG_OFF is not listed
     assert local_stack.status(NO_JOB_FLAG_OFF)["status"] == "not_started"
@@ -118,8 +118,8 @@ def _task_process(ti_id: str):
 
 
 def test_a_killed_page_process_is_retried_and_loses_or_duplicates_nothing(local_stack: Stack, seeded, cdp, crm):
-    from notes_migration import config as C
-    from notes_migration import crm_source
+    from notes_migration.domain import config as C
+    from notes_migration.stores import crm_source
 
     local_stack.set_flag([MARKED_FAILED, KILLED_PAGE])
     resp = local_stack.trigger(body(KILLED_PAGE, batch_size=200))

@@ -86,7 +86,7 @@ def test_demo_cid_completes_successfully(local_stack: Stack, triggered):
 
 
 def test_low_coverage_halts_before_any_write(local_stack: Stack, triggered, seeded, cdp):
-    from notes_migration.codes import Reason
+    from notes_migration.domain.codes import Reason
 
     status = local_stack.wait_terminal(LOW_COVERAGE, triggered[LOW_COVERAGE])
     assert status["status"] == "halted" and status["halted_reason"] == Reason.COVERAGE_BELOW_GATE, status
@@ -97,7 +97,7 @@ def test_low_coverage_halts_before_any_write(local_stack: Stack, triggered, seed
 
 
 def test_refusals_write_nothing(local_stack: Stack, seeded, triggered):
-    from notes_migration.codes import Reason
+    from notes_migration.domain.codes import Reason
 
     assert local_stack.wait_terminal(100, triggered[100])["status"] == "completed_success"
     local_stack.set_flag([100, LOW_COVERAGE, UNKNOWN])

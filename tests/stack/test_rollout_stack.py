@@ -79,8 +79,8 @@ def seeded(seed_cid) -> dict[int, dict]:
 
 
 def test_a_rollout_skips_reports_respects_the_cap_and_stops_at_the_halt_gate(local_stack: Stack, seeded, run_dag, cdp):
-    from notes_migration import job_store
-    from notes_migration.rollout import migration_run_id, rollout_id_for
+    from notes_migration.ops.rollout import migration_run_id, rollout_id_for
+    from notes_migration.stores import job_store
 
     started = time.monotonic()
     done = run_dag({**entry(DONE), "batch_size": 50})  # already migrated before the rollout

@@ -22,7 +22,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration import config as C
+from notes_migration.domain import config as C
 from tests.support import seed_files
 
 SCHEMA_SQL = Path(__file__).with_name("crm_schema.sql")
@@ -494,8 +494,8 @@ def _files_lost(spec: SeedSpec) -> bool:
     keeps its objects in memory, so a restart of the services loses them (the CID is then seeded again)."""
     if not spec.upload_files:
         return False
-    from notes_migration import s3_store as s3
-    from notes_migration.config import CRM_S3_CONN_ID
+    from notes_migration.domain.config import CRM_S3_CONN_ID
+    from notes_migration.stores import s3_store as s3
 
     return s3.list_objects(s3.bucket_for(CRM_S3_CONN_ID), f"crm/{spec.cid}/", limit=1) == {}  # None: over 1
 
@@ -508,8 +508,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unmapped-person-share", type=float, default=0.0)
     parser.add_argument("--if-missing", action="store_true", help="seed only CIDs the CRM does not hold yet")
     args = parser.parse_args(argv)
-    from notes_migration import crm_source
-    from notes_migration.connections import cdp_database, crm_connection
+    from notes_migration.stores import crm_source
+    from notes_migration.stores.connections import cdp_database, crm_connection
 
     specs = (
         DEMO_SPECS

@@ -326,8 +326,8 @@ def prepare(
 
 def upload(cid: int, company_sso_id: str, files: list[SeedFile], *, threads: int = 16) -> dict[str, int]:
     """Replace the CID's objects in the CRM bucket (and clear its company's CDP prefix, as the notes are reset)."""
-    from notes_migration import s3_store as s3
-    from notes_migration.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+    from notes_migration.domain.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID
+    from notes_migration.stores import s3_store as s3
 
     crm = s3.bucket_for(CRM_S3_CONN_ID, concurrency=threads)
     cdp = s3.bucket_for(CDP_S3_CONN_ID, concurrency=threads)

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from notes_migration.accounting import Totals, decide_verdict, match_pct, should_halt, sum_pages
-from notes_migration.codes import State
-from notes_migration.config import RunConfig, Thresholds, parse_flag
-from notes_migration.status import build_status
+from notes_migration.domain.accounting import Totals, decide_verdict, match_pct, should_halt, sum_pages
+from notes_migration.domain.codes import State
+from notes_migration.domain.config import RunConfig, Thresholds, parse_flag
+from notes_migration.domain.status import build_status
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 

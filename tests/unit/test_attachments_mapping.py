@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.support import seed_files
 
-from notes_migration.accounting import attachment_figures, percentile
-from notes_migration.attachment_plan import (
+from notes_migration.domain.accounting import attachment_figures, percentile
+from notes_migration.domain.attachment_plan import (
     SAFE_KEY_RE,
     UNAVAILABLE_MESSAGE,
     FileResult,
@@ -23,9 +23,9 @@ from notes_migration.attachment_plan import (
     proxy_url,
     safe_file_name,
 )
-from notes_migration.codes import AttachmentOutcome, Reason
-from notes_migration.copy_engine import RetryPolicy
-from notes_migration.crm_source import FileRow
+from notes_migration.domain.codes import AttachmentOutcome, Reason
+from notes_migration.domain.rows import FileRow
+from notes_migration.run.copy_engine import RetryPolicy
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 CAP = 25 * 1024 * 1024
@@ -328,7 +328,7 @@ def test_retry_gives_up_after_the_attempts_and_never_retries_a_permanent_error()
 def test_s3_error_classification():
     from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-    from notes_migration.s3_store import SizeMismatch, is_not_found, is_transient
+    from notes_migration.stores.s3_store import SizeMismatch, is_not_found, is_transient
 
     def client_error(code: str, status: int) -> ClientError:
         return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")

@@ -1,7 +1,7 @@
 """Conservation after every end-to-end run in the suite (issue 10), checked on the test sources (AST).
 
 A migration run in a test is either `<dag>.test(run_conf=...)` (dag.test() of the migration DAG) or a test that
-drives the steps itself through `migration.migrate_page(...)`. Every function holding a dag.test() call must also
+drives the steps itself through `batch.migrate_page(...)`. Every function holding a dag.test() call must also
 call `assert_run_conserved` / `assert_conserved` (the shared wrappers do: conftest's `run_dag`,
 tests/helpers.run_migration); every module driving migrate_page must call `assert_conserved` somewhere.
 The exceptions are listed with their reason; the list must match exactly, so it only ever shrinks.
@@ -54,7 +54,7 @@ def unchecked_runs(path: Path, root: Path = ROOT) -> set[tuple[str, str]]:
             out.add((rel, fn.name))
     module_calls = _calls(tree)
     drives_pages = any(
-        _name(c.func) == "migrate_page" and isinstance(c.func, ast.Attribute) and _name(c.func.value) == "migration"
+        _name(c.func) == "migrate_page" and isinstance(c.func, ast.Attribute) and _name(c.func.value) == "batch"
         for c in module_calls
     )
     if drives_pages and not any(_name(c.func) in CHECKS for c in module_calls):
@@ -73,7 +73,7 @@ def test_the_guard_sees_a_run_without_a_check(tmp_path):
         "    assert_run_conserved(crm, cdp, run)\n"
     )
     pages = tmp_path / "tests" / "test_pages.py"
-    pages.write_text("def drive(crm, cdp, job):\n    migration.migrate_page(crm, cdp, job, {})\n")
+    pages.write_text("def drive(crm, cdp, job):\n    batch.migrate_page(crm, cdp, job, {})\n")
     assert unchecked_runs(bare, tmp_path) == {("tests/test_bare.py", "test_x")}
     assert unchecked_runs(checked, tmp_path) == set()
     assert unchecked_runs(pages, tmp_path) == {("tests/test_pages.py", "<module>")}

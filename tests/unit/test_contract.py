@@ -8,8 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from crm_notes_migration_ops import cli
-from notes_migration import contract
-from notes_migration.config import RunConfig, Thresholds
+from notes_migration.domain import contract
+from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.tasks.params import dag_params
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 
@@ -19,7 +20,7 @@ def changed_spec(name: str, **changes) -> tuple[contract.RunParam, ...]:
 
 
 def test_the_three_surfaces_carry_the_same_names_defaults_and_bounds():
-    params = contract.dag_params()
+    params = dag_params()
     body = contract.trigger_model().model_json_schema()["properties"]
     run = cli.parser().parse_args(["run", "--cid", "5", "--company-sso-id", COMPANY])
     for p in contract.RUN_PARAMS:
@@ -32,7 +33,7 @@ def test_the_three_surfaces_carry_the_same_names_defaults_and_bounds():
 def test_changing_a_bound_in_the_contract_changes_the_dag_param_the_trigger_and_the_cli():
     spec = changed_spec("batch_size", maximum=250, default=100)
     # DAG param: Airflow's JSON-schema validation
-    param = contract.dag_params(spec)["batch_size"]
+    param = dag_params(spec)["batch_size"]
     assert param.value == 100
     with pytest.raises(Exception, match="250"):
         param.resolve(300)

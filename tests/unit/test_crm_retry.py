@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from notes_migration import alerts
-from notes_migration.accounting import decide_verdict
-from notes_migration.codes import Halted, Reason, State
-from notes_migration.crm_source import CrmExtractFailed, CrmSession, _retried
+from notes_migration.domain.accounting import decide_verdict
+from notes_migration.domain.codes import Halted, Reason, State
+from notes_migration.stores import alerts
+from notes_migration.stores.crm_source import CrmExtractFailed, CrmSession, _retried
 
 
 class FakeConn:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from notes_migration import dry_run
-from notes_migration.config import RunConfig, Thresholds
-from notes_migration.retry import summary
+from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.ops import dry_run
+from notes_migration.ops.retry import summary
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 

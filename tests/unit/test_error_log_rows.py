@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from notes_migration.codes import AttachmentOutcome, Outcome, Reason
-from notes_migration.ops import SOURCE_MISSING, error_row, short_reason
-from notes_migration.preflight import unmapped_person_entries
-from notes_migration.status import build_status
+from notes_migration.domain.codes import AttachmentOutcome, Outcome, Reason
+from notes_migration.domain.status import build_status
+from notes_migration.ops.queries import SOURCE_MISSING, error_row, short_reason
+from notes_migration.run.coverage import unmapped_person_entries
 
 JOB = {
     "_id": "job-1",

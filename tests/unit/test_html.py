@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
 
-from notes_migration.html import ALLOWED_ATTRIBUTES, ALLOWED_PROTOCOLS, ALLOWED_TAGS, normalise
+from notes_migration.domain.html import ALLOWED_ATTRIBUTES, ALLOWED_PROTOCOLS, ALLOWED_TAGS, normalise
 
 VECTORS = [
     line
@@ -152,7 +152,7 @@ def test_normalise_is_idempotent_on_arbitrary_text(text):
 
 # --- the fast path must never disagree with bleach where it applies ----------------------------
 
-from notes_migration.html import _bleach_fixpoint, _clean, _fast_path, _prepare, _prescan  # noqa: E402
+from notes_migration.domain.html import _bleach_fixpoint, _clean, _fast_path, _prepare, _prescan  # noqa: E402
 
 
 def _agree(raw: str) -> bool:
@@ -311,8 +311,8 @@ def test_no_input_raises_surrogates_and_controls_included(text):
 
 # --- bounded cost and the best-effort result ---------------------------------------------------------
 
-from notes_migration import html as html_module  # noqa: E402
-from notes_migration.html import MAX_ATTRIBUTES, MAX_DEPTH, InputTooLarge  # noqa: E402
+from notes_migration.domain import html as html_module  # noqa: E402
+from notes_migration.domain.html import MAX_ATTRIBUTES, MAX_DEPTH, InputTooLarge  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "include" / "notes_migration"
-PURE = ("accounting", "attachment_plan", "codes", "contract", "html", "plain", "resolve", "status", "transform")
-IO_MODULES = ("cdp_store", "job_store", "connections", "s3_store", "copy_engine", "migration", "ops")
-IO_LIBRARIES = ("pymongo", "bson", "psycopg", "psycopg2", "boto3", "botocore", "fastapi", "httpx", "requests")
+# The roles, innermost first: a module may import its own role and the roles before it, never one after it
+# (domain ← stores ← run ← ops ← tasks). Ops actions reuse the steps of a run; a run never calls an Ops action.
+LAYERS = ("domain", "stores", "run", "ops", "tasks")
+IO_LIBRARIES = (
+    "pymongo",
+    "bson",
+    "psycopg",
+    "psycopg2",
+    "boto3",
+    "botocore",
+    "fastapi",
+    "httpx",
+    "requests",
+    "airflow",
+)
 
 
 def imports_of(path: Path) -> set[str]:
@@ -27,22 +39,74 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package's own modules that `path` imports (at any depth: a lazy import inside a function counts)."""
+    return {m for m in imports_of(path) if m in MODULES and m.count(".") >= 2}
+
+
+def layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[1])
+
+
+def test_every_module_lives_in_a_role():
+    loose = [m for m, p in MODULES.items() if p.parent == PACKAGE and p.name != "__init__.py"]
+    assert not loose, f"modules outside domain/stores/run/ops/tasks: {loose}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.count(".") >= 2))
+def test_imports_point_inwards(module):
+    bad = sorted(m for m in package_imports(MODULES[module]) if layer(m) > layer(module))
+    assert not bad, f"{module} imports outer roles: {bad} (allowed: {LAYERS[: layer(module) + 1]})"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("notes_migration.domain.")))
+def test_domain_modules_do_no_io(module):
+    bad = {m for m in imports_of(MODULES[module]) if m.split(".")[0] in IO_LIBRARIES}
+    assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {m: package_imports(p) - {m} for m, p in MODULES.items() if m.count(".") >= 2}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " → ".join(path[path.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
 def test_the_logic_package_never_imports_fastapi_or_the_plugin():
     for path in PACKAGE.rglob("*.py"):
         bad = {m for m in imports_of(path) if m.split(".")[0] in ("fastapi", "starlette", "crm_notes_migration_ops")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_modules_import_no_io_module(module):
-    mods = imports_of(PACKAGE / f"{module}.py")
-    bad = {m for m in mods if m.split(".")[0] in IO_LIBRARIES or any(m == f"notes_migration.{io}" for io in IO_MODULES)}
-    bad |= {m for m in mods for io in IO_MODULES if m.startswith(f"notes_migration.{io}.")}
-    assert not bad, f"{module}.py imports {sorted(bad)}"
-
-
-def test_dag_files_import_only_the_contract_the_operators_and_airflow():
-    allowed = ("notes_migration.contract", "notes_migration.lazy", "notes_migration.operators")
+def test_dag_files_import_only_the_contract_the_operator_and_airflow():
+    allowed = (
+        "notes_migration.domain.contract",
+        "notes_migration.tasks.lazy",
+        "notes_migration.tasks.attachment_relink",
+        "notes_migration.tasks.params",
+    )
     for path in (ROOT / "dags").glob("*.py"):
         for mod in imports_of(path):
             top = mod.split(".")[0]

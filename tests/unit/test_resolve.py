@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from notes_migration.config import UNKNOWN_OWNER_LABEL
-from notes_migration.resolve import CrmUser, resolve_contacts, resolve_owners
+from notes_migration.domain.config import UNKNOWN_OWNER_LABEL
+from notes_migration.domain.resolve import CrmUser, resolve_contacts, resolve_owners
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 

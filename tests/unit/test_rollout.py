@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from notes_migration import rollout as R
-from notes_migration.contract import ROLLOUT_PARAMS, run_options
+from notes_migration.domain.contract import ROLLOUT_PARAMS, run_options
+from notes_migration.ops import rollout as R
 
 U = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 

@@ -23,7 +23,7 @@ from selectolax.lexbor import LexborHTMLParser
 from tests.unit.test_html import VECTORS as OWASP
 from tests.unit.test_html import browser_view_violations
 
-from notes_migration.html import (
+from notes_migration.domain.html import (
     _bleach_fixpoint,
     _clean,
     _fast_path,

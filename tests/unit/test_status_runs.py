@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from notes_migration.accounting import sum_pages
-from notes_migration.config import RunConfig
-from notes_migration.status import (
+from notes_migration.domain.accounting import sum_pages
+from notes_migration.domain.config import RunConfig
+from notes_migration.domain.status import (
     PHASE_ATTACHMENTS,
     PHASE_NOTES,
     PHASE_PREFLIGHT,

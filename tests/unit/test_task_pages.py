@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from notes_migration.config import MAX_TASK_BATCHES, MAX_TASK_PAGES, TARGET_TASK_PAGES
-from notes_migration.crm_source import Page, batches_of
-from notes_migration.job_store import parse_person_map
-from notes_migration.pages import batches_per_task, group_batches
-from notes_migration.tasks import page_label
+from notes_migration.domain.config import MAX_TASK_BATCHES, MAX_TASK_PAGES, TARGET_TASK_PAGES
+from notes_migration.domain.rows import Page, batches_of
+from notes_migration.run.plan import batches_per_task, group_batches
+from notes_migration.stores.job_store import parse_person_map
+from notes_migration.tasks.migration_tasks import page_label
 
 
 def batches(n: int, size: int = 500) -> list[Page]:

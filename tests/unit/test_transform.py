@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from notes_migration.codes import Reason
-from notes_migration.crm_source import NoteRow
-from notes_migration.resolve import ContactMatch, OwnerMatch
-from notes_migration.transform import content_mismatches, decide, to_millis
+from notes_migration.domain.codes import Reason
+from notes_migration.domain.resolve import ContactMatch, OwnerMatch
+from notes_migration.domain.rows import NoteRow
+from notes_migration.domain.transform import content_mismatches, decide, to_millis
 
 COMPANY = "0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d"
 CREATED = dt.datetime(2019, 3, 4, 5, 6, 7, 891234, tzinfo=dt.UTC)

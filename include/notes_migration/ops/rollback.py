@@ -1,0 +1,168 @@
+"""Rolling back one CID: remove exactly the notes its migrations inserted, and the files copied for them.
+
+* What: the CID's audit map (`crm_migration_audit`, legacy id → CDP note id per job page), scoped
+  to the company each entry was written for; a note is deleted by its CDP `_id` *and* company *and*
+  legacy id, so nothing else can match. Its copied files are the objects under
+  `{company_sso_id}/notes/{legacy_crm_note_id}/` in CDP storage.
+* Safety: a note changed in CDP after migration is never deleted. The audit map stores no content,
+  so "what was written" is re-derived from the CRM source exactly as validation's content check does
+  (contact, owner or label, timestamps to the ms, hash of the normalised HTML); any difference, or a
+  note that can no longer be derived, refuses the whole rollback (ROLLBACK_REFUSED) and lists them.
+* Dry run first (the default everywhere): the same report, nothing written.
+* Recorded: one `crm_migration_rollbacks` document (who, when, counts); the audit entries are kept
+  and marked `rolled_back_at` / `rollback_id`; the CID's jobs are marked `rolled_back`, so the
+  ALREADY_MIGRATED precondition no longer refuses and the CID can be migrated again from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from pymongo.database import Database
+
+from notes_migration.domain import config as C
+from notes_migration.domain.attachment_plan import notes_prefix
+from notes_migration.domain.codes import Reason, Refused
+from notes_migration.domain.config import RunConfig
+from notes_migration.domain.plain import as_plain, utc_now
+from notes_migration.stores import crm_source, job_store
+from notes_migration.stores import s3_store as s3
+
+log = logging.getLogger(__name__)
+
+ROLLBACKS = "crm_migration_rollbacks"
+_CHUNK = 500
+
+
+def _audited(db: Database, cid: int) -> tuple[list[dict], dict[tuple[str, int], Any]]:
+    """The CID's audit pages not yet rolled back, and {(company, legacy id): CDP note id}."""
+    pages = list(db[C.AUDIT].find({"cid": cid, "rolled_back_at": {"$exists": False}}))
+    notes: dict[tuple[str, int], Any] = {}
+    for page in pages:
+        for legacy, note_id in zip(page["legacy_crm_note_ids"], page["cdp_note_ids"], strict=True):
+            notes.setdefault((page["company_sso_id"], int(legacy)), note_id)
+    return pages, notes
+
+
+def _changed(crm, db: Database, cid: int, company: str, stored: dict[int, dict]) -> list[dict]:
+    """Notes whose CDP document differs from what the migration wrote (re-derived from the CRM source)."""
+    from notes_migration.domain.transform import content_mismatches
+    from notes_migration.run.batch import transform_page  # the sanitiser: loaded only for a rollback
+    from notes_migration.run.coverage import resolve_all_persons
+
+    job = job_store.latest_job(db, cid) or {}
+    base = RunConfig.from_dict(job["config"]) if job.get("config") else RunConfig(cid=cid, company_sso_id=company)
+    cfg = RunConfig(
+        cid=cid, company_sso_id=company, include_activities=True, batch_size=500, thresholds=base.thresholds
+    )
+    _, contacts = resolve_all_persons(crm, db, cid, company, True)
+    changed: list[dict] = []
+    seen: set[int] = set()
+    for rows in crm_source.iter_pages(crm, cid, 500):
+        present = [r for r in rows if r.id in stored]
+        for d in transform_page(present, db, cfg, contacts):
+            seen.add(d.note_id)
+            if d.doc is None:
+                changed.append({"legacy_crm_note_id": d.note_id, "fields": ["cannot re-derive from the CRM"]})
+                continue
+            problems = content_mismatches(d.doc, stored[d.note_id])
+            if problems:
+                changed.append({"legacy_crm_note_id": d.note_id, "fields": problems})
+    for legacy in sorted(set(stored) - seen):  # the CRM no longer has the source: cannot prove it unchanged
+        changed.append({"legacy_crm_note_id": legacy, "fields": ["source note gone from the CRM"]})
+    return sorted(changed, key=lambda c: c["legacy_crm_note_id"])
+
+
+def rollback_cid(
+    crm,
+    db: Database,
+    cid: int,
+    *,
+    requested_by: str,
+    dry_run: bool = True,
+    target: s3.Bucket | None = None,
+    lease_seconds: int = 3 * 3600,
+) -> dict[str, Any]:
+    """Plan (dry run) or perform the rollback of a CID; raises Refused (nothing written) when it must not run."""
+    if job_store.lock_is_live(job_store.get_lock(db, cid), lease_seconds):
+        raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cid} has a run in progress: cancel it first")
+    pages, audited = _audited(db, cid)
+    if not audited:
+        raise Refused(Reason.NOTHING_TO_ROLL_BACK, f"CID {cid} has no migrated notes in its audit map to roll back")
+    by_company: dict[str, dict[int, Any]] = {}
+    for (company, legacy), note_id in audited.items():
+        by_company.setdefault(company, {})[legacy] = note_id
+    report: dict[str, Any] = {
+        "cid": cid,
+        "dry_run": dry_run,
+        "companies": sorted(by_company),
+        "audited_notes": len(audited),
+        "notes_to_delete": 0,
+        "notes_already_gone": 0,
+        "changed_in_cdp": [],
+    }
+    stored_by_company: dict[str, dict[int, dict]] = {}
+    for company, notes in by_company.items():
+        stored = {}
+        ids = list(notes.values())
+        for i in range(0, len(ids), _CHUNK):
+            query = {"_id": {"$in": ids[i : i + _CHUNK]}, "company_sso_id": company}
+            for doc in db[C.CONTACT_NOTES].find(query):
+                if notes.get(doc.get("legacy_crm_note_id")) == doc["_id"]:
+                    stored[doc["legacy_crm_note_id"]] = doc
+        stored_by_company[company] = stored
+        report["notes_to_delete"] += len(stored)
+        report["notes_already_gone"] += len(notes) - len(stored)
+        report["changed_in_cdp"] += _changed(crm, db, cid, company, stored)
+    if report["changed_in_cdp"]:
+        n = len(report["changed_in_cdp"])
+        raise RollbackRefused(report, f"{n} notes of CID {cid} changed in CDP after migration; nothing rolled back")
+    if dry_run:
+        return report
+
+    rollback_id = str(uuid.uuid4())
+    stamp = utc_now()
+    deleted = objects = 0
+    for company, stored in stored_by_company.items():
+        ids = [d["_id"] for d in stored.values()]
+        for i in range(0, len(ids), _CHUNK):
+            deleted += (
+                db[C.CONTACT_NOTES]
+                .delete_many({"_id": {"$in": ids[i : i + _CHUNK]}, "company_sso_id": company})
+                .deleted_count
+            )
+        if target is not None:
+            for legacy in sorted(by_company[company]):
+                objects += s3.delete_prefix(target, notes_prefix(company, legacy))
+    for page in pages:
+        db[C.AUDIT].update_one({"_id": page["_id"]}, {"$set": {"rolled_back_at": stamp, "rollback_id": rollback_id}})
+    for job in db[C.JOBS].find({"cid": cid, "rolled_back": {"$exists": False}}, {"_id": 1}):
+        job_store.update_job(db, job["_id"], rolled_back={"at": stamp, "rollback_id": rollback_id, "by": requested_by})
+    record = {
+        "_id": rollback_id,
+        "cid": cid,
+        "requested_by": requested_by,
+        "at": stamp,
+        "companies": report["companies"],
+        "audit_pages": len(pages),
+        "notes_deleted": deleted,
+        "notes_already_gone": report["notes_already_gone"],
+        "objects_deleted": objects if target is not None else None,
+    }
+    db[ROLLBACKS].insert_one(record)
+    log.info("rolled back CID %s: %s", cid, record)
+    return {**report, "rollback": as_plain(record)}
+
+
+class RollbackRefused(Refused):
+    """Some notes changed in CDP after migration: the report lists them; nothing was written."""
+
+    def __init__(self, report: dict[str, Any], message: str):
+        super().__init__(Reason.ROLLBACK_REFUSED, message)
+        self.report = report
+
+
+def rollbacks(db: Database, cid: int) -> list[dict]:
+    return [as_plain(r) or {} for r in db[ROLLBACKS].find({"cid": cid}).sort("at", -1)]
