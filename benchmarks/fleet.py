@@ -3,7 +3,7 @@
 From one run: the fleet seeded afresh on the shared servers (CIDs 8200–8329, ~21,000 notes in all with a
 realistic spread: most CIDs small, a few large, one of 5,000; no files: the note path and the rollout's
 machinery are measured, benchmarks.relink measures the copy engine), a private stack (`scripts/airflow.sh
-up` through tests.stack.conftest.StackManager: free loopback ports, fresh metadata DB, LocalExecutor), the
+up` through devtools.stack.StackManager: free loopback ports, fresh metadata DB, LocalExecutor, CDP database `cdp_bench`), the
 flag on for every CID, one `crm_notes_rollout` run with `max_concurrent` lanes triggered through Airflow's
 REST API. Figures: the fleet's wall time (trigger to the rollout run's end), per-CID run durations (p50, p95;
 each migration run's start to end in Airflow's REST API), the ratio of the fleet's wall time to the sum of
@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.stack.conftest import ROOT, StackManager, wait_until
-from tests.support.seed import SeedSpec, company_for, seed
-
+from devtools.cdp_db import BENCH_DATABASE
+from devtools.seed import SeedSpec, company_for, seed
+from devtools.stack import ROOT, StackManager, wait_until
 from notes_migration.stores.connections import cdp_database, crm_connection
 
 FIRST_CID, FLEET_SIZE = 8200, 130
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_seed:
         fig["seed_s"] = round(seed_fleet(sizes), 1)
     save(fig, args.out)
-    manager = StackManager()
+    manager = StackManager(cdp_database=BENCH_DATABASE)
     manager.env["AIRFLOW__CORE__PARALLELISM"] = str(args.max_concurrent + 4)  # lanes hold their slots
     fig["parallelism"] = args.max_concurrent + 4
     try:

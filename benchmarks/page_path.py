@@ -23,8 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from tests.support.seed import SeedSpec, company_for, ensure_schema, seed
-
+from devtools.seed import SeedSpec, company_for, ensure_schema, seed
 from notes_migration.domain.config import (
     ATTACHMENT_PAGES,
     AUDIT,

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # per-note event lines are not what we measure here
 
-    from notes_migration import migration  # the imports a task process makes
+    from notes_migration.run import batch, coverage, plan  # the imports a task process makes
     from notes_migration.stores.connections import cdp_database, crm_connection
 
     db = cdp_database()
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "pages":
             rows = 0
             for page in json.loads(args.pages):
-                rows += migration.migrate_page(crm, db, args.job_id, page)["rows"]
+                rows += batch.migrate_page(crm, db, args.job_id, page)["rows"]
             out["rows"] = rows
         elif args.mode == "coverage":
-            migration.run_coverage(crm, db, args.job_id)
+            coverage.run_coverage(crm, db, args.job_id)
             out["coverage_s"] = round(time.perf_counter() - started, 3)
-            out["pages"] = len(migration.plan(crm, db, args.job_id))
+            out["pages"] = len(plan.plan(crm, db, args.job_id))
         out["seconds"] = round(time.perf_counter() - started, 3)
     out["vm_hwm_kib"] = _status_kib("VmHWM")
     out["vm_rss_kib"] = _status_kib("VmRSS")

@@ -125,13 +125,13 @@ def table(fig: dict[str, Any]) -> str:
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
-def regenerate_readme(fig: dict[str, Any], readme: Path = ROOT / "README.md") -> None:
-    """Replace the README's performance table (between the benchmark markers) with this run's figures."""
+def regenerate_readme(fig: dict[str, Any], readme: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
+    """Replace the in-process table of benchmarks/RESULTS.md (between the benchmark markers) with this run's figures."""
     text = readme.read_text()
     head, _, rest = text.partition(README_START)
     _, _, tail = rest.partition(README_END)
     if not rest or not tail and README_END not in rest:
-        raise SystemExit(f"README.md has no {README_START} … {README_END} block")
+        raise SystemExit(f"{readme.name} has no {README_START} … {README_END} block")
     lines = [
         f"Run of {fig['started_at'][:16].replace('T', ' ')} UTC, {fig['machine']['cores']} cores, "
         f"{fig['seconds_total']} s:",
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="JSON",
         nargs="?",
         const=str(ROOT / ".build" / "benchmark-latest.json"),
-        help="only regenerate README.md's performance table from a saved run (default: the latest)",
+        help="only regenerate the table of benchmarks/RESULTS.md from a saved run (default: the latest)",
     )
     args = parser.parse_args(argv)
     if args.readme:
         regenerate_readme(json.loads(Path(args.readme).read_text()))
-        print(f"README.md performance table regenerated from {args.readme}")
+        print(f"benchmarks/RESULTS.md table regenerated from {args.readme}")
         return
     started = dt.datetime.now(dt.UTC)
     figures = {

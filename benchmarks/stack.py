@@ -1,7 +1,7 @@
 """Benchmark (not a test): CID runs end to end under a real scheduler, against the in-process page path.
 
-From one run: a private stack (`scripts/airflow.sh up`, free loopback ports, fresh metadata DB, the
-harness of tests/stack), the wall time from the trigger (the plugin's POST /api/jobs) to the status
+From one run: a private stack (`scripts/airflow.sh up`, free loopback ports, fresh metadata DB, the CDP
+database `cdp_bench`: devtools/stack.py, as the stack tests use it), the wall time from the trigger (the plugin's POST /api/jobs) to the status
 saying completed_success, for a 5,000-note CID (8100) and a 100,000-note CID (8101), on the
 LocalExecutor and then on the CeleryExecutor with two workers; end-to-end notes/s divided by the
 in-process page path's notes/s of the same CID (benchmarks.page_path, same batch size, measured in the
@@ -37,10 +37,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.stack.conftest import ROOT, StackManager, wait_until
-from tests.support.seed import SeedSpec, company_for
-
 from benchmarks.page_path import clear_bookkeeping, clear_notes, ensure_seeded, page_path
+from devtools.cdp_db import BENCH_DATABASE
+from devtools.seed import SeedSpec, company_for
+from devtools.stack import ROOT, StackManager, wait_until
 from notes_migration.stores.connections import cdp_database, crm_connection
 
 NO_FILES: dict[str, Any] = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "upload_files": False}
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     fig["seeded_now"] = [c for c in cids if not args.no_seed and ensure_seeded(SPECS[c], db)]
     for executor in args.executors.split(","):
-        manager = StackManager()  # a stack of its own per executor, stopped before the next one starts
+        manager = StackManager(
+            cdp_database=BENCH_DATABASE
+        )  # a stack of its own per executor, stopped before the next one starts
         try:
             t = time.monotonic()
             stack = manager.get(executor)

@@ -5,8 +5,8 @@ contract) and seeds one CID with realistic notes; seeds the CDP side
 (`contacts`, `launchpad_users`, a few human-created notes) for its company.
 The same CID and options always give the same rows.
 
-    python -m tests.support.seed --cid 100 --notes 100
-    python -m tests.support.seed --demo          # the Stage-1 pair: CIDs 100 and 5000
+    python -m devtools.seed --cid 100 --notes 100
+    python -m devtools.seed --demo          # the Stage-1 pair: CIDs 100 and 5000
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from pymongo.database import Database
 
+from devtools import seed_files
 from notes_migration.domain import config as C
-from tests.support import seed_files
 
 SCHEMA_SQL = Path(__file__).with_name("crm_schema.sql")
 DEFAULT_TYPES = ["Notes", "Calls", "Emails", "Meetings", "WhatsApp", "SMS"]  # global ids 1..6

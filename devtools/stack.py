@@ -1,13 +1,12 @@
-"""Harness of the stack tier: a real Airflow started by `scripts/airflow.sh up` (api-server, scheduler,
-dag-processor, triggerer; LocalExecutor, or CeleryExecutor with Redis and two workers), once per test
-session, on ports of its own (free loopback ports picked at start, so it never collides with a
-developer's running stack), its own state directory and a fresh metadata database, torn down at the end.
+"""A real Airflow started by `scripts/airflow.sh up` (api-server, scheduler, dag-processor, triggerer;
+LocalExecutor, or CeleryExecutor with Redis and two workers) for the stack test tier (tests/stack) and the
+stack and fleet benchmarks: on ports of its own (free loopback ports picked at start, so it never collides
+with a developer's running stack), its own state directory, a fresh metadata database and the CDP database
+its caller names (devtools/cdp_db.py: never the dev stack's), torn down by `close()`.
 
-Tests talk to it only over HTTP with a real JWT from `POST /auth/token`. One stack runs at a time (the
+Callers talk to it only over HTTP with a real JWT from `POST /auth/token`. One stack runs at a time (the
 machine has two cores): asking for the Celery stack switches the running one to the CeleryExecutor
 (`scripts/airflow.sh up --executor celery` restarts the scheduler with Redis and two workers).
-
-CIDs of this tier on the shared servers: 7000–7099 (and the demo CID 100, reseeded here).
 """
 
 from __future__ import annotations
@@ -17,17 +16,17 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.support.ports import free_port
+from devtools.cdp_db import use_database
+from devtools.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_SH = ROOT / "scripts" / "airflow.sh"
 DAG_ID = "crm_notes_migration"
 PREFIX = "/crm-notes-migration"
@@ -135,9 +134,10 @@ class Stack:
 
 
 class StackManager:
-    """Starts `scripts/airflow.sh up` on private ports and a fresh DB; at most one stack at a time."""
+    """Starts `scripts/airflow.sh up` on private ports, a fresh metadata DB and the CDP database `cdp_database`
+    (the schema of its cdp_mongo connection); at most one stack at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, cdp_database: str) -> None:
         self.current: Stack | None = None
         tag = f"{os.getpid()}"
         self.state_dir = ROOT / ".build" / f"stack-pytest-{tag}"
@@ -154,8 +154,11 @@ class StackManager:
             "AIRFLOW_CELERY_WORKERS": "2",
             "AIRFLOW_UI_USERS": "admin:admin,ops:user",
             "AIRFLOW_UP_TIMEOUT": "180",
-            "AIRFLOW_SEED_DEMO": "0",  # the tier seeds the CIDs it uses
+            "AIRFLOW_SEED_DEMO": "0",  # the callers seed the CIDs they use
         }
+        # an exported AIRFLOW_CONN_* wins over airflow_settings.yaml (scripts/env.sh, local_settings.py load);
+        # the dev stack's database is refused
+        use_database(cdp_database, self.env)
         self.env["PASSWORDS_FILE"] = str(self.state_dir / "home" / "simple_auth_manager_passwords.json.generated")
 
     def _sh(self, *args: str, timeout: float, **env: str) -> subprocess.CompletedProcess:
@@ -217,31 +220,3 @@ class StackManager:
         )
         if os.environ.get("KEEP_STACK_STATE") != "1":  # logs of a failed session: KEEP_STACK_STATE=1
             shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def stacks() -> Iterator[StackManager]:
-    manager = StackManager()
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-def _flag_kept(stack: Stack) -> Iterator[Stack]:
-    """The stack for one test; the flag Variable it finds is put back afterwards (tests change it)."""
-    before = json.loads(stack.flag())
-    yield stack
-    stack.set_flag(before)
-
-
-@pytest.fixture
-def local_stack(stacks: StackManager) -> Iterator[Stack]:
-    """The LocalExecutor stack (started on first use, kept for the session)."""
-    yield from _flag_kept(stacks.get("local"))
-
-
-@pytest.fixture
-def celery_stack(stacks: StackManager) -> Iterator[Stack]:
-    """The CeleryExecutor stack: Redis and workers worker-1, worker-2 (replaces the LocalExecutor one)."""
-    yield from _flag_kept(stacks.get("celery"))

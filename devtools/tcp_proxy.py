@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.support.ports import free_port
+from devtools.ports import free_port
 
 
 class TcpProxy:

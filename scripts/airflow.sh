@@ -46,9 +46,9 @@ source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 if [ "$cmd" = up ]; then
   # the demo CIDs (100, 5000; flag ON in airflow_settings.yaml), seeded once: a fresh machine can trigger CID 100
-  # straight away. Never reseeded here (a reseed wipes the CID's CDP notes): `python -m tests.support.seed --demo`.
+  # straight away. Never reseeded here (a reseed wipes the CID's CDP notes): `python -m devtools.seed --demo`.
   if [ "${AIRFLOW_SEED_DEMO:-1}" != 0 ]; then  # the stack test tier seeds its own CIDs (AIRFLOW_SEED_DEMO=0)
-    "$VENV/bin/python" -m tests.support.seed --demo --if-missing >"$BUILD_DIR/seed-demo.log" 2>&1 ||
+    "$VENV/bin/python" -m devtools.seed --demo --if-missing >"$BUILD_DIR/seed-demo.log" 2>&1 ||
       { echo "[airflow] seeding the demo CIDs failed: see .build/seed-demo.log" >&2; exit 1; }
   fi
 fi

@@ -7,8 +7,8 @@ set -euo pipefail
 CID="${1:-100}"
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 CLI=("$VENV/bin/python" -m crm_notes_migration_ops.cli)
-"$VENV/bin/python" -m tests.support.seed --demo >&2
+"$VENV/bin/python" -m devtools.seed --demo >&2
 "$VENV/bin/airflow" variables set crm_notes_migration_enabled '[100, 5000]' >&2
-COMPANY="$("$VENV/bin/python" -c "from tests.support.seed import company_for; print(company_for($CID))")"
+COMPANY="$("$VENV/bin/python" -c "from devtools.seed import company_for; print(company_for($CID))")"
 "${CLI[@]}" run --cid "$CID" --company-sso-id "$COMPANY" >&2
 "${CLI[@]}" status --cid "$CID"

@@ -24,7 +24,7 @@ export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-8}"
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
 export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
 # the logic package `notes_migration` is installed (editable) into .venv by bootstrap.sh; the
-# checkout root makes the dev-only tests.support and benchmarks importable by the scripts
+# checkout root makes the dev-only devtools (seeders, stack manager) and benchmarks importable by the scripts
 export PYTHONPATH="$ROOT:$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"  # + the Ops package (CLI) outside Airflow
 
 # Local connections: generated from airflow_settings.yaml (the single source of local settings) by

@@ -1,8 +1,8 @@
 """Test harness: the project environment, a private Airflow metadata DB per session, and
 fixtures for the real local services (PostgreSQL, FerretDB, S3) started by scripts/services.sh.
 
-Tests share the servers with anything else running on this machine, so each test
-module uses its own CIDs (see `cid` ranges in the modules) and reseeds them.
+Tests share the servers with anything else running on this machine: they write to their own CDP database
+(`cdp_test`, devtools/cdp_db.py), and each test module uses its own CIDs (tests/cids.py) and reseeds them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ def _load_project_env() -> None:
 
 
 _load_project_env()
+# Tests write to a CDP database of their own (devtools/cdp_db.py), never to the dev stack's: its Ops view would
+# list their jobs. Processes the tests start (scripts/airflow.sh for tests/stack, the CLI) inherit it.
+from devtools.cdp_db import TEST_DATABASE, use_database  # noqa: E402
+
+use_database(TEST_DATABASE)
 # A private copy of the migrated metadata DB: parallel test sessions never share SQLite.
 _template = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
 _home = Path(tempfile.mkdtemp(prefix="crm-notes-airflow-"))
@@ -74,7 +79,7 @@ def crm():
 @pytest.fixture(scope="session")
 def seed_cid(crm_rw, cdp):
     """Seed (or reseed, wiping its CDP notes and bookkeeping) a CID from a SeedSpec."""
-    from tests.support.seed import seed
+    from devtools.seed import seed
 
     def _seed(spec):
         return seed(spec, crm_rw, cdp)
@@ -112,6 +117,36 @@ def run_dag(migration_dag, monkeypatch, crm, cdp):
         return dag_run
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def fleet(seed_cid, migration_dag, crm, cdp):
+    """Five CIDs, one per PRD §8 state, each put there by a real run of the DAG, with the alerts and metrics
+    those runs emitted (tests/fleet.py). Built once per session, for whichever tier asks first."""
+    from tests.fleet import build_fleet
+
+    return build_fleet(seed_cid, migration_dag, crm, cdp)
+
+
+@pytest.fixture
+def pagerduty_edge(monkeypatch):
+    """Intercept PagerDuty at the network edge: the hook, client, auth and JSON body are all real."""
+    from tests.fleet import install_pagerduty_edge
+
+    return install_pagerduty_edge(monkeypatch)
+
+
+@pytest.fixture
+def slack_webhook(monkeypatch):
+    """A local Slack incoming-webhook server on 127.0.0.1; the `slack_alerts` connection points at it.
+    Yields the list of requests it received."""
+    from tests.fleet import start_slack_webhook
+
+    server, url = start_slack_webhook()
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    yield server.received
+    server.shutdown()
+    server.server_close()
 
 
 _TIER_OF_FOLDER = {

@@ -17,6 +17,22 @@ def task_states(dag_run) -> dict[str, list[str]]:
     return out
 
 
+def task_state(dag_run, task_id: str) -> str:
+    """The state of one (unmapped) task instance of a finished run."""
+    [ti] = [t for t in dag_run.get_task_instances() if t.task_id == task_id]
+    return str(ti.state)
+
+
+def set_run_state(run_id: str, state: str) -> None:
+    """Set a DAG run's state in this session's metadata DB, as marking it in the UI does."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.run_id == run_id).values(state=state))
+
+
 def assert_conserved(crm, cdp, cid: int, job_id: str) -> dict[str, dict[str, set[int]]]:
     """Conservation of one job: every source row of the CID is in exactly one of migrated, already
     migrated, skipped (by reason, NOT_A_PERSON_NOTE included) or failed (by reason), and the sets match

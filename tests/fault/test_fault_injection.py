@@ -1,6 +1,6 @@
 """Fault injection end to end through dag.test(): a server goes away mid-run and comes back.
 
-The shared local servers are never stopped: each test puts its own TCP proxy (tests/support/tcp_proxy.py)
+The shared local servers are never stopped: each test puts its own TCP proxy (devtools/tcp_proxy.py)
 between the DAG and one server and points that connection (AIRFLOW_CONN_*) at the proxy; stopping the
 proxy closes its port and cuts every open connection, which is what a client sees of a server that
 stops. Every test is bounded in time (pytest-timeout-free: each fault is short and every wait has a cap)
@@ -18,16 +18,16 @@ import os
 import time
 
 import pytest
-from tests.helpers import PARAM_DEFAULTS, point_connection, task_states
-from tests.support.seed import SeedSpec
-from tests.support.tcp_proxy import TcpProxy
 
+from devtools.seed import SeedSpec
+from devtools.tcp_proxy import TcpProxy
 from notes_migration.domain import config as C
 from notes_migration.domain.codes import RUN_ERROR_OUTCOME, Event, Reason
 from notes_migration.ops.queries import cid_status, error_log
 from notes_migration.run import batch, relink, validate
 from notes_migration.stores import cdp_store, connections, job_store
 from notes_migration.stores import s3_store as s3
+from tests.helpers import PARAM_DEFAULTS, point_connection, task_states
 
 NO_FILES = dict(image_share=0.0, audio_share=0.0, document_share=0.0, unsupported_file_share=0.0, upload_files=False)
 FAST_CRM_RETRIES = {"crm_retry_backoff_seconds": 0.1}

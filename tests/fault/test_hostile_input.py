@@ -15,15 +15,16 @@ import datetime as dt
 
 import psycopg
 import pytest
-from tests.helpers import PARAM_DEFAULTS, task_states
-from tests.support import seed_files
-from tests.support.seed import SeedSpec
 
+from devtools import seed_files
+from devtools.seed import SeedSpec
 from notes_migration.domain import config as C
 from notes_migration.ops.queries import cid_status
 from notes_migration.stores import s3_store as s3
+from tests.cids import cids
+from tests.helpers import PARAM_DEFAULTS, task_states
 
-CID = 6030
+CID = cids(__name__)[0]
 BASE = CID * 1_000_000 + 900
 
 

@@ -10,16 +10,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.helpers import PARAM_DEFAULTS, assert_conserved, task_states
-from tests.support.seed import SeedSpec
-from tests.support.tcp_proxy import TcpProxy
-
+from devtools.seed import SeedSpec
+from devtools.tcp_proxy import TcpProxy
 from notes_migration.domain import config as C
 from notes_migration.domain.config import RunConfig, job_id_for
 from notes_migration.ops import queries as ops
-from notes_migration.run import batch, coverage, plan, relink, start, validate
 from notes_migration.stores import connections, job_store
 from notes_migration.stores import s3_store as s3
+from tests.helpers import PARAM_DEFAULTS, assert_conserved, run_steps, task_states
 
 # --------------------------------------------------------------------------- tenant isolation
 
@@ -27,20 +25,8 @@ from notes_migration.stores import s3_store as s3
 def _run_steps(spec: SeedSpec, run_id: str) -> str:
     """One whole run through the steps the DAG's tasks call (threads cannot share one dag.test())."""
     cfg = RunConfig(cid=spec.cid, company_sso_id=spec.company_sso_id, batch_size=40)
-    db = connections.cdp_database()
-    src, tgt = s3.bucket_for(C.CRM_S3_CONN_ID), s3.bucket_for(C.CDP_S3_CONN_ID)
     with connections.crm_session() as crm:
-        job = start.start_job(crm, db, cfg, run_id=run_id, triggered_by="isolation-test", flag_cids=[spec.cid])
-        try:
-            coverage.run_coverage(crm, db, job["job_id"])
-            pages = plan.plan(crm, db, job["job_id"])
-            for page in pages:
-                batch.migrate_page(crm, db, job["job_id"], page)
-            for page in pages:
-                relink.relink_page(crm, db, job["job_id"], page, source=src, target=tgt)
-            validate.validate(crm, db, job["job_id"])
-        finally:
-            start.release(db, spec.cid, run_id)
+        job = run_steps(crm, connections.cdp_database(), cfg, run_id, triggered_by="isolation-test")
     return job["job_id"]
 
 

@@ -6,12 +6,14 @@ import json
 import logging
 
 import pytest
-from plugin_support import HALTED, IN_PROGRESS, PD_ROUTING_KEY, SUCCESS, WITH_ERRORS, task_state
-from tests.support.ports import free_port
 
+from devtools.ports import free_port
 from notes_migration.domain.codes import State
 from notes_migration.domain.config import Thresholds
+from notes_migration.ops.queries import cid_status
 from notes_migration.stores import alerts
+from tests.fleet import HALTED, IN_PROGRESS, PD_ROUTING_KEY, SUCCESS, WITH_ERRORS
+from tests.helpers import task_state
 
 JOB = {
     "job_id": "job-3003",
@@ -134,10 +136,10 @@ def test_real_runs_alert_on_the_validation_branch(fleet):
     assert fleet.pagerduty.for_cid(SUCCESS) == [] and fleet.pagerduty.for_cid(IN_PROGRESS) == []
 
 
-def test_an_undeliverable_alert_does_not_change_the_outcome(fleet, client, auth):
+def test_an_undeliverable_alert_does_not_change_the_outcome(fleet, cdp):
     """The P2 of the completed_with_errors run got HTTP 400: send_alerts still succeeded, the state stands."""
     run = fleet.runs[WITH_ERRORS]
     assert task_state(run, "send_alerts") == "success"
     assert task_state(run, "finalise") == "failed"  # red because completed_with_errors, not because of alerting
-    status = client.get("/crm-notes-migration/api/status", params={"cid": WITH_ERRORS}, headers=auth).json()
+    status = cid_status(cdp, WITH_ERRORS)
     assert status["status"] == "completed_with_errors"

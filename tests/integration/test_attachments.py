@@ -1,6 +1,6 @@
 """Attachment relinking against the real local S3 server (moto in server mode), FerretDB and PostgreSQL.
 
-CIDs used here: 2001–2099 only (other modules use other CIDs on the same servers).
+CIDs used here: 2001–2051 only (tests/cids.py; other modules use other CIDs on the same servers).
 2001: hand-placed files covering every path; 2002: upload failure through the operator;
 2003: transient download failure, the dry-run plan and the halted skip; 2050/2051: dag.test() end to end.
 """
@@ -12,6 +12,8 @@ import os
 
 import pytest
 
+from devtools import seed_files
+from devtools.seed import SeedSpec, company_for
 from notes_migration.domain.attachment_plan import MIME_TYPES, SAFE_KEY_RE, UNAVAILABLE_MESSAGE, extension
 from notes_migration.domain.codes import AttachmentOutcome, Event, Reason
 from notes_migration.domain.config import CONTACT_NOTES, EVENTS, NOTE_LOG, RunConfig, Thresholds
@@ -21,8 +23,6 @@ from notes_migration.run.copy_engine import RetryPolicy
 from notes_migration.stores import job_store
 from notes_migration.stores import s3_store as s3
 from tests.helpers import assert_conserved, task_states
-from tests.support import seed_files
-from tests.support.seed import SeedSpec, company_for
 
 pytestmark = [pytest.mark.integration]
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.seed import SeedSpec
 from notes_migration.domain.config import CONTACT_NOTES
-from notes_migration.ops.queries import cid_status, dry_run
+from notes_migration.ops import dry_run
+from notes_migration.ops.queries import cid_status
 from notes_migration.stores import job_store
 from notes_migration.stores import s3_store as s3
+from tests.cids import cids
 from tests.helpers import task_states
-from tests.support.seed import SeedSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-CID = 9100
+CID = cids(__name__)[0]
 # failures tolerated (no halt), so the verdict has something to predict: completed_with_errors (match < 99%)
 SETTINGS = {"coverage_gate": 0.5, "max_failure_rate": 0.5}
 

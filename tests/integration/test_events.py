@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from plugin_support import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
-
 from notes_migration.domain.codes import Event
 from notes_migration.stores import job_store
+from tests.fleet import HALTED, IN_PROGRESS, SUCCESS, WITH_ERRORS
 
 
 def _events(cdp, cid: int) -> list[dict]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from plugin_support import SUCCESS
-
+from notes_migration.ops.queries import cid_status
 from notes_migration.stores import metrics
+from tests.fleet import HALTED, SUCCESS, WITH_ERRORS, StatsRecorder
 
 
-def test_a_real_run_emits_counters_and_batch_timers(fleet, client, auth):
-    status = client.get("/crm-notes-migration/api/status", params={"cid": SUCCESS}, headers=auth).json()
+def test_a_real_run_emits_counters_and_batch_timers(fleet, cdp):
+    status = cid_status(cdp, SUCCESS)
     stats = fleet.stats
     assert stats.total(metrics.NOTES_MIGRATED, SUCCESS) == status["counts"]["migrated"] > 0
     assert stats.total(metrics.NOTES_FAILED, SUCCESS) == 0
@@ -29,8 +29,6 @@ def test_a_real_run_emits_counters_and_batch_timers(fleet, client, auth):
 
 
 def test_failures_halts_and_alerts_are_counted_by_reason(fleet):
-    from plugin_support import HALTED, WITH_ERRORS
-
     stats = fleet.stats
     failed = [c for c in stats.calls if c[1] == metrics.NOTES_FAILED and c[3].get("cid") == str(HALTED)]
     assert failed and {c[3]["reason_code"] for c in failed} == {"CONTACT_NOT_MAPPED"}
@@ -41,8 +39,6 @@ def test_failures_halts_and_alerts_are_counted_by_reason(fleet):
 
 
 def test_attachment_failures_counter():
-    from plugin_support import StatsRecorder
-
     rec = StatsRecorder()
     orig = metrics._stats
     metrics._stats = lambda: rec
@@ -80,8 +76,8 @@ def test_the_default_backend_is_airflows_stats():
     metrics.run_started(3001)  # no backend configured: Airflow's NoStatsLogger, must not raise
 
 
-def test_attachment_relink_metrics_of_a_real_run(fleet, client, auth):
-    status = client.get("/crm-notes-migration/api/status", params={"cid": SUCCESS}, headers=auth).json()
+def test_attachment_relink_metrics_of_a_real_run(fleet, cdp):
+    status = cid_status(cdp, SUCCESS)
     figures = status.get("attachments") or {}
     assert figures.get("total", 0) > 0, "the seeded CID has files to relink"
     assert fleet.stats.total(metrics.ATTACHMENTS_RELINKED, SUCCESS) == figures["relinked"]

@@ -9,13 +9,13 @@ import datetime as dt
 
 import pytest
 
+from devtools.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 from notes_migration.domain.codes import Reason
 from notes_migration.domain.config import CONTACT_NOTES, JOBS, NOTE_LOG, UNKNOWN_OWNER_LABEL
 from notes_migration.ops.queries import cid_status
 from notes_migration.run.plan import batches_per_task
 from notes_migration.stores import job_store
 from tests.helpers import PARAM_DEFAULTS, run_migration, task_states
-from tests.support.seed import DEMO_SPECS, SeedSpec, backfill_contacts, company_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 from pymongo import MongoClient, monitoring
 
+from devtools.seed import SeedSpec, company_for
 from notes_migration.domain.config import TARGET_TASK_PAGES, RunConfig
 from notes_migration.domain.rows import batches_of
 from notes_migration.run import batch, coverage, plan, relink, start, validate
 from notes_migration.stores import cdp_store, job_store
 from notes_migration.stores import s3_store as s3
 from tests.helpers import assert_conserved
-from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,22 +11,23 @@ import uuid
 
 import pytest
 
+from devtools.seed import SeedSpec, company_for
 from notes_migration.domain.codes import AlreadyHalted, Halted, State
 from notes_migration.domain.config import CONTACT_NOTES, RunConfig, Thresholds
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.stores import job_store
+from tests.cids import cids
 from tests.helpers import assert_conserved
-from tests.support.seed import SeedSpec, company_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-CID = 8010
+[CID] = cids(__name__)
 BATCH = 100
 
 
 @pytest.fixture
 def job(seed_cid, crm, cdp, monkeypatch):
-    monkeypatch.setattr("notes_migration.run.batch.TARGET_TASK_PAGES", 8)  # one-batch pages: 8 of them
+    monkeypatch.setattr("notes_migration.run.plan.TARGET_TASK_PAGES", 8)  # one-batch pages: 8 of them
     seed_cid(SeedSpec(cid=CID, notes=800, unmapped_person_share=0.06, upload_files=False))
     cfg = RunConfig(
         cid=CID, company_sso_id=company_for(CID), batch_size=BATCH, thresholds=Thresholds(coverage_gate=0.5)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.seed import SeedSpec, backfill_contacts
 from notes_migration.domain.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
 from notes_migration.run import validate
+from tests.cids import cids
 from tests.helpers import assert_conserved, run_steps
-from tests.support.seed import SeedSpec, backfill_contacts
 
-CID = 9250
+[CID] = cids(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.seed import SeedSpec
 from notes_migration.domain import config as C
 from notes_migration.domain.codes import Reason, Refused
 from notes_migration.domain.config import RunConfig, Thresholds
 from notes_migration.ops import queries as ops
-from notes_migration.ops.rollback import ROLLBACKS, RollbackRefused, rollback_cid
+from notes_migration.ops.rollback import RollbackRefused, rollback_cid
 from notes_migration.run.start import check_preconditions
 from notes_migration.stores import job_store
 from notes_migration.stores import s3_store as s3
-from tests.support.seed import SeedSpec
+from tests.cids import cids
 
 pytestmark = pytest.mark.integration
-CID = 9050
+CID = cids(__name__)[0]  # and CID + 1, CID + 2
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def migrated(cdp, company: str) -> int:
 
 
 def test_rollback_of_one_cid(seed_cid, run_dag, cdp, crm, cdp_bucket):
-    cdp[ROLLBACKS].delete_many({"cid": CID})  # records of earlier sessions (seeding keeps them)
+    cdp[C.ROLLBACKS].delete_many({"cid": CID})  # records of earlier sessions (seeding keeps them)
     seeded = seed_cid(SeedSpec(cid=CID, notes=40, image_share=0.3))
     company = seeded["company_sso_id"]
     other = seed_cid(SeedSpec(cid=CID + 1, notes=10))  # another CID: untouched by the rollback
@@ -59,13 +60,13 @@ def test_rollback_of_one_cid(seed_cid, run_dag, cdp, crm, cdp_bucket):
         assert refused.value.report["changed_in_cdp"] == [
             {"legacy_crm_note_id": edited["legacy_crm_note_id"], "fields": ["note_hash"]}
         ]
-    assert migrated(cdp, company) == n_notes and cdp[ROLLBACKS].count_documents({"cid": CID}) == 0
+    assert migrated(cdp, company) == n_notes and cdp[C.ROLLBACKS].count_documents({"cid": CID}) == 0
     cdp[C.CONTACT_NOTES].update_one({"_id": edited["_id"]}, {"$set": {"note": edited["note"]}})
 
     # dry run: the plan, nothing written
     plan = rollback_cid(crm, cdp, CID, requested_by="ops", dry_run=True, target=cdp_bucket)
     assert (plan["notes_to_delete"], plan["changed_in_cdp"], plan["companies"]) == (n_notes, [], [company])
-    assert migrated(cdp, company) == n_notes and cdp[ROLLBACKS].count_documents({"cid": CID}) == 0
+    assert migrated(cdp, company) == n_notes and cdp[C.ROLLBACKS].count_documents({"cid": CID}) == 0
 
     done = rollback_cid(crm, cdp, CID, requested_by="ops", dry_run=False, target=cdp_bucket)
     assert done["rollback"]["notes_deleted"] == n_notes and done["rollback"]["objects_deleted"] == objects
@@ -73,7 +74,7 @@ def test_rollback_of_one_cid(seed_cid, run_dag, cdp, crm, cdp_bucket):
     assert cdp[C.CONTACT_NOTES].count_documents({"company_sso_id": company}) == human  # CDP's own notes stay
     assert (s3.list_objects(cdp_bucket, f"{company}/notes/") or {}) == {}
     assert migrated(cdp, other["company_sso_id"]) == other_notes  # another CID untouched
-    [record] = list(cdp[ROLLBACKS].find({"cid": CID}))
+    [record] = list(cdp[C.ROLLBACKS].find({"cid": CID}))
     assert record["requested_by"] == "ops" and record["at"] and record["notes_deleted"] == n_notes
     audit = list(cdp[C.AUDIT].find({"cid": CID}))
     assert audit and all(a["rollback_id"] == record["_id"] and a["rolled_back_at"] for a in audit)  # kept, marked

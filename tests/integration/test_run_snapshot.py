@@ -11,15 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from devtools.seed import SeedSpec, company_for
 from notes_migration.domain.config import RunConfig, Thresholds
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.stores import job_store, settings
 from notes_migration.tasks import migration_tasks as tasks
+from tests.cids import cids
 from tests.helpers import assert_conserved
-from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
-CID = 1120
+CID = cids(__name__)[0]
 
 
 def test_changing_the_settings_variable_between_validate_and_the_branch_changes_no_alert(

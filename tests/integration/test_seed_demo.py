@@ -1,14 +1,15 @@
-"""The demo seeding of `scripts/airflow.sh up` (`python -m tests.support.seed --demo --if-missing`): a CID
+"""The demo seeding of `scripts/airflow.sh up` (`python -m devtools.seed --demo --if-missing`): a CID
 already in the CRM is left alone, unless its files are gone from the CRM bucket (the local S3 server keeps
 objects in memory, so a restart of the services loses them); then it is seeded again, files included."""
 
 from __future__ import annotations
 
+from devtools.seed import SeedSpec, _files_lost, main
 from notes_migration.domain.config import CRM_S3_CONN_ID
 from notes_migration.stores import s3_store as s3
-from tests.support.seed import SeedSpec, _files_lost, main
+from tests.cids import cids
 
-CID = 2052
+[CID] = cids(__name__)
 
 
 def _objects(cid: int) -> dict:

@@ -10,12 +10,12 @@ import threading
 
 import pytest
 
+from devtools.seed import SeedSpec, company_for
 from notes_migration.domain.codes import Halted
 from notes_migration.domain.config import CONTACT_NOTES, NOTE_LOG, RunConfig
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.stores import cdp_store, crm_source, job_store
 from tests.helpers import assert_conserved
-from tests.support.seed import SeedSpec, company_for
 
 pytestmark = pytest.mark.integration
 COMPANY = company_for(1100)

@@ -7,7 +7,8 @@ import re
 
 import jwt
 import pytest
-from plugin_support import JWT_SECRET, NOT_STARTED
+
+from tests.plugin.plugin_support import JWT_SECRET, NOT_STARTED
 
 PREFIX = "/crm-notes-migration"
 SAMPLE_PARAMS = {"cid": str(NOT_STARTED), "company_sso_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}
@@ -87,7 +88,7 @@ def test_a_token_signed_with_another_secret_or_expired_gets_401(client, ops_toke
 
 
 def test_read_routes_accept_the_bearer_header_or_the_ui_cookie(client, ops_token, viewer_token, seed_cid):
-    from tests.support.seed import SeedSpec
+    from devtools.seed import SeedSpec
 
     seed_cid(SeedSpec(cid=NOT_STARTED, notes=20))
     for headers in ({"Authorization": f"Bearer {ops_token}"}, {"Cookie": f"_token={viewer_token}"}):

@@ -7,13 +7,14 @@ CIDs used here: 9110–9111.
 from __future__ import annotations
 
 import pytest
-from plugin_support import PREFIX
-from tests.helpers import run_steps
-from tests.support.seed import SeedSpec
 
+from devtools.seed import SeedSpec
 from notes_migration.domain.config import CONTACT_NOTES, RunConfig
+from tests.cids import cids
+from tests.helpers import run_steps
+from tests.plugin.plugin_support import PREFIX
 
-CID = 9110
+CID = cids(__name__)[0]
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ import csv
 import io
 
 import pytest
-from plugin_support import PREFIX
-from tests.support.seed import SeedSpec
 
+from devtools.seed import SeedSpec
 from notes_migration.domain.codes import Reason
 from notes_migration.ops.queries import ERROR_LOG_FIELDS, SOURCE_MISSING
 from notes_migration.stores import crm_source, job_store
+from tests.cids import cids
+from tests.plugin.plugin_support import PREFIX
 
-COVERAGE_CID, FILES_CID = 9020, 9021
+COVERAGE_CID, FILES_CID = cids(__name__)
 
 
 @pytest.fixture(scope="module")

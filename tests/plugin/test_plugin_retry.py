@@ -10,15 +10,16 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from plugin_support import PREFIX
-from tests.helpers import assert_conserved, run_steps
-from tests.support.seed import SeedSpec, backfill_contacts
 
+from devtools.seed import SeedSpec, backfill_contacts
 from notes_migration.domain.config import CONTACT_NOTES, JOBS, NOTE_LOG, RunConfig, Thresholds
 from notes_migration.ops.queries import cid_status
 from notes_migration.stores import job_store
+from tests.cids import cids
+from tests.helpers import assert_conserved, run_steps
+from tests.plugin.plugin_support import PREFIX
 
-CID = 9130
+CID = cids(__name__)[0]
 THRESHOLDS = Thresholds(coverage_gate=0.5, max_failure_rate=0.5)  # failures tolerated: completed_with_errors
 
 

@@ -6,14 +6,13 @@ tests/integration/test_rollback.py. CIDs used here: 9060–9061.
 
 from __future__ import annotations
 
-from plugin_support import PREFIX
-from tests.support.seed import SeedSpec
-
+from devtools.seed import SeedSpec
 from notes_migration.domain import config as C
 from notes_migration.domain.codes import Reason
-from notes_migration.ops.rollback import ROLLBACKS
+from tests.cids import cids
+from tests.plugin.plugin_support import PREFIX
 
-CID, EMPTY = 9060, 9061
+CID, EMPTY = cids(__name__)
 
 
 def url(cid: int) -> str:
@@ -21,7 +20,7 @@ def url(cid: int) -> str:
 
 
 def test_rollback_route(client, auth, ops_token, viewer_token, run_dag, seed_cid, cdp):
-    cdp[ROLLBACKS].delete_many({"cid": {"$in": [CID, EMPTY]}})  # records of earlier sessions (seeding keeps them)
+    cdp[C.ROLLBACKS].delete_many({"cid": {"$in": [CID, EMPTY]}})  # records of earlier sessions (seeding keeps them)
     seeded = seed_cid(SeedSpec(cid=CID, notes=20, image_share=0.0, audio_share=0.0, document_share=0.0))
     seed_cid(SeedSpec(cid=EMPTY, notes=5))
     run_dag({"cid": CID, "company_sso_id": seeded["company_sso_id"], "batch_size": 20})
@@ -39,7 +38,7 @@ def test_rollback_route(client, auth, ops_token, viewer_token, run_dag, seed_cid
     dry = client.post(url(CID), headers=auth)  # dry run by default
     assert dry.status_code == 200, dry.text
     assert (dry.json()["dry_run"], dry.json()["notes_to_delete"]) == (True, n)
-    assert cdp[C.CONTACT_NOTES].count_documents(query) == n and cdp[ROLLBACKS].count_documents({"cid": CID}) == 0
+    assert cdp[C.CONTACT_NOTES].count_documents(query) == n and cdp[C.ROLLBACKS].count_documents({"cid": CID}) == 0
 
     nothing = client.post(url(EMPTY), headers=auth)
     assert (nothing.status_code, nothing.json()["reason_code"]) == (404, Reason.NOTHING_TO_ROLL_BACK)

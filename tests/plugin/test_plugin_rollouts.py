@@ -15,12 +15,21 @@ import uuid
 from typing import Any
 
 import pytest
-from plugin_support import HALTED, NOT_STARTED, PREFIX, SUCCESS, UNKNOWN_CID, WITH_ERRORS, add_dag_run, set_run_state
-from tests.support.seed import company_for
 
+from devtools.seed import company_for
 from notes_migration.domain.config import ROLLOUT_CIDS, ROLLOUTS, job_id_for
 from notes_migration.domain.contract import ROLLOUT_DAG_ID
 from notes_migration.ops import rollout as R
+from tests.plugin.plugin_support import (
+    HALTED,
+    NOT_STARTED,
+    PREFIX,
+    SUCCESS,
+    UNKNOWN_CID,
+    WITH_ERRORS,
+    add_dag_run,
+    set_run_state,
+)
 
 ORDER = [SUCCESS, HALTED, UNKNOWN_CID, WITH_ERRORS, NOT_STARTED]
 GATE = 0.02

@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
-from plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, SUCCESS, UNKNOWN_CID, WITH_ERRORS
-
 from notes_migration.domain.codes import Reason, State
+from tests.plugin.plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, SUCCESS, UNKNOWN_CID, WITH_ERRORS
 
 PREFIX = "/crm-notes-migration"
 

@@ -6,14 +6,15 @@ import json
 
 import pytest
 from airflow.utils.types import DagRunTriggeredByType
-from plugin_support import PREFIX, SUCCESS, UNKNOWN_CID, dag_runs_of
-from tests.support.seed import SeedSpec
 
+from devtools.seed import SeedSpec
 from notes_migration.domain.codes import Reason
 from notes_migration.domain.config import job_id_for
 from notes_migration.stores import job_store
+from tests.cids import cids
+from tests.plugin.plugin_support import PREFIX, SUCCESS, UNKNOWN_CID, dag_runs_of
 
-FRESH, LOCKED = 3006, 3007
+FRESH, LOCKED = cids(__name__)
 URL = f"{PREFIX}/api/jobs"
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, PREFIX, SUCCESS, UNKNOWN_CID, WITH_ERRORS
 
-HOSTILE_CID = 3008
+from tests.cids import cids
+from tests.plugin.plugin_support import HALTED, IN_PROGRESS, NOT_STARTED, PREFIX, SUCCESS, UNKNOWN_CID, WITH_ERRORS
+
+[HOSTILE_CID] = cids(__name__)
 HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
 
 
@@ -61,8 +63,7 @@ def test_anonymous_visitors_get_a_401_page_pointing_to_the_login(client):
 
 def test_customer_and_user_text_is_escaped(client, cookie, seed_cid, cdp):
     """A run id chosen by whoever triggered through Airflow, event details and names are all untrusted."""
-    from tests.support.seed import SeedSpec
-
+    from devtools.seed import SeedSpec
     from notes_migration.domain.config import RunConfig
     from notes_migration.stores import job_store
 

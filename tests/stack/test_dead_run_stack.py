@@ -16,21 +16,22 @@ from typing import Any
 
 import pytest
 
-from tests.stack.conftest import DAG_ID, PREFIX, Stack, wait_until
+from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
+from tests.cids import cids
 
-MARKED_FAILED, NO_JOB_FLAG_OFF, KILLED_PAGE = 7201, 7202, 7203
+MARKED_FAILED, NO_JOB_FLAG_OFF, KILLED_PAGE = cids(__name__)
 NO_FILES: dict[str, Any] = {"image_share": 0.0, "audio_share": 0.0, "document_share": 0.0, "upload_files": False}
 
 
 def body(cid: int, **extra: Any) -> dict[str, Any]:
-    from tests.support.seed import company_for
+    from devtools.seed import company_for
 
     return {"cid": cid, "company_sso_id": company_for(cid), **extra}
 
 
 @pytest.fixture(scope="module")
 def seeded(seed_cid) -> dict[int, dict]:
-    from tests.support.seed import SeedSpec
+    from devtools.seed import SeedSpec
 
     specs = [
         SeedSpec(cid=MARKED_FAILED, notes=4000, **NO_FILES),

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack.conftest import DAG_ID, Stack
+from devtools.stack import DAG_ID, Stack
+from tests.cids import cids
 
-FLAG_OFF, LOW_COVERAGE, UNKNOWN = 7001, 7002, 7099
+FLAG_OFF, LOW_COVERAGE, UNKNOWN = cids(__name__)
 
 
 def body(cid: int, **extra) -> dict:
-    from tests.support.seed import company_for
+    from devtools.seed import company_for
 
     return {"cid": cid, "company_sso_id": company_for(cid), **extra}
 
 
 @pytest.fixture(scope="module")
 def seeded(seed_cid):
-    from tests.support.seed import DEMO_SPECS, SeedSpec
+    from devtools.seed import DEMO_SPECS, SeedSpec
 
     [demo_100] = [s for s in DEMO_SPECS if s.cid == 100]
     specs = [

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.stack.conftest import DAG_ID, PREFIX, Stack, wait_until
+from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
+from tests.cids import cids
 
 ROLLOUT_DAG_ID = "crm_notes_rollout"
-DONE, FLAG_OFF = 9200, 9201
-FRESH_BEFORE = [9202, 9203, 9204, 9205]  # launched and completed before the halting CID
-HALTING = 9206
+DONE, FLAG_OFF = cids(__name__)[:2]
+FRESH_BEFORE = cids(__name__)[2:6]  # launched and completed before the halting CID
+HALTING = cids(__name__)[6]
 FRESH_AFTER = [
     9207,
     9208,
@@ -43,7 +44,7 @@ NO_FILES: dict[str, Any] = {
 
 
 def entry(cid: int) -> dict[str, Any]:
-    from tests.support.seed import company_for
+    from devtools.seed import company_for
 
     return {"cid": cid, "company_sso_id": company_for(cid)}
 
@@ -71,7 +72,7 @@ def dag_runs(stack: Stack, dag_id: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def seeded(seed_cid) -> dict[int, dict]:
-    from tests.support.seed import SeedSpec
+    from devtools.seed import SeedSpec
 
     specs = [SeedSpec(cid=cid, notes=8, ambiguous_contact_share=0.0, **NO_FILES) for cid in ORDER if cid != HALTING]
     specs.append(SeedSpec(cid=HALTING, notes=8, unmapped_person_share=0.5, **NO_FILES))

@@ -7,13 +7,14 @@ CID: 7010 (800 notes, ~570 in scope: 12 batches of 50 in 4 task pages, one per p
 
 from __future__ import annotations
 
-from tests.stack.conftest import Stack
+from devtools.stack import Stack
+from tests.cids import cids
 
-CID = 7010
+[CID] = cids(__name__)
 
 
 def test_pages_of_one_cid_run_on_both_celery_workers(celery_stack: Stack, seed_cid):
-    from tests.support.seed import SeedSpec
+    from devtools.seed import SeedSpec
 
     spec = SeedSpec(cid=CID, notes=800)
     seed_cid(spec)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.support import seed_files
 
+from devtools import seed_files
 from notes_migration.domain.accounting import attachment_figures, percentile
 from notes_migration.domain.attachment_plan import (
     SAFE_KEY_RE,

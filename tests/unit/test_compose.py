@@ -96,10 +96,10 @@ def test_every_published_port_is_loopback_only():
 
 def test_dev_services_carry_the_crm_schema_and_both_buckets():
     [schema] = [v for v in SERVICES["crm-postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
-    assert (ROOT / schema.split(":")[0]).resolve() == (ROOT / "tests/support/crm_schema.sql").resolve()
+    assert (ROOT / schema.split(":")[0]).resolve() == (ROOT / "devtools/crm_schema.sql").resolve()
     buckets = SERVICES["minio-buckets"]["entrypoint"]
     assert "crm-assets" in buckets and "cdp-files" in buckets
-    assert SERVICES["crm-seed"]["entrypoint"] == ["python", "-m", "tests.support.seed", "--demo"]
+    assert SERVICES["crm-seed"]["entrypoint"] == ["python", "-m", "devtools.seed", "--demo"]
 
 
 def test_every_bind_mount_source_exists():

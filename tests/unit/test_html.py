@@ -186,7 +186,7 @@ def test_fast_path_agrees_with_bleach_on_mentions_next_to_links(raw):
 def test_fast_path_agrees_with_bleach_on_the_seed_corpus_and_vectors():
     import random
 
-    from tests.support.seed import note_html
+    from devtools.seed import note_html
 
     rng = random.Random(7)
     users = [(1, "Ana Silva"), (2, "Léa O'Brien"), (3, "日本 太郎")]

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 from selectolax.lexbor import LexborHTMLParser
-from tests.unit.test_html import VECTORS as OWASP
-from tests.unit.test_html import browser_view_violations
 
 from notes_migration.domain.html import (
     _bleach_fixpoint,
@@ -31,6 +29,8 @@ from notes_migration.domain.html import (
     _prescan,
     normalise,
 )
+from tests.unit.test_html import VECTORS as OWASP
+from tests.unit.test_html import browser_view_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -177,7 +177,7 @@ def test_outputs_are_fixed_points():
 
 def test_the_fast_path_never_keeps_what_bleach_would_change():
     rng = random.Random(11)
-    from tests.support.seed import note_html
+    from devtools.seed import note_html
 
     users = [(1, "Ana Silva"), (2, "Léa O'Brien"), (3, "日本 太郎")]
     seeded = [note_html(rng, users) or "" for _ in range(1500)]

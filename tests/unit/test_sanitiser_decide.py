@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.unit.test_transform import row, run
 
 from notes_migration.domain import transform
 from notes_migration.domain.codes import Reason
 from notes_migration.domain.html import MAX_DEPTH
+from tests.unit.test_transform import row, run
 
 
 def test_the_raw_size_cap_applies_before_normalising(monkeypatch):
