@@ -42,7 +42,30 @@ def active_run_ids(cid: int) -> list[str]:
     return sorted(run_id for run_id, conf in rows if _conf_cid(conf) == cid)
 
 
-def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict[str, Any]]]:
+def active_run_of_job(job_id: str) -> dict[str, Any] | None:
+    """The queued or running DAG run whose job id (config.job_id_for) is `job_id`: what a cancel finds when the
+    run has not recorded its job yet. None when there is none."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    from notes_migration.domain.config import job_id_for
+
+    with create_session() as session:
+        rows = session.execute(
+            select(DagRun.run_id, DagRun.conf).where(
+                DagRun.dag_id == DAG_ID, DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING])
+            )
+        ).all()
+    for run_id, conf in rows:
+        cid = _conf_cid(conf)
+        if cid is not None and job_id_for(run_id, cid) == job_id:
+            return {"run_id": run_id, "conf": dict(conf)}
+    return None
+
+
+def runs_by_cid(cid: int | None = None, per_cid: int = 5) -> dict[int, list[dict[str, Any]]]:
     """{cid: its newest DAG runs, newest first}: run id, state, dates and the tasks that failed.
 
     What the status needs so that a run Airflow saw die (killed task process, unreachable
@@ -64,8 +87,10 @@ def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict
             run_cid = _conf_cid(conf)
             if run_cid is None or (cid is not None and run_cid != cid) or len(out.get(run_cid, [])) >= per_cid:
                 continue
+            dry = bool(isinstance(conf, dict) and conf.get("dry_run"))
             out.setdefault(run_cid, []).append(
                 {"run_id": run_id, "state": str(state), "start_date": start, "end_date": end, "run_after": run_after}
+                | {"dry_run": dry}
             )
         # a finished run's failed tasks, success included: a run whose teardown succeeded after its pages were
         # failed by hand can end "success" with a job that never finished (the status then says RUN_FAILED)
@@ -83,6 +108,8 @@ def runs_by_cid(cid: int | None = None, per_cid: int = 3) -> dict[int, list[dict
     for runs in out.values():
         for run in runs:
             run["failed_tasks"] = sorted(failed.get(run["run_id"], []))
+    if cid is not None:
+        out.setdefault(cid, [])  # asked and answered: Airflow has no run of this CID (deleted, never triggered)
     return out
 
 

@@ -29,10 +29,11 @@ cookie_scheme = APIKeyCookie(
 
 
 class Refusal(BaseModel):
-    """A request the API refused: a human-readable message and, for business refusals, the reason code."""
+    """A request the API refused (errors.py): its reason code and a human-readable message (also as `detail`)."""
 
-    detail: str
-    reason_code: str | None = None
+    reason_code: str
+    message: str
+    detail: Any
 
 
 UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {

@@ -3,13 +3,16 @@
 The feature flag is an ordinary Airflow Variable: `airflow variables set crm_notes_migration_enabled '[100, 5000]'`.
 
     python -m crm_notes_migration_ops.cli run --cid 100 --company-sso-id UUID [--batch-size 500] [--dry-run] ...
-    python -m crm_notes_migration_ops.cli status --cid 100
+    python -m crm_notes_migration_ops.cli status --cid 100 [--dry-run]
     python -m crm_notes_migration_ops.cli coverage --cid 100 --company-sso-id UUID
-    python -m crm_notes_migration_ops.cli errors --job-id JOB
+    python -m crm_notes_migration_ops.cli errors --job-id JOB [--outcome errors|all|...] [--limit N]
     python -m crm_notes_migration_ops.cli release-lock --cid 100     # a lock left by a dead run
     python -m crm_notes_migration_ops.cli rollback --cid 100 [--execute]   # dry run unless --execute
     python -m crm_notes_migration_ops.cli retry --job-id JOB [--reason CONTACT_NOT_MAPPED ...]  # the failed-record queue
 
+Every command writes its answer as JSON alone on stdout (logging, Airflow's included, goes to stderr) and calls
+the same functions of notes_migration.ops.queries as the API, so both answer alike. A refusal exits 3 and prints
+`{"refused": REASON_CODE, "reason_code", "message", "detail", …}` (the API's refusal body); nothing was written.
 `run`'s options are the run contract's parameters (contract.py), the same as the DAG's params.
 """
 
@@ -17,17 +20,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import getpass
 import json
+import logging
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from notes_migration.domain import contract
+from notes_migration.domain.codes import OUTCOME_FILTERS, Halted, Refused
+
+EXIT_REFUSED = 3
 
 
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+def _json_default(value: Any) -> Any:
+    """As the API's encoder: dates in ISO 8601, anything else (ObjectId …) as its string."""
+    return value.isoformat() if isinstance(value, dt.date | dt.datetime) else str(value)
 
 
 def run_in_process(conf: dict[str, Any]) -> str:
@@ -49,7 +59,7 @@ def _airflow_runs(cid: int) -> list[dict[str, Any]] | None:
     try:
         return runs_by_cid(cid).get(cid)
     except Exception as exc:  # no metadata DB reachable: the job records alone answer
-        print(f"note: Airflow's runs not consulted ({type(exc).__name__}: {exc})", file=sys.stderr)
+        logging.getLogger(__name__).warning("Airflow's runs not consulted (%s: %s)", type(exc).__name__, exc)
         return None
 
 
@@ -57,12 +67,17 @@ def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argpars
     root = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = root.add_subparsers(dest="cmd", required=True)
     contract.add_cli_options(sub.add_parser("run", help="run crm_notes_migration for one CID in-process"), spec)
-    sub.add_parser("status", help="the CID's status JSON (PRD §8)").add_argument("--cid", type=int, required=True)
-    cov = sub.add_parser("coverage", help="Person→Contact coverage report (OQ-2)")
+    st = sub.add_parser("status", help="the CID's status JSON (PRD §8)")
+    st.add_argument("--cid", type=int, required=True)
+    st.add_argument("--dry-run", action="store_true", help="the CID's latest dry-run report instead")
+    cov = sub.add_parser("coverage", help="Person→Contact coverage report (OQ-2), gated as the settings say")
     cov.add_argument("--cid", type=int, required=True)
     cov.add_argument("--company-sso-id", required=True)
     cov.add_argument("--include-activities", action="store_true")
-    sub.add_parser("errors", help="a job's reason-coded failures and skips").add_argument("--job-id", required=True)
+    err = sub.add_parser("errors", help="a job's reason-coded error log (the API's JSON error log)")
+    err.add_argument("--job-id", required=True)
+    err.add_argument("--outcome", choices=sorted(OUTCOME_FILTERS), default="errors", help="default: errors")
+    err.add_argument("--limit", type=int, default=0, help="at most this many rows (default 0: all)")
     rl = sub.add_parser("release-lock", help="force-release a CID's lock left by a dead run")
     rl.add_argument("--cid", type=int, required=True)
     rb = sub.add_parser("rollback", help="remove the notes (and copied files) a CID's migrations inserted; dry run")
@@ -82,107 +97,120 @@ def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argpars
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.cmd == "run":
-        conf = {p.name: getattr(args, p.name) for p in contract.RUN_PARAMS}
-        print(f"dag run finished: {run_in_process(conf)}", file=sys.stderr)
-        return 0
+# --------------------------------------------------------------------------- the commands: args → JSON answer
 
-    from notes_migration.domain.plain import as_plain
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.domain.config import DAG_ID
+
+    conf = {p.name: getattr(args, p.name) for p in contract.RUN_PARAMS}
+    return {"dag_id": DAG_ID, "cid": args.cid, "state": run_in_process(conf)}
+
+
+def _status(args: argparse.Namespace) -> dict[str, Any]:
     from notes_migration.ops import queries as ops
-    from notes_migration.stores import job_store
     from notes_migration.stores.connections import cdp_database, crm_connection
 
-    db = cdp_database()
-    if args.cmd == "status":
-        with crm_connection() as crm:
-            _print(ops.status_of(crm, db, args.cid, _airflow_runs(args.cid)))
-    elif args.cmd == "coverage":
-        from notes_migration.domain.config import Thresholds
-        from notes_migration.run.coverage import coverage_report
+    runs = None if args.dry_run else _airflow_runs(args.cid)
+    with crm_connection() as crm:
+        return ops.status_answer(crm, cdp_database(), args.cid, runs, dry_run=args.dry_run)
 
-        with crm_connection() as crm:
-            _print(
-                coverage_report(
-                    crm,
-                    db,
-                    args.cid,
-                    args.company_sso_id,
-                    include_activities=args.include_activities,
-                    gate=Thresholds().coverage_gate,
-                )
-            )
-    elif args.cmd == "errors":
-        _print(job_store.note_log(db, args.job_id))
-    elif args.cmd == "release-lock":
-        holder = job_store.get_lock(db, args.cid)
-        released = job_store.release_lock(db, args.cid)
-        _print({"cid": args.cid, "released": released, "holder": as_plain(holder)})
-    elif args.cmd == "rollback":
-        return _rollback(db, args)
-    elif args.cmd == "retry":
-        return _retry(db, args)
-    return 0
+
+def _coverage(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.ops import queries as ops
+    from notes_migration.stores.connections import cdp_database, crm_connection
+
+    with crm_connection() as crm:
+        return ops.coverage_answer(
+            crm, cdp_database(), args.cid, args.company_sso_id, include_activities=args.include_activities
+        )
+
+
+def _errors(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.ops import queries as ops
+    from notes_migration.stores.connections import cdp_database, crm_connection
+
+    with crm_connection() as crm:  # a coverage halt lists its unmapped persons, as on the API
+        return ops.error_log_answer(cdp_database(), args.job_id, args.outcome, args.limit, crm=crm)
+
+
+def _release_lock(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.domain.plain import as_plain
+    from notes_migration.stores import job_store
+    from notes_migration.stores.connections import cdp_database
+
+    db = cdp_database()
+    holder = job_store.get_lock(db, args.cid)
+    released = job_store.release_lock(db, args.cid)
+    return {"cid": args.cid, "released": released, "holder": as_plain(holder)}
+
+
+def _rollback(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.ops import queries as ops
+    from notes_migration.stores.connections import cdp_database, crm_connection
+
+    by = args.by or getpass.getuser()
+    with crm_connection() as crm:
+        return ops.rollback_answer(crm, cdp_database(), args.cid, requested_by=by, execute=args.execute)
+
+
+def _retry(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.ops import queries as ops
+    from notes_migration.stores.connections import cdp_database
+
+    by = args.by or getpass.getuser()
+    return ops.retry_answer(cdp_database(), args.job_id, args.reasons, requested_by=by)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "run": _run,
+    "status": _status,
+    "coverage": _coverage,
+    "errors": _errors,
+    "release-lock": _release_lock,
+    "rollback": _rollback,
+    "retry": _retry,
+}
+
+
+# --------------------------------------------------------------------------- stdout: the JSON answer alone
+
+
+def _log_to_stderr() -> None:
+    """The CLI's own logging goes to stderr (Airflow's, configured lazily on stdout, is caught by _answer_only)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Airflow's logging (configured lazily, on stdout) goes to stderr meanwhile: stdout is the answer's JSON alone.
-    At the file-descriptor level, so handlers created in between are covered too."""
+def _answer_only() -> Iterator[TextIO]:
+    """While the command runs, file descriptor 1 is stderr: whatever prints or logs to stdout (Airflow configures
+    its logging lazily, on stdout) lands on stderr. The answer goes to the real stdout, through the stream yielded."""
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
+    answer = os.fdopen(os.dup(saved), "w")
     try:
-        yield
+        yield answer
     finally:
         sys.stdout.flush()
+        answer.close()
         os.dup2(saved, 1)
         os.close(saved)
 
 
-def _retry(db: Any, args: argparse.Namespace) -> int:
-    """The API route's retry (notes_migration.ops.retry.run_retry): exit 0 done, 3 refused (reason printed, nothing
-    written)."""
-    import getpass
-
-    from notes_migration.domain.codes import Refused
-    from notes_migration.ops import retry
-    from notes_migration.stores.connections import crm_connection
-
-    try:
-        retry.check_retry(db, args.job_id, args.reasons)  # before any connection to the CRM or S3
-        with _stdout_to_stderr(), crm_connection() as crm:
-            record = retry.run_retry(crm, db, args.job_id, args.reasons, requested_by=args.by or getpass.getuser())
-    except Refused as refused:
-        _print({"refused": refused.reason.value, "detail": str(refused).split(": ", 1)[-1]})
-        return 3
-    _print(retry.outcome(db, args.job_id, record))
-    return 0
-
-
-def _rollback(db: Any, args: argparse.Namespace) -> int:
-    """Exit 0 done (or planned), 3 refused (the report or reason is printed), nothing written on a refusal."""
-    import getpass
-
-    from notes_migration.domain.codes import Refused
-    from notes_migration.domain.config import CDP_S3_CONN_ID
-    from notes_migration.ops import rollback
-    from notes_migration.stores import s3_store as s3
-    from notes_migration.stores.connections import crm_connection
-
-    by = args.by or getpass.getuser()
-    target = s3.bucket_for(CDP_S3_CONN_ID) if args.execute else None
-    with crm_connection() as crm:
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _log_to_stderr()
+    with _answer_only() as out:
         try:
-            _print(rollback.rollback_cid(crm, db, args.cid, requested_by=by, dry_run=not args.execute, target=target))
-        except rollback.RollbackRefused as refused:
-            _print({"refused": refused.reason.value, "detail": str(refused), **refused.report})
-            return 3
-        except Refused as refused:
-            _print({"refused": refused.reason.value, "detail": str(refused)})
-            return 3
-    return 0
+            answer, code = COMMANDS[args.cmd](args), 0
+        except (Refused, Halted) as refused:  # nothing written: the reason code, as the API answers it
+            from notes_migration.ops.queries import refusal_body
+
+            body = refusal_body(refused)
+            answer, code = {"refused": body["reason_code"], **body}, EXIT_REFUSED
+        out.write(json.dumps(answer, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return code
 
 
 if __name__ == "__main__":

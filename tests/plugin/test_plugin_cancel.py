@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from plugin_support import PREFIX, dag_runs_of
-from tests.support.seed import SeedSpec
 
+from devtools.seed import SeedSpec
 from notes_migration.domain.codes import AlreadyHalted, Reason
 from notes_migration.domain.config import CONTACT_NOTES, EVENTS, PAGES, RunConfig, Thresholds
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.stores import job_store
+from tests.cids import cids
+from tests.plugin.plugin_support import PREFIX, dag_runs_of
 
-CID = 9040
+CID = cids(__name__)[0]
 
 
 def url(job_id: str) -> str:
@@ -95,7 +96,7 @@ def test_cancel_halts_the_job_stops_the_run_and_releases_the_lock(client, auth, 
     job_id = running_job["job_id"]
     assert job_store.get_lock(cdp, CID)["run_id"] == running_job["run_id"]
     resp = client.post(url(job_id), headers=auth)
-    assert resp.status_code == 200, resp.text
+    assert resp.status_code == 202, resp.text  # accepted: a batch already inserting finishes after the answer
     out = resp.json()
     assert (out["status"], out["halted_reason"], out["cancelled_by"]) == ("halted", "CANCELLED", "ops")
     assert out["airflow_run"]["state_before"] == "queued" and out["airflow_run"]["state"] == "failed"
@@ -126,7 +127,7 @@ def test_cancel_halts_the_job_stops_the_run_and_releases_the_lock(client, auth, 
 def test_cancelling_a_job_that_already_ended_is_409_and_writes_nothing(client, auth, running_job, cdp):
     job_id = running_job["job_id"]
     if job_store.get_job(cdp, job_id)["state"] != "halted":
-        assert client.post(url(job_id), headers=auth).status_code == 200
+        assert client.post(url(job_id), headers=auth).status_code == 202
     before = cdp_snapshot(cdp, job_id)
     runs_before = [(r.run_id, str(r.state)) for r in dag_runs_of(CID)]
     resp = client.post(url(job_id), headers=auth)
@@ -136,3 +137,28 @@ def test_cancelling_a_job_that_already_ended_is_409_and_writes_nothing(client, a
     assert [(r.run_id, str(r.state)) for r in dag_runs_of(CID)] == runs_before
     html = client.get(f"{PREFIX}/ui", params={"cid": CID}, headers=auth).text
     assert "CANCELLED" in html and 'id="cancel-job"' not in html  # no button once the job ended
+
+
+def test_cancel_at_once_by_the_id_the_trigger_returned(seed_cid, client, ops_token, dag_in_db, cdp, crm):
+    """The trigger's job id is cancellable before the run has recorded its job: the cancel leaves a CANCELLED
+    record under that id and marks the run failed; the run's preconditions then refuse it and it writes nothing."""
+    other = cids(__name__)[1]
+    seeded = seed_cid(SeedSpec(cid=other, notes=10))
+    auth = {"Authorization": f"Bearer {ops_token}"}
+    body = {"cid": other, "company_sso_id": seeded["company_sso_id"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps([other]))
+        trigger = client.post(f"{PREFIX}/api/jobs", json=body, headers=auth)
+    assert trigger.status_code == 202, trigger.text
+    job_id, run_id = trigger.json()["job_id"], trigger.json()["run_id"]
+    resp = client.post(url(job_id), headers=auth)
+    assert resp.status_code == 202, resp.text
+    assert (resp.json()["halted_reason"], resp.json()["airflow_run"]["state"]) == ("CANCELLED", "failed")
+    status = client.get(f"{PREFIX}/api/status", params={"cid": other}, headers=auth).json()
+    assert (status["status"], status["halted_reason"], status["job_id"]) == ("halted", "CANCELLED", job_id)
+    with pytest.raises(Exception) as refused:  # the run's first task, should it still start
+        start.start_job(crm, cdp, RunConfig.from_params(body, Thresholds()), run_id=run_id, triggered_by="ops",
+                        flag_cids=[other])  # fmt: skip
+    assert getattr(refused.value, "reason", None) == Reason.CANCELLED
+    assert job_store.get_lock(cdp, other) is None
+    assert cdp[CONTACT_NOTES].count_documents({"company_sso_id": seeded["company_sso_id"], "legacy_crm_note_id": {"$exists": True}}) == 0  # fmt: skip

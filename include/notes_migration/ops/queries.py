@@ -22,6 +22,7 @@ from notes_migration.domain.codes import (
     RUN_ERROR_OUTCOME,
     AttachmentOutcome,
     Event,
+    Halted,
     Outcome,
     Reason,
     Refused,
@@ -30,9 +31,9 @@ from notes_migration.domain.codes import (
 from notes_migration.domain.config import RunConfig
 from notes_migration.domain.plain import as_plain
 from notes_migration.domain.status import build_status, progress_pct, with_airflow_runs
-from notes_migration.run.coverage import unmapped_person_entries
+from notes_migration.run.coverage import coverage_report, unmapped_person_entries
 from notes_migration.run.start import check_preconditions
-from notes_migration.stores import crm_source, job_store
+from notes_migration.stores import crm_source, job_store, settings
 
 RUN_EVENTS = (Event.STARTED, Event.BATCH_COMPLETED, Event.HALTED, Event.COMPLETED)
 NOTE_EVENTS = (Event.NOTE_FAILED, Event.OWNER_NOT_RESOLVED, Event.ATTACHMENT_FAILED)
@@ -69,8 +70,18 @@ SOURCE_MISSING = "source file missing in the CRM bucket"
 # --------------------------------------------------------------------------- status
 
 
-class UnknownCid(LookupError):
-    """The CID is not an organization of the CRM."""
+class UnknownCid(Refused, LookupError):
+    """The CID is not an organization of the CRM (CID_NOT_FOUND)."""
+
+    def __init__(self, cid: int):
+        super().__init__(Reason.CID_NOT_FOUND, f"CID {cid} is not an organization of the CRM")
+        self.cid = cid
+
+
+def require_cid(crm, cid: int) -> None:
+    """The one check that the CRM knows the CID: UnknownCid (CID_NOT_FOUND) otherwise."""
+    if not crm_source.cid_exists(crm, cid):
+        raise UnknownCid(cid)
 
 
 def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -84,13 +95,15 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     out["run_id"] = job.get("run_id")
     if job.get("retry"):  # failed-record retries of the job (retry.py): retried and recovered counts
         out["retry"] = as_plain(job["retry"])
+    if out["status"] == State.ROLLED_BACK:
+        record = job_store.rollback_record(db, out["rollback"]["rollback_id"]) or {}
+        out["rollback"].update({k: record.get(k) for k in ("notes_deleted", "notes_already_gone", "objects_deleted")})
     return with_airflow_runs(out, job, runs)
 
 
 def status_of(crm, db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """As cid_status, for a CID the CRM knows; an unknown CID is an error (UnknownCid), not not_started."""
-    if not crm_source.cid_exists(crm, cid):
-        raise UnknownCid(cid)
+    require_cid(crm, cid)
     return cid_status(db, cid, runs)
 
 
@@ -146,8 +159,8 @@ def fleet(db: Database, runs_by_cid: Mapping[int, list[dict[str, Any]]] | None =
     rows = []
     for job in jobs:
         row = fleet_row(job, pages.get(job["_id"], []))
-        runs = (runs_by_cid or {}).get(job["cid"])
-        if row["status"] == State.IN_PROGRESS and runs:
+        runs = None if runs_by_cid is None else runs_by_cid.get(job["cid"], [])
+        if row["status"] == State.IN_PROGRESS and runs is not None:
             corrected = with_airflow_runs({"status": row["status"], "job_id": job["_id"]}, job, runs)
             row.update(status=corrected["status"], halted_reason=corrected.get("halted_reason"))
         rows.append(row)
@@ -294,3 +307,84 @@ def check_trigger(
     active = sorted(active_run_ids)
     if active:
         raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cfg.cid} already has a queued or running DAG run: {active[0]}")
+
+
+# --------------------------------------------------------------------------- the answers the API and the CLI share
+#
+# The plugin's routes and its CLI call these, so both answer alike (same rows, same thresholds, same refusals).
+
+
+def refusal_message(refused: Refused | Halted) -> str:
+    """A refusal's message without its reason-code prefix (the exception's text is `CODE: message`)."""
+    return str(refused).removeprefix(f"{refused.reason.value}: ")
+
+
+def refusal_body(refused: Refused | Halted) -> dict[str, Any]:
+    """What a refusal answers (the API with its HTTP status, the CLI with exit 3): `reason_code`, `message`
+    (also as `detail`, the API's key since its first version) and what the refusal carries (a rollback's report)."""
+    message = refusal_message(refused)
+    body: dict[str, Any] = {"detail": message, "reason_code": refused.reason.value, "message": message}
+    report = getattr(refused, "report", None)
+    if isinstance(report, Mapping):
+        body.update(as_plain(report) or {})
+    return body
+
+
+def status_answer(
+    crm, db: Database, cid: int, runs: list[dict[str, Any]] | None = None, *, dry_run: bool = False
+) -> dict[str, Any]:
+    """The CID's status (PRD §8), or with `dry_run` its latest dry run's report; UnknownCid for a CID the CRM
+    does not know."""
+    require_cid(crm, cid)
+    if dry_run:
+        from notes_migration.ops.dry_run import dry_run_status
+
+        return dry_run_status(db, cid)
+    return cid_status(db, cid, runs)
+
+
+def error_log_answer(db: Database, job_id: str, outcome: str = "errors", limit: int = 0, *, crm=None) -> dict[str, Any]:
+    """The error log as JSON (`{job_id, outcome, count, entries}`); Refused JOB_NOT_FOUND for an unknown job."""
+    entries = error_log(db, job_id, outcome, limit, crm=crm)
+    if entries is None:
+        raise Refused(Reason.JOB_NOT_FOUND, f"job {job_id} not found")
+    return {"job_id": job_id, "outcome": outcome, "count": len(entries), "entries": entries}
+
+
+def coverage_answer(
+    crm, db: Database, cid: int, company_sso_id: str, *, include_activities: bool = False
+) -> dict[str, Any]:
+    """The Person→Contact coverage report on demand, against the gate of the settings Variable (as a run's)."""
+    require_cid(crm, cid)
+    gate = settings.thresholds().coverage_gate
+    return coverage_report(crm, db, cid, company_sso_id, include_activities=include_activities, gate=gate)
+
+
+def rollback_answer(crm, db: Database, cid: int, *, requested_by: str, execute: bool = False) -> dict[str, Any]:
+    """Plan (the default) or perform a CID's rollback, with the lock lease of the settings Variable; executed,
+    the copied files go from the CDP bucket too. Refused (nothing written) as rollback.rollback_cid."""
+    from notes_migration.domain.config import CDP_S3_CONN_ID
+    from notes_migration.ops import rollback
+    from notes_migration.stores import s3_store as s3
+
+    return rollback.rollback_cid(
+        crm,
+        db,
+        cid,
+        requested_by=requested_by,
+        dry_run=not execute,
+        target=s3.bucket_for(CDP_S3_CONN_ID) if execute else None,
+        lease_seconds=settings.thresholds().lock_lease_seconds,
+    )
+
+
+def retry_answer(db: Database, job_id: str, reason_codes: Sequence[str] | None, *, requested_by: str) -> dict[str, Any]:
+    """Retry a job's failed-record queue (retry.run_retry) and answer the job's state after it; the checks run
+    before any connection to the CRM or S3, so a refusal (Refused) is cheap and writes nothing."""
+    from notes_migration.ops import retry
+    from notes_migration.stores.connections import crm_connection
+
+    retry.check_retry(db, job_id, reason_codes)
+    with crm_connection() as crm:
+        record = retry.run_retry(crm, db, job_id, reason_codes, requested_by=requested_by)
+    return retry.outcome(db, job_id, record)
