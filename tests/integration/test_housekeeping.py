@@ -14,13 +14,14 @@ from notes_migration.domain.config import Thresholds
 from notes_migration.domain.plain import utc_now
 from notes_migration.ops import housekeeping
 from notes_migration.stores import job_store
+from tests.cids import cids
 
 pytestmark = pytest.mark.integration
 
 NOW = utc_now()
 DAYS = dt.timedelta(days=1)
 OLD, LATEST_OLD, FRESH, ORPHAN = "hk-9001-old", "hk-9001-latest", "hk-9002-fresh", "hk-9003-orphan"
-LOCK_CIDS = (9010, 9011, 9012, 9013)
+LOCK_CIDS = tuple(cids(__name__)[10:14])  # 9010–9013
 ALL_JOBS = (OLD, LATEST_OLD, FRESH, ORPHAN)
 
 
@@ -133,20 +134,20 @@ def test_retention_days_come_from_the_thresholds(seeded):
 def test_a_run_purges_the_queue_itself_only_when_the_daily_purge_is_overdue(seeded):
     db = seeded
     days = Thresholds().failed_record_retention_days
-    db[C.HOUSEKEEPING].delete_many({"_id": housekeeping.NOTE_LOG_PURGE})
+    db[C.HOUSEKEEPING].delete_many({"_id": job_store.NOTE_LOG_PURGE})
     # never purged: the run start purges (the DAG may be paused) and records it
-    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW) >= 2
+    assert job_store.purge_note_log_if_overdue(db, days, now=NOW) >= 2
     assert _ids(db, C.NOTE_LOG) == {f"{FRESH}:2:CONTACT_NOT_MAPPED"}
-    assert db[C.HOUSEKEEPING].find_one({"_id": housekeeping.NOTE_LOG_PURGE})["removed"] >= 2
+    assert db[C.HOUSEKEEPING].find_one({"_id": job_store.NOTE_LOG_PURGE})["removed"] >= 2
     # purged a day ago: the next runs skip the scan, even with an expired row waiting
     _log(db, FRESH, 9002, 1, 40)
-    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + DAYS) is None
+    assert job_store.purge_note_log_if_overdue(db, days, now=NOW + DAYS) is None
     assert f"{FRESH}:1:CONTACT_NOT_MAPPED" in _ids(db, C.NOTE_LOG)
     # the daily purge ran (it records its time too); two days later without it, a run purges again
     housekeeping.purge_expired(db, Thresholds(), now=NOW + DAYS)
     _log(db, FRESH, 9002, 1, 40)
-    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + 2 * DAYS) is None
-    assert housekeeping.purge_note_log_if_overdue(db, days, now=NOW + 3 * DAYS) >= 1
+    assert job_store.purge_note_log_if_overdue(db, days, now=NOW + 2 * DAYS) is None
+    assert job_store.purge_note_log_if_overdue(db, days, now=NOW + 3 * DAYS) >= 1
     assert _ids(db, C.NOTE_LOG) == {f"{FRESH}:2:CONTACT_NOT_MAPPED"}
 
 
@@ -186,19 +187,16 @@ def test_locks_of_runs_airflow_knows_are_over_are_released(cdp):
         _wipe(cdp)
 
 
-def test_the_dag_asks_airflow_through_the_task_sdk(cdp, migration_dag):
+def test_the_dag_asks_airflow_through_the_task_sdk(cdp, run_dag):
     """dag.test(): the lock task asks Airflow (Task SDK → Execution API) for each lock's run. A real
     crm_notes_migration run that failed (its preconditions refused: flag off) loses its fresh lock; a run
     Airflow does not know is decided by its lease."""
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.conftest import ROOT
-    from tests.helpers import PARAM_DEFAULTS
 
     _wipe(cdp)
-    failed = migration_dag.test(
-        run_conf={**PARAM_DEFAULTS, "cid": 9015, "company_sso_id": "00000000-0000-4000-8000-000000009015"}
-    )
+    failed = run_dag({"cid": 9015, "company_sso_id": "00000000-0000-4000-8000-000000009015"}, flag=[])  # flag off
     assert str(failed.state) == "failed"
     _lock(cdp, 9015, failed.run_id, 10)  # heartbeat fresh: only Airflow's word can release it
     _lock(cdp, 9014, "hk-run-not-in-airflow", 10 * 3 * 3600 + 60)

@@ -9,7 +9,7 @@ scenario and fails when a member of `Reason` is neither seen nor on the short, c
 cannot be provoked locally (`UNPROVOKABLE`): a new code needs a scenario here. Every dag.test() run is checked
 for conservation (tests/helpers.run_migration → assert_conserved).
 
-Faults are real: the CRM or the MongoDB-compatible server goes away behind a TCP proxy (tests/support/tcp_proxy.py)
+Faults are real: the CRM or the MongoDB-compatible server goes away behind a TCP proxy (devtools/tcp_proxy.py)
 at a chosen step, as tests/fault/test_fault_injection.py does; a missing CDP bucket makes every upload fail.
 
 CIDs used here: 6500–6506 (6599 is never seeded).
@@ -28,16 +28,18 @@ from typing import Any
 
 import pytest
 
+from devtools.seed import SeedSpec, company_for
+from devtools.tcp_proxy import TcpProxy
 from notes_migration.domain import config as C
 from notes_migration.domain.codes import RUN_ERROR_OUTCOME, Reason
 from notes_migration.domain.config import RunConfig, Thresholds
 from notes_migration.run import batch, start, validate
-from notes_migration.stores import cdp_store, connections
+from notes_migration.stores import cdp_store, connections, job_store
+from tests.cids import cids
 from tests.helpers import ops_api_app, point_connection, run_migration, task_states
 from tests.plugin.plugin_support import JWT_SECRET, PREFIX, USERS
-from tests.support.seed import SeedSpec, company_for
-from tests.support.tcp_proxy import TcpProxy
 
+CIDS = cids(__name__)  # 6500–6507, 6599
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 # Codes no local scenario can provoke, and why. Keep this as short as the truth allows: a code listed here that a
@@ -183,7 +185,7 @@ def job_of(cdp, cid: int) -> str:
 
 # --------------------------------------------------------------------------- per-note and per-file codes (one CID)
 
-SINK = 6500
+SINK = CIDS[0]
 SINK_BASE = SINK * 1_000_000 + 900
 TOO_LARGE_NOTE = SINK_BASE + 1  # raw HTML over the 512 KiB cap
 NESTED_NOTE = SINK_BASE + 2  # nesting beyond html.MAX_DEPTH: migrated as its escaped text
@@ -255,7 +257,7 @@ def test_per_note_and_per_file_codes_reach_the_status_and_the_error_log(per_note
 
 # --------------------------------------------------------------------------- an upload failure; refusals of a done CID
 
-DONE = 6505
+DONE = CIDS[5]
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +321,8 @@ def test_upload_failure_and_the_refusals_of_a_migrated_cid(done_cid_codes, cdp):
 # --------------------------------------------------------------------------- halts: coverage, insert failures
 
 
-COVERAGE = 6501
-INSERTS = 6502
+COVERAGE = CIDS[1]
+INSERTS = CIDS[2]
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +401,7 @@ def test_insert_failures_halt_the_run(insert_failure_halt):
 
 # --------------------------------------------------------------------------- the CRM goes away: mid-run, at validation
 
-CRM_DOWN = 6503
+CRM_DOWN = CIDS[3]
 
 
 @pytest.fixture(scope="module")
@@ -453,8 +455,8 @@ def test_crm_failures_mid_run_and_at_validation(crm_down):
 
 # --------------------------------------------------------------------------- refusals before a job exists
 
-REFUSED = 6504
-UNKNOWN = 6599  # never seeded
+REFUSED = CIDS[4]
+UNKNOWN = CIDS[-1]  # 6599, never seeded
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +507,7 @@ def test_refused_runs_and_requests(refused_runs, cdp):
 
 # --------------------------------------------------------------------------- a running job: trigger, cancel, retry
 
-RUNNING = 6506
+RUNNING = CIDS[6]
 
 
 @pytest.fixture(scope="module")
@@ -532,7 +534,7 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
             data["trigger"] = ops.post("/api/jobs", conf)
             seen.refusal("POST /api/jobs", data["trigger"])
         data["cancel"] = ops.post(f"/api/jobs/{job['job_id']}/cancel")
-        assert data["cancel"].status_code == 200, data["cancel"].text
+        assert data["cancel"].status_code == 202, data["cancel"].text
         data["status"] = ops.status(seen, RUNNING)
         data["cancel_again"] = ops.post(f"/api/jobs/{job['job_id']}/cancel")
         seen.refusal("POST /api/jobs/{id}/cancel", data["cancel_again"])
@@ -561,11 +563,77 @@ def test_trigger_cancel_and_retry_of_a_running_job(running_job_codes):
     assert (d["no_rollout"].status_code, d["no_rollout"].json()["reason_code"]) == (404, "ROLLOUT_NOT_FOUND")
 
 
+# --------------------------------------------------------------------------- one writer: fenced, run gone
+
+ONE_WRITER = CIDS[7]
+
+
+@pytest.fixture(scope="module")
+def one_writer_codes(seed_cid, crm, cdp, run, ops) -> Scenario:
+    """A run whose lock is released after its first batch (as Ops' release-lock or a teardown would): its next
+    batch is fenced, writes nothing, and the job ends halted LOCK_LOST. Then a job whose Airflow run does not exist
+    (deleted): the status reports it halted RUN_NOT_FOUND."""
+    seed_cid(SeedSpec(cid=ONE_WRITER, notes=60, **NO_FILES))
+    real_page = batch.migrate_page
+    calls: list[int] = []
+
+    def lock_gone_after_the_first(crm_, db, job_id, page, *a, **kw):
+        calls.append(page["page_no"])
+        out = real_page(crm_, db, job_id, page, *a, **kw)
+        if len(calls) == 1:
+            job_store.release_lock(db, ONE_WRITER)
+        return out
+
+    seen = Sightings()
+    data: dict[str, Any] = {}
+    with pytest.MonkeyPatch.context() as mp, task_logs() as lines:
+        mp.setattr(batch, "migrate_page", lock_gone_after_the_first)
+        data["dag_run"] = run({"cid": ONE_WRITER, "batch_size": 10})
+    seen.task_log("\n".join(lines), "a run that lost its lock")
+    data["fenced"] = ops.status(seen, ONE_WRITER)
+    gone = start.start_job(
+        crm,
+        cdp,
+        RunConfig.from_params({"cid": ONE_WRITER, "company_sso_id": company_for(ONE_WRITER)}, Thresholds()),
+        run_id="reason-vocabulary-deleted-run",
+        triggered_by="ops",
+        flag_cids=[ONE_WRITER],
+    )
+    try:
+        data["gone"] = ops.status(seen, ONE_WRITER)
+    finally:
+        job_store.release_lock(cdp, ONE_WRITER)
+    data["gone_job"] = gone
+    return Scenario(seen, data)
+
+
+def test_a_fenced_run_and_a_deleted_run(one_writer_codes, cdp):
+    d = one_writer_codes.data
+    fenced = d["fenced"]
+    assert (fenced["status"], fenced["halted_reason"]) == ("halted", "LOCK_LOST")
+    assert "failed" in task_states(d["dag_run"])["migrate_page"]
+    written = cdp[C.CONTACT_NOTES].count_documents({"company_sso_id": company_for(ONE_WRITER)})
+    assert written == fenced["counts"]["migrated"] + 3  # the first batch only (+ CDP's own notes)
+    gone = d["gone"]
+    assert (gone["status"], gone["halted_reason"], gone["job_id"]) == (
+        "halted",
+        "RUN_NOT_FOUND",
+        d["gone_job"]["job_id"],
+    )
+
+
 # --------------------------------------------------------------------------- the vocabulary, complete
 
 
 def test_every_reason_code_is_provoked(
-    per_note_codes, done_cid_codes, coverage_halt, insert_failure_halt, crm_down, refused_runs, running_job_codes
+    per_note_codes,
+    done_cid_codes,
+    coverage_halt,
+    insert_failure_halt,
+    crm_down,
+    refused_runs,
+    running_job_codes,
+    one_writer_codes,
 ):
     """Each member of Reason was seen on an Ops surface by a scenario above, or is listed in UNPROVOKABLE."""
     seen: dict[Reason, set[str]] = {}
@@ -577,6 +645,7 @@ def test_every_reason_code_is_provoked(
         crm_down,
         refused_runs,
         running_job_codes,
+        one_writer_codes,
     ):
         for code, where in scenario.sightings.seen.items():
             seen.setdefault(code, set()).update(where)

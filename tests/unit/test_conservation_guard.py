@@ -18,8 +18,6 @@ CHECKS = {"assert_conserved", "assert_run_conserved"}
 
 # (module, function or "<module>") → why it has no conservation check.
 UNCHECKED = {
-    # preconditions refuse the run (flag off): no job is recorded, there is nothing to conserve
-    ("tests/integration/test_housekeeping.py", "test_the_dag_asks_airflow_through_the_task_sdk"): "refused run",
     # the page is called after a cancel only to show it raises AlreadyHalted and reads and writes nothing
     ("tests/plugin/test_plugin_cancel.py", "<module>"): "page after a cancel, no run",
 }

@@ -119,3 +119,29 @@ def test_notes_a_halt_held_back_are_not_counted_out_of_scope():
     assert counts["out_of_scope"] == {"ACTIVITY_OUT_OF_SCOPE": 3, "NOT_A_PERSON_NOTE": 4}
     assert counts["withheld_by_halt"] == {"FAILURE_RATE_EXCEEDED": 40, "CANCELLED": 2}
     assert counts["failed"] == {"CONTACT_NOT_MAPPED": 9}
+
+
+def test_a_job_whose_airflow_run_was_deleted_is_halted_run_not_found():
+    deleted = status_of(job(), [PAGE], [])  # Airflow was asked and has no run of the CID
+    assert (deleted["status"], deleted["halted_reason"]) == ("halted", "RUN_NOT_FOUND")
+    assert deleted["airflow_run"]["state"] == "not_found" and "deleted" in deleted["detail"]
+    older = run("manual__0", state="success") | {"run_after": T0 - dt.timedelta(hours=1)}
+    assert status_of(job(), [PAGE], [older])["halted_reason"] == "RUN_NOT_FOUND"  # its run would be listed
+    assert status_of(job(), [PAGE], None)["status"] == "in_progress"  # Airflow not asked: nothing to say
+    newer = run("manual__2", state="failed") | {"run_after": T0 + dt.timedelta(minutes=5)}
+    assert status_of(job(), [PAGE], [newer])["status"] == "in_progress"  # the list may not reach back that far
+
+
+def test_a_dry_run_never_changes_the_real_status():
+    halted_dry = run("manual__dry", state="failed") | {"dry_run": True}
+    assert status_of(None, [], [halted_dry]) == {"cid": 7, "status": "not_started"}
+    done = job(state="completed_success", validation={"match_pct": 100.0, "found": 995})
+    assert "latest_run" not in status_of(done, [PAGE], [halted_dry, run()])
+
+
+def test_a_rolled_back_job_has_a_state_of_its_own():
+    rolled = {"at": T0, "rollback_id": "rb-1", "by": "ops"}
+    s = status_of(job(state="completed_success", validation={"match_pct": 100.0, "found": 995}, rolled_back=rolled))
+    assert s["status"] == "rolled_back" and "notes_migrated" not in s and "validation" not in s
+    assert s["rollback"]["job_status_before"] == "completed_success" and s["rollback"]["by"] == "ops"
+    assert s["rollback"]["before"]["notes_migrated"] == 995

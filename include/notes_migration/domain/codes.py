@@ -31,6 +31,10 @@ class Reason(StrEnum):
     NOTHING_TO_ROLL_BACK = "NOTHING_TO_ROLL_BACK"
     ROLLBACK_REFUSED = "ROLLBACK_REFUSED"  # notes changed in CDP after migration (listed)
     RUN_FAILED = "RUN_FAILED"  # Airflow saw the run die (task killed, marked failed) before the job finished
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"  # the job's Airflow run was deleted (or belongs to another Airflow)
+    # a writer (a run's task, a retry, a rollback) that no longer holds the CID's lock, or whose Airflow run was
+    # stopped: it writes nothing more (fencing)
+    LOCK_LOST = "LOCK_LOST"
     # refusals of a failed-record retry (OQ-3): nothing written
     NOTHING_TO_RETRY = "NOTHING_TO_RETRY"  # no failed note (of the reasons asked) in the job's queue
     RETRY_REFUSED = "RETRY_REFUSED"  # not retryable: dry run, halted, superseded, outside retention, too many …
@@ -95,13 +99,14 @@ class State(StrEnum):
     HALTED = "halted"
     COMPLETED_SUCCESS = "completed_success"
     COMPLETED_WITH_ERRORS = "completed_with_errors"
+    ROLLED_BACK = "rolled_back"  # a status only: the CID's migrated notes were taken back (ops/rollback.py)
 
 
 # The skips that are the CID's scope, not the run's doing; a skip for any other reason is a note held back
 # by a halt (its reason is the halt's: FAILURE_RATE_EXCEEDED, CRM_EXTRACT_FAILED, CANCELLED …).
 OUT_OF_SCOPE_REASONS = frozenset({Reason.NOT_A_PERSON_NOTE, Reason.ACTIVITY_OUT_OF_SCOPE, Reason.CHECKIN_DROPPED})
 
-TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS})
+TERMINAL_STATES = frozenset({State.HALTED, State.COMPLETED_SUCCESS, State.COMPLETED_WITH_ERRORS, State.ROLLED_BACK})
 
 # A run-level entry of the error log (no note id): CRM_EXTRACT_FAILED, VALIDATION_SKIPPED.
 RUN_ERROR_OUTCOME = "run_error"
@@ -135,6 +140,14 @@ class Halted(Exception):
     def __init__(self, reason: Reason, message: str):
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
+
+
+class Fenced(Halted):
+    """A writer found, immediately before a write, that it no longer holds the CID's lock (LOCK_LOST) or that its
+    Airflow run was stopped (RUN_FAILED): the write did not happen, and nothing more will be written by it."""
+
+    def __init__(self, message: str, reason: Reason = Reason.LOCK_LOST):
+        super().__init__(reason, message)
 
 
 class AlreadyHalted(Halted):

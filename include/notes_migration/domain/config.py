@@ -36,6 +36,7 @@ LOCKS = "crm_migration_locks"
 PAGES = "crm_migration_pages"
 NOTE_LOG = "crm_migration_note_log"  # failed-record queue + skipped notes, reason-coded
 AUDIT = "crm_migration_audit"  # legacy id → CDP note id
+ROLLBACKS = "crm_migration_rollbacks"  # one record per executed rollback (ops/rollback.py)
 EVENTS = "crm_migration_events"
 PERSON_MAPS = "crm_migration_person_maps"  # a run's person → contact answers, saved by the coverage step
 ATTACHMENT_PAGES = "crm_migration_attachment_pages"  # relink result per (job, page)
@@ -49,8 +50,8 @@ CONTACT_NOTES = "contact_notes"
 # unit of reading, deciding, inserting and accounting): a CID of up to TARGET_TASK_PAGES batches gets one task
 # per batch; a larger one about TARGET_TASK_PAGES tasks of k consecutive batches each, processed one after
 # another (memory stays that of one batch), k ≤ MAX_TASK_BATCHES unless MAX_TASK_PAGES tasks would not do.
-# Under a real scheduler a task costs 1-2 s of start-up and scheduling whatever it does (and as much again
-# for its relink task), so 96 one-batch tasks spent most of a 100,000-note run waiting; as many task pages
+# Under a real scheduler a task costs seconds of start-up and scheduling whatever it does (and as much again
+# for its relink task), so one-batch tasks leave a large run mostly waiting; as many task pages
 # as the run has lanes (contract.PAGE_LANES: the DAG's max_active_tasks and the mapped tasks' per-run cap)
 # run all pages in one round, then all relinks in one round.
 TARGET_TASK_PAGES = PAGE_LANES

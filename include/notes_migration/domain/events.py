@@ -1,8 +1,8 @@
 """PRD §12 events: one structured log line each, and a record for the events collection.
 
 A note's owner_not_resolved (the note is migrated, with a readable author label) logs at DEBUG, and its
-batch's batch_completed line counts them (`owners_unresolved`): at INFO, ~2,600 identical lines per task
-page of a 100,000-note CID made its task log unreadable and its run ~2 s slower under the scheduler.
+batch's batch_completed line counts them (`owners_unresolved`): at INFO, thousands of identical lines per
+task page of a large CID make its task log unreadable and its run slower under the scheduler.
 
 Record ids are deterministic (job, event, subject), so a retried task rewrites
 its events instead of duplicating them.

@@ -24,7 +24,7 @@ A note beyond those bounds, or one whose sanitised form does not reach a fixed
 point, is *flattened*: its text, escaped, with a reason (`NormalisedHtml.flattened`,
 reported as `Reason.HTML_FLATTENED_TO_TEXT`); it is never lost.
 
-Fast path (bleach is pure Python, ~1 ms a note): most CRM notes are already in
+Fast path (bleach is pure Python, slow per note): most CRM notes are already in
 safe, canonical form. A note whose mention elements are in the simple canonical
 shape has them rewritten by a strict pattern; then, if ammonia (nh3, a
 WHATWG-parser sanitiser) with the same allowlist and the same URL rule returns

@@ -169,7 +169,23 @@ def build_status(
         if job.get(key):
             out[key] = plain_value(job[key])
     out["triggered_by"] = job.get("triggered_by")
+    if job.get("rolled_back") and not cfg.dry_run:
+        _as_rolled_back(out, job["rolled_back"])
     return out
+
+
+def _as_rolled_back(out: dict[str, Any], rolled_back: Mapping[str, Any]) -> None:
+    """A rolled-back CID has a state of its own: what the job ended as, and its figures, move under `rollback`
+    (the notes they count are no longer in CDP); who, when and the rollback's id (queries add its counts)."""
+    before = {k: out.pop(k) for k in ("notes_migrated", "validation", "failure_rate", "mismatch_samples") if k in out}
+    out["rollback"] = {
+        "rollback_id": rolled_back.get("rollback_id"),
+        "by": rolled_back.get("by"),
+        "at": plain_value(rolled_back.get("at")),
+        "job_status_before": out["status"],
+        "before": before,
+    }
+    out["status"] = State.ROLLED_BACK.value
 
 
 DEAD_RUN_STATES = frozenset({"failed", "success"})  # Airflow is done with the run, whatever the job says
@@ -182,17 +198,21 @@ def with_airflow_runs(
     never waits on a run that is dead: a job still in_progress whose run Airflow has finished, or a
     failed run that recorded no job at all, is reported `halted` with reason RUN_FAILED, the run's
     id and state and its failed tasks. A newer run that recorded no job is shown beside the job."""
-    if not runs:
-        return status
+    if runs is None:
+        return status  # Airflow was not asked
+    runs = [r for r in runs if not r.get("dry_run")]  # a dry run never changes the CID's real status
     out = dict(status)
     job_run = next((r for r in runs if job and r["run_id"] == job.get("run_id")), None)
+    if job is not None and status["status"] == State.IN_PROGRESS:
+        url = error_log_url(job["_id"], RunConfig.from_dict(job["config"]).thresholds.error_log_url_base)
+        if job_run and job_run["state"] in DEAD_RUN_STATES:
+            return _run_failed(out, job_run, url=url)
+        if job_run is None and _run_gone(job, runs):
+            gone: dict[str, Any] = {"run_id": job.get("run_id"), "state": "not_found", "failed_tasks": []}
+            return _run_failed(out, gone, url=url, reason=Reason.RUN_NOT_FOUND)
+    if not runs:
+        return out
     newest = runs[0]
-    if job is not None and status["status"] == State.IN_PROGRESS and job_run and job_run["state"] in DEAD_RUN_STATES:
-        return _run_failed(
-            out,
-            job_run,
-            url=error_log_url(job["_id"], RunConfig.from_dict(job["config"]).thresholds.error_log_url_base),
-        )
     if newest is not job_run:
         if job is None and newest["state"] == "failed":
             return _run_failed(out, newest, url=None)
@@ -219,15 +239,31 @@ def _summarise_tasks(task_ids: Sequence[str]) -> str:
     )
 
 
-def _run_failed(out: dict[str, Any], run: Mapping[str, Any], *, url: str | None) -> dict[str, Any]:
+def _run_gone(job: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> bool:
+    """Airflow no longer has the job's run (deleted, or another Airflow's): the runs listed (newest first) reach
+    back to the job's creation, so its run would be among them."""
+    if not runs:
+        return True
+    oldest = runs[-1].get("run_after") or runs[-1].get("start_date")
+    created = job.get("created_at")
+    if oldest is None or created is None:
+        return False
+    as_utc = lambda t: t if t.tzinfo else t.replace(tzinfo=dt.UTC)  # noqa: E731
+    return as_utc(oldest) <= as_utc(created)
+
+
+def _run_failed(
+    out: dict[str, Any], run: Mapping[str, Any], *, url: str | None, reason: Reason = Reason.RUN_FAILED
+) -> dict[str, Any]:
     for key in ("progress_pct", "eta_seconds", "phase", "notes_processed", "throughput_notes_per_s"):
         out.pop(key, None)
     failed = run.get("failed_tasks") or []
+    state = "deleted or unknown to this Airflow" if run["state"] == "not_found" else run["state"]
     out.update(
         status=State.HALTED.value,
-        halted_reason=Reason.RUN_FAILED.value,
+        halted_reason=reason.value,
         airflow_run=_run_info(run),
-        detail=f"Airflow run {run['run_id']} is {run['state']}"
+        detail=f"Airflow run {run['run_id']} is {state}"
         + (f" (failed: {_summarise_tasks(failed)})" if failed else "")
         + (" before the job finished" if "job_id" in out else " before it recorded a job"),
     )
@@ -236,5 +272,5 @@ def _run_failed(out: dict[str, Any], run: Mapping[str, Any], *, url: str | None)
     counts = out.get("counts") or {}
     failed_n = sum((counts.get("failed") or {}).values())
     attempted = int(counts.get("migrated") or 0) + int(counts.get("already_migrated") or 0) + failed_n
-    out.setdefault("failure_rate", round(failed_n / attempted, 6) if attempted else 0.0)
+    out.setdefault("failure_rate", round(Totals(attempted=attempted, failed=failed_n).failure_rate, 6))
     return out

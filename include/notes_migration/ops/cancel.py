@@ -12,12 +12,15 @@ because a run marked failed never runs its release_lock teardown.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo.database import Database
 
 from notes_migration.domain.accounting import sum_pages
 from notes_migration.domain.codes import TERMINAL_STATES, Event, Reason, Refused, State
+from notes_migration.domain.config import DAG_ID, RunConfig
+from notes_migration.domain.contract import run_options
 from notes_migration.domain.events import event
 from notes_migration.domain.plain import as_plain, utc_now
 from notes_migration.stores import job_store, metrics
@@ -69,3 +72,37 @@ def release_job_lock(db: Database, job: dict[str, Any]) -> dict[str, Any] | None
     if lock and lock.get("run_id") == job.get("run_id") and job_store.release_lock(db, job["cid"], job["run_id"]):
         return as_plain(lock)
     return None
+
+
+def cancel_before_start(
+    db: Database, *, job_id: str, run_id: str, conf: Mapping[str, Any], cancelled_by: str
+) -> dict[str, Any] | None:
+    """Cancel a run by the job id its trigger returned, before the run has recorded that job: a job record
+    `halted`/CANCELLED is written under that id, so the run's preconditions refuse it (run/start.py) and it
+    writes nothing. Returns the record, or None when the run recorded its job first (cancel that job instead).
+    The caller marks the Airflow run failed as for any cancel."""
+    cfg = RunConfig.from_dict(run_options(conf) | {"thresholds": {}})
+    stamp = utc_now()
+    record = {
+        "_id": job_id,
+        "cid": cfg.cid,
+        "company_sso_id": cfg.company_sso_id,
+        "dag_id": DAG_ID,
+        "run_id": run_id,
+        "triggered_by": "unknown",
+        "config": cfg.as_dict(),
+        "state": State.HALTED.value,
+        "halted": {"reason": Reason.CANCELLED.value, "failure_rate": 0.0, "at": stamp, "cancelled_by": cancelled_by},
+        "cancelled_before_start": True,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    try:
+        job_store.insert_new_job(db, record)
+    except job_store.DuplicateKeyError:
+        return None
+    job_store.record_events(
+        db,
+        [event(Event.HALTED, job_id=job_id, cid=cfg.cid, reason=Reason.CANCELLED.value, cancelled_by=cancelled_by)],
+    )
+    return as_plain(record)

@@ -15,13 +15,12 @@ transform of every page.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration.domain.accounting import decide_verdict, match_pct, sum_pages
+from notes_migration.domain.accounting import decide_verdict, match_pct, sum_attachment_pages, sum_pages
 from notes_migration.domain.codes import Outcome, State
 from notes_migration.domain.config import RunConfig
 from notes_migration.domain.plain import plain_value
@@ -93,17 +92,9 @@ def report(
 
 
 def _files(attachment_pages: Sequence[Mapping[str, Any]], gate: float) -> dict[str, Any]:
-    keys = ("files", "relinked", "copied", "reused", "failed", "skipped", "source_missing", "bytes_to_copy")
-    sums = dict.fromkeys(keys, 0)
-    failed: Counter[str] = Counter()
-    skipped: Counter[str] = Counter()
-    for page in attachment_pages:
-        for k in keys:
-            sums[k] += int(page.get(k) or 0)
-        failed.update(page.get("failed_by_reason") or {})
-        skipped.update(page.get("skipped_by_reason") or {})
-    tried = sums["files"] - sums["skipped"]
-    with_source = tried - sums["source_missing"]
+    """The attachment plan in a real run's words (accounting.sum_attachment_pages: one sum, one set of rates)."""
+    t = sum_attachment_pages(attachment_pages, extra=("bytes_to_copy",))
+    sums = t.sums
     return {
         "total": sums["files"],
         "would_relink": sums["relinked"],
@@ -111,14 +102,14 @@ def _files(attachment_pages: Sequence[Mapping[str, Any]], gate: float) -> dict[s
         "to_copy_bytes": sums["bytes_to_copy"],
         "already_in_target": sums["reused"],
         "would_fail": sums["failed"],
-        "would_fail_by_reason": dict(failed),
+        "would_fail_by_reason": t.failed_by_reason,
         "skipped": sums["skipped"],
-        "skipped_by_reason": dict(skipped),
+        "skipped_by_reason": t.skipped_by_reason,
         "source_missing": sums["source_missing"],
-        "failure_share": round(sums["failed"] / tried, 6) if tried else 0.0,
-        "success_rate_where_source_exists": round(sums["relinked"] / with_source, 6) if with_source else 1.0,
+        "failure_share": t.failure_share,
+        "success_rate_where_source_exists": round(t.where_source, 6),
         "gate": gate,
-        "pages_planned": len(attachment_pages),
+        "pages_planned": t.pages,
     }
 
 

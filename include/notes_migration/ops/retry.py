@@ -22,15 +22,17 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration.domain.codes import Event, Outcome, Reason, Refused, State
+from notes_migration.domain.accounting import tally
+from notes_migration.domain.codes import Outcome, Reason, Refused, State
 from notes_migration.domain.config import NOTE_LOG, PAGES, RunConfig
-from notes_migration.domain.events import event
 from notes_migration.domain.plain import as_plain, utc_now
 from notes_migration.domain.resolve import resolve_contacts
+from notes_migration.domain.transform import Decision
 from notes_migration.run import batch, start, validate
 from notes_migration.stores import cdp_store, crm_source, job_store
 
@@ -110,8 +112,9 @@ def retry_job(
     try:
         job, queue = check_retry(db, job_id, reason_codes)  # again, under the lock
         started = utc_now()
-        record = _retry(crm, db, job, cfg, queue, relink)
-        verdict = validate.validate(crm, db, job_id)
+        with start.fenced_as(run_id):  # its inserts, copies and records are fenced by the retry's own hold
+            record = _retry(crm, db, job, cfg, queue, relink)
+            verdict = validate.validate(crm, db, job_id)
         record.update(
             number=number,
             requested_by=requested_by,
@@ -176,111 +179,130 @@ def _remember_contacts(db: Database, job_id: str, contacts: dict) -> None:
         job_store.save_person_map(db, job_id, {**saved, **{p: match.contact_id for p, match in contacts.items()}})
 
 
+@dataclass
+class _Moved:
+    """What a retry changes in the job's bookkeeping: the queue entries it drops, the entries and events it
+    adds, the notes it recovered (legacy id → CDP note id) and the new outcomes, counted."""
+
+    drop: list[str] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    recovered: dict[int, Any] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    still_failed: Counter[str] = field(default_factory=Counter)
+
+
 def _retry(crm, db: Database, job: dict, cfg: RunConfig, queue: list[dict], relink) -> dict[str, Any]:
     job_id = job["_id"]
     by_note = {int(e["legacy_crm_note_id"]): e for e in queue}
-    rows = crm_source.read_notes(crm, cfg.cid, sorted(by_note))
-    persons = {r.crm_person_id for r in rows}
-    contacts = resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))  # fresh
-    _remember_contacts(db, job_id, contacts)
-    decisions = batch.transform_page(rows, db, cfg, contacts)
-    docs = [d.doc for d in decisions if d.doc is not None]
-    result = cdp_store.MongoNoteWriter(db).write(docs) if docs else cdp_store.WriteResult()
-
+    decisions, result = _reinsert(crm, db, job, cfg, sorted(by_note))
     pages = {p["_id"]: p for p in db[PAGES].find({"_id": {"$in": sorted({e["job_page"] for e in queue})}})}
-    entries, events_out, drop = [], [], []
-    recovered: dict[int, Any] = {}
-    outcomes: Counter[str] = Counter()
-    still_failed: Counter[str] = Counter()
+    moved = _Moved()
     read = {d.note_id for d in decisions}
     for note_id, entry in by_note.items():  # a queued note the CRM no longer has stays failed as it was
         if note_id not in read:
-            still_failed[entry["reason_code"]] += 1
+            moved.still_failed[entry["reason_code"]] += 1
     for d in decisions:
         old = by_note[d.note_id]
-        page = pages[old["job_page"]]
-        failure = d.failure
-        if d.doc is not None and d.note_id in result.errors:
-            failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
-        _uncount(page, old["reason_code"])
-        if failure is not None:
-            still_failed[failure.value] += 1
-            outcomes[Outcome.FAILED.value] += 1
-            _count(page, "failed", "failed_by_reason", failure.value)
-            if failure.value != old["reason_code"]:
-                drop.append(old["_id"])
-                entries.append({**_entry(old, failure.value, d.details), "created_at": old["created_at"]})
-                events_out.append(
-                    event(
-                        Event.NOTE_FAILED,
-                        job_id=job_id,
-                        cid=cfg.cid,
-                        subject=d.note_id,
-                        legacy_crm_note_id=d.note_id,
-                        reason_code=failure.value,
-                        details=d.details,
-                        retry=True,
-                    )
-                )
-            continue
-        drop.append(old["_id"])
-        if d.skip is not None:
-            outcomes[Outcome.SKIPPED.value] += 1
-            page["attempted"] = int(page.get("attempted") or 0) - 1
-            _count(page, "skipped", "skipped_by_reason", d.skip.value)
-            entries.append({**_entry(old, d.skip.value, d.details), "outcome": Outcome.SKIPPED.value})
-            continue
-        if d.note_id in result.already_migrated:
-            outcomes[Outcome.ALREADY_MIGRATED.value] += 1
-            page["already_migrated"] = int(page.get("already_migrated") or 0) + 1
-            continue
-        outcomes[Outcome.MIGRATED.value] += 1
-        recovered[d.note_id] = result.inserted.get(d.note_id)
-        page["migrated"] = int(page.get("migrated") or 0) + 1
-        page["owners_unresolved"] = int(page.get("owners_unresolved") or 0) + int(d.owner_unresolved)
-        if d.checkin_dropped:
-            page["checkins_dropped"] = int(page.get("checkins_dropped") or 0) + 1
-            entries.append(
-                {
-                    **_entry(old, Reason.CHECKIN_DROPPED.value, "check-in not migrated (D-10)"),
-                    "outcome": Outcome.MIGRATED.value,
-                }
-            )
-        for warning in d.warnings:
-            entries.append({**_entry(old, warning.value, d.warning_details), "outcome": Outcome.MIGRATED.value})
-        if d.owner_unresolved and d.doc is not None:
-            events_out.append(
-                event(
-                    Event.OWNER_NOT_RESOLVED,
-                    job_id=job_id,
-                    cid=cfg.cid,
-                    subject=d.note_id,
-                    legacy_crm_note_id=d.note_id,
-                    legacy_owner_label=d.doc.get("legacy_owner_label"),
-                )
-            )
+        _move(moved, pages[old["job_page"]], old, d, result)
+    _record(db, job, cfg, pages, moved)
+    relinked = _relink_touched(pages, by_note, moved.recovered, relink)
+    log.info(
+        "retry of job %s: %d retried, %d recovered, still failed %s",
+        job_id,
+        len(queue),
+        len(moved.recovered),
+        moved.still_failed,
+    )
+    return {
+        "retried": len(queue),
+        "recovered": len(moved.recovered),
+        "outcomes": dict(moved.outcomes),
+        "still_failed_by_reason": dict(moved.still_failed),
+        "recovered_note_ids": sorted(moved.recovered),
+        "pages_relinked": relinked,
+    }
 
-    # bookkeeping, under the lock: the queue entries, the audit, then the page results replaced whole
-    if drop:
-        db[NOTE_LOG].delete_many({"_id": {"$in": drop}})
-    job_store.insert_note_log(db, entries)
-    job_store.record_events(db, events_out)
+
+def _reinsert(
+    crm, db: Database, job: dict, cfg: RunConfig, note_ids: list[int]
+) -> tuple[list[Decision], cdp_store.WriteResult]:
+    """The queued notes read again, their persons resolved afresh (the run's saved map predates a backfill),
+    decided and inserted like a page's."""
+    rows = crm_source.read_notes(crm, cfg.cid, note_ids)
+    persons = {r.crm_person_id for r in rows}
+    contacts = resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))  # fresh
+    _remember_contacts(db, job["_id"], contacts)
+    decisions = batch.transform_page(rows, db, cfg, contacts)
+    docs = [d.doc for d in decisions if d.doc is not None]
+    start.check_fence(db, job)
+    result = cdp_store.MongoNoteWriter(db).write(docs) if docs else cdp_store.WriteResult()
+    return decisions, result
+
+
+def _move(moved: _Moved, page: dict, old: Mapping[str, Any], d: Decision, result: cdp_store.WriteResult) -> None:
+    """One queued note moved from its failure to its new outcome: on its page's counters (accounting.tally)
+    and in the note log and events, with the records a batch writes for that outcome."""
+    job_id, cid, job_page = old["job_id"], old["cid"], old["job_page"]
+    batch.insert_failed(d, result)
+    tally(page, Outcome.FAILED, old["reason_code"], -1)
+    if d.failure is not None:
+        moved.still_failed[d.failure.value] += 1
+        moved.outcomes[Outcome.FAILED.value] += 1
+        tally(page, Outcome.FAILED, d.failure)
+        if d.failure.value != old["reason_code"]:  # its new reason replaces the entry, queued since the same time
+            moved.drop.append(old["_id"])
+            moved.entries.append(
+                job_store.note_log_entry(
+                    job_id, cid, job_page, d.note_id, Outcome.FAILED, d.failure, d.details, created_at=old["created_at"]
+                )
+            )
+            moved.events.append(batch.failure_event(job_id, cid, d, retry=True))
+        return
+    moved.drop.append(old["_id"])
+    if d.skip is not None:
+        moved.outcomes[Outcome.SKIPPED.value] += 1
+        tally(page, Outcome.SKIPPED, d.skip)
+        moved.entries.append(
+            job_store.note_log_entry(job_id, cid, job_page, d.note_id, Outcome.SKIPPED, d.skip, d.details)
+        )
+        return
+    if d.note_id in result.already_migrated:
+        moved.outcomes[Outcome.ALREADY_MIGRATED.value] += 1
+        tally(page, Outcome.ALREADY_MIGRATED)
+        return
+    moved.outcomes[Outcome.MIGRATED.value] += 1
+    moved.recovered[d.note_id] = result.inserted.get(d.note_id)
+    tally(page, Outcome.MIGRATED)
+    page["owners_unresolved"] = int(page.get("owners_unresolved") or 0) + int(d.owner_unresolved)
+    if d.checkin_dropped:
+        page["checkins_dropped"] = int(page.get("checkins_dropped") or 0) + 1
+    entries, events = batch.migrated_records(job_id, cid, job_page, d)
+    moved.entries += entries
+    moved.events += events
+
+
+def _record(db: Database, job: dict, cfg: RunConfig, pages: dict[str, dict], moved: _Moved) -> None:
+    """The bookkeeping, under the lock: the queue entries, the events, the audit, then the page results
+    replaced whole."""
+    job_id = job["_id"]
+    if moved.drop:
+        db[NOTE_LOG].delete_many({"_id": {"$in": moved.drop}})
+    job_store.insert_note_log(db, moved.entries)
+    job_store.record_events(db, moved.events)
     number = len(job.get("retries") or []) + 1
-    if recovered:
+    if moved.recovered:
+        audit_id = f"{job_id}:retry:{number}"
         job_store.record_audit(
-            db,
-            {
-                "_id": f"{job_id}:retry:{number}",
-                "job_id": job_id,
-                "cid": cfg.cid,
-                "company_sso_id": cfg.company_sso_id,
-                "created_at": utc_now(),
-                **job_store.audit_arrays(recovered),
-            },
+            db, job_store.audit_record(audit_id, job_id, cfg.cid, cfg.company_sso_id, moved.recovered)
         )
     for page in pages.values():
         page["retried_at"] = utc_now()
         job_store.save_page_result(db, page)
+
+
+def _relink_touched(pages: dict[str, dict], by_note: dict[int, dict], recovered: dict[int, Any], relink) -> int:
+    """The files of the pages whose notes the retry recovered, relinked; how many pages."""
     relinked = 0
     if relink is not None and recovered:
         touched = sorted({by_note[n]["job_page"] for n in recovered})
@@ -288,43 +310,4 @@ def _retry(crm, db: Database, job: dict, cfg: RunConfig, queue: list[dict], reli
             p = pages[key]
             relink({"page_no": p["page_no"], "lo_id": p["lo_id"], "hi_id": p["hi_id"]})
             relinked += 1
-    log.info(
-        "retry of job %s: %d retried, %d recovered, still failed %s", job_id, len(queue), len(recovered), still_failed
-    )
-    return {
-        "retried": len(queue),
-        "recovered": len(recovered),
-        "outcomes": dict(outcomes),
-        "still_failed_by_reason": dict(still_failed),
-        "recovered_note_ids": sorted(recovered),
-        "pages_relinked": relinked,
-    }
-
-
-def _entry(old: Mapping[str, Any], reason: str, details: str) -> dict[str, Any]:
-    note_id = old["legacy_crm_note_id"]
-    return {
-        "_id": f"{old['job_id']}:{note_id}:{reason}",
-        "job_id": old["job_id"],
-        "job_page": old["job_page"],
-        "cid": old["cid"],
-        "legacy_crm_note_id": note_id,
-        "outcome": Outcome.FAILED.value,
-        "reason_code": reason,
-        "details": details,
-        "created_at": utc_now(),
-    }
-
-
-def _uncount(page: dict, reason: str) -> None:
-    page["failed"] = int(page.get("failed") or 0) - 1
-    by = dict(page.get("failed_by_reason") or {})
-    by[reason] = int(by.get(reason) or 0) - 1
-    page["failed_by_reason"] = {k: v for k, v in by.items() if v > 0}
-
-
-def _count(page: dict, counter: str, by_key: str, reason: str) -> None:
-    page[counter] = int(page.get(counter) or 0) + 1
-    by = dict(page.get(by_key) or {})
-    by[reason] = int(by.get(reason) or 0) + 1
-    page[by_key] = by
+    return relinked

@@ -24,7 +24,7 @@ from pymongo.database import Database
 
 from notes_migration.domain import config as C
 from notes_migration.domain.attachment_plan import notes_prefix
-from notes_migration.domain.codes import Reason, Refused
+from notes_migration.domain.codes import Fenced, Reason, Refused
 from notes_migration.domain.config import RunConfig
 from notes_migration.domain.plain import as_plain, utc_now
 from notes_migration.stores import crm_source, job_store
@@ -32,7 +32,6 @@ from notes_migration.stores import s3_store as s3
 
 log = logging.getLogger(__name__)
 
-ROLLBACKS = "crm_migration_rollbacks"
 _CHUNK = 500
 
 
@@ -85,9 +84,29 @@ def rollback_cid(
     target: s3.Bucket | None = None,
     lease_seconds: int = 3 * 3600,
 ) -> dict[str, Any]:
-    """Plan (dry run) or perform the rollback of a CID; raises Refused (nothing written) when it must not run."""
-    if job_store.lock_is_live(job_store.get_lock(db, cid), lease_seconds):
-        raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cid} has a run in progress: cancel it first")
+    """Plan (dry run) or perform the rollback of a CID; raises Refused (nothing written) when it must not run.
+
+    An execute holds the CID's lock from its first read to its last write (holder `rollback:<id>`), so a run
+    triggered meanwhile is refused JOB_ALREADY_RUNNING, a second rollback likewise, and each delete is fenced."""
+    if dry_run:
+        if job_store.lock_is_live(job_store.get_lock(db, cid), lease_seconds):
+            raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cid} has a run in progress: cancel it first")
+        return _plan(crm, db, cid, dry_run=True)[0]
+    rollback_id = str(uuid.uuid4())
+    holder = f"rollback:{rollback_id}"
+    try:
+        job_store.acquire_lock(db, cid, job_id=holder, run_id=holder, lease_seconds=lease_seconds)
+    except job_store.LockHeld as held:
+        raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cid} is locked ({held}): cancel or wait first") from None
+    try:
+        report, pages, by_company, stored_by_company = _plan(crm, db, cid, dry_run=False)
+        return _execute(db, cid, report, pages, by_company, stored_by_company, rollback_id, requested_by, target)
+    finally:
+        job_store.release_lock(db, cid, holder)
+
+
+def _plan(crm, db: Database, cid: int, *, dry_run: bool) -> tuple[dict[str, Any], list[dict], dict, dict]:
+    """What a rollback of the CID would delete; RollbackRefused when a note changed in CDP. Writes nothing."""
     pages, audited = _audited(db, cid)
     if not audited:
         raise Refused(Reason.NOTHING_TO_ROLL_BACK, f"CID {cid} has no migrated notes in its audit map to roll back")
@@ -119,26 +138,46 @@ def rollback_cid(
     if report["changed_in_cdp"]:
         n = len(report["changed_in_cdp"])
         raise RollbackRefused(report, f"{n} notes of CID {cid} changed in CDP after migration; nothing rolled back")
-    if dry_run:
-        return report
+    return report, pages, by_company, stored_by_company
 
-    rollback_id = str(uuid.uuid4())
+
+def _execute(
+    db: Database,
+    cid: int,
+    report: dict[str, Any],
+    pages: list[dict],
+    by_company: dict[str, dict[int, Any]],
+    stored_by_company: dict[str, dict[int, dict]],
+    rollback_id: str,
+    requested_by: str,
+    target: s3.Bucket | None,
+) -> dict[str, Any]:
+    holder = f"rollback:{rollback_id}"
+
+    def fence() -> None:
+        if not job_store.holds_lock(db, cid, holder):
+            raise Fenced(f"rollback {rollback_id} no longer holds the lock of CID {cid}: it deleted nothing more")
+
     stamp = utc_now()
     deleted = objects = 0
     for company, stored in stored_by_company.items():
         ids = [d["_id"] for d in stored.values()]
         for i in range(0, len(ids), _CHUNK):
+            fence()
             deleted += (
                 db[C.CONTACT_NOTES]
                 .delete_many({"_id": {"$in": ids[i : i + _CHUNK]}, "company_sso_id": company})
                 .deleted_count
             )
         if target is not None:
+            fence()
             for legacy in sorted(by_company[company]):
                 objects += s3.delete_prefix(target, notes_prefix(company, legacy))
     for page in pages:
         db[C.AUDIT].update_one({"_id": page["_id"]}, {"$set": {"rolled_back_at": stamp, "rollback_id": rollback_id}})
-    for job in db[C.JOBS].find({"cid": cid, "rolled_back": {"$exists": False}}, {"_id": 1}):
+    for job in db[C.JOBS].find(
+        {"cid": cid, "rolled_back": {"$exists": False}, "created_at": {"$lt": stamp}}, {"_id": 1}
+    ):
         job_store.update_job(db, job["_id"], rolled_back={"at": stamp, "rollback_id": rollback_id, "by": requested_by})
     record = {
         "_id": rollback_id,
@@ -151,7 +190,7 @@ def rollback_cid(
         "notes_already_gone": report["notes_already_gone"],
         "objects_deleted": objects if target is not None else None,
     }
-    db[ROLLBACKS].insert_one(record)
+    db[C.ROLLBACKS].insert_one(record)
     log.info("rolled back CID %s: %s", cid, record)
     return {**report, "rollback": as_plain(record)}
 
@@ -165,4 +204,4 @@ class RollbackRefused(Refused):
 
 
 def rollbacks(db: Database, cid: int) -> list[dict]:
-    return [as_plain(r) or {} for r in db[ROLLBACKS].find({"cid": cid}).sort("at", -1)]
+    return [as_plain(r) or {} for r in db[C.ROLLBACKS].find({"cid": cid}).sort("at", -1)]

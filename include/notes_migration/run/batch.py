@@ -1,4 +1,4 @@
-"""Step 3 and 4 of a run: planning task pages and migrating one page (migration.plan / migrate_page).
+"""Step 4 of a run: migrating one task page (migrate_page), batch after batch (plan.py packs them).
 
 A *batch* is the PRD's insert unit (`batch_size` notes, ≤ 1000) and the unit of every page result,
 note-log key and audit record below ("page" from here on); a *task page* is what one mapped task
@@ -6,19 +6,22 @@ processes: k consecutive batches, one after another (config.TARGET_TASK_PAGES sa
 so that a large CID does not pay a task's start-up per batch and no run has more than MAX_TASK_PAGES
 mapped tasks, while a small CID still gets one task per batch.
 
-Halting with parallel pages (design: "a page decides its notes' outcomes before it writes"):
+Halting with parallel pages (design: "a page decides its notes' outcomes before it writes"), the
+steps of migrate_batch, top-down:
 
-1. the page reads, resolves and normalises, so every note's outcome is decided before any write;
-2. it publishes those decisions as its *provisional* page result (decided failures and attempted
+1. decide_batch: the page reads, resolves and normalises, so every note's outcome is decided before any
+   write;
+2. publish: it publishes those decisions as its *provisional* page result (decided failures and attempted
    notes, nothing migrated yet), replacing whatever an earlier attempt of the same page left;
-3. then, immediately before its insert, it re-reads the run's halt state and every page result of
-   the job (other pages' final or provisional results) and judges the failure rate over all of
+3. recheck_halt: then, immediately before its insert, it re-reads the run's halt state and every page
+   result of the job (other pages' final or provisional results) and judges the failure rate over all of
    them plus its own decided failures (accounting.should_halt);
-4. a page that would cross the threshold (or finds the run halted) records its decided failures,
-   reason-coded, inserts nothing, and halts the run; otherwise it inserts (its decided skips and
-   failures, their events and the lock's heartbeat written beside the insert), then writes its final
-   result, audit, and the note log and events the insert decided (in parallel: they do not depend on
-   each other).
+4. withhold: a page that would cross the threshold (or finds the run halted) records its decided
+   failures, reason-coded, inserts nothing, and halts the run;
+5. write: otherwise it inserts (insert_notes), its decided skips and failures, their events and the
+   lock's heartbeat written beside the insert;
+6. account: then it writes its final result, audit, and the note log and events the insert decided (in
+   parallel: they do not depend on each other).
 
 Because every page publishes (2) before it checks (3), of any set of pages running at once the
 last one to check sees all of their decisions: only pages whose check came before the crossing
@@ -34,14 +37,16 @@ collection, so an insert is the cheapest round trip there is."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from pymongo.database import Database
 
-from notes_migration.domain.accounting import Totals, should_halt, sum_pages
+from notes_migration.domain.accounting import Totals, should_halt, sum_pages, tally
 from notes_migration.domain.codes import (
     AlreadyHalted,
     Event,
@@ -56,13 +61,13 @@ from notes_migration.domain.config import (
 from notes_migration.domain.events import event
 from notes_migration.domain.plain import utc_now
 from notes_migration.domain.resolve import ContactMatch, resolve_contacts, resolve_owners, saved_matches
-from notes_migration.domain.rows import batches_of
+from notes_migration.domain.rows import NoteRow, batches_of
 from notes_migration.domain.transform import (
     Decision,
     crm_users,
     decide,
 )
-from notes_migration.run.start import halt_job, load_job
+from notes_migration.run.start import check_fence, halt_job, load_job
 from notes_migration.stores import cdp_store, crm_source, job_store, metrics
 
 log = logging.getLogger(__name__)
@@ -101,21 +106,8 @@ def page_contacts(db: Database, job_id: str, cfg: RunConfig, rows, saved: dict[i
     return resolve_contacts(persons, cdp_store.find_contacts(db, cfg.company_sso_id, persons))
 
 
-def _log_entry(job_id: str, cid: int, page_no: int, note_id: int, outcome: Outcome, reason: Reason, details: str):
-    return {
-        "_id": f"{job_id}:{note_id}:{reason.value}",
-        "job_id": job_id,
-        "job_page": job_store.page_key(job_id, page_no),
-        "cid": cid,
-        "legacy_crm_note_id": note_id,
-        "outcome": outcome.value,
-        "reason_code": reason.value,
-        "details": details,
-        "created_at": utc_now(),
-    }
-
-
-def _failure_event(job_id: str, cid: int, d: Decision) -> dict:
+def failure_event(job_id: str, cid: int, d: Decision, **extra: Any) -> dict:
+    """The note_failed event of a failed note (a failed-record retry adds `retry=True`)."""
     return event(
         Event.NOTE_FAILED,
         job_id=job_id,
@@ -124,40 +116,77 @@ def _failure_event(job_id: str, cid: int, d: Decision) -> dict:
         legacy_crm_note_id=d.note_id,
         reason_code=d.failure.value if d.failure else None,
         details=d.details,
+        **extra,
     )
 
 
-def _counts(decisions: list[Decision]) -> tuple[dict[str, int], dict[str, int]]:
-    failed: dict[str, int] = {}
-    skipped: dict[str, int] = {}
-    for d in decisions:
-        if d.failure:
-            failed[d.failure.value] = failed.get(d.failure.value, 0) + 1
-        elif d.skip:
-            skipped[d.skip.value] = skipped.get(d.skip.value, 0) + 1
-    return failed, skipped
+def insert_failed(d: Decision, result: cdp_store.WriteResult) -> bool:
+    """Whether the insert refused this note's document (after its retry): the note then fails
+    BATCH_INSERT_FAILED with the write's error."""
+    if d.doc is None or d.note_id not in result.errors:
+        return False
+    d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
+    return True
+
+
+CHECKIN_DROPPED_DETAILS = "check-in not migrated (D-10)"
+
+
+def migrated_records(job_id: str, cid: int, job_page: str, d: Decision) -> tuple[list[dict], list[dict]]:
+    """The note log entries and events of a note now in CDP: its dropped check-in and its warnings (e.g.
+    HTML_FLATTENED_TO_TEXT: migrated as its text, never lost) as `migrated` entries, an unresolved owner as
+    an event. The batch and a failed-record retry record a written note with this one rule."""
+    entries = []
+    if d.checkin_dropped:
+        entries.append(
+            job_store.note_log_entry(
+                job_id, cid, job_page, d.note_id, Outcome.MIGRATED, Reason.CHECKIN_DROPPED, CHECKIN_DROPPED_DETAILS
+            )
+        )
+    for warning in d.warnings:
+        entries.append(
+            job_store.note_log_entry(job_id, cid, job_page, d.note_id, Outcome.MIGRATED, warning, d.warning_details)
+        )
+    events = []
+    if d.owner_unresolved and d.doc is not None:
+        events.append(
+            event(
+                Event.OWNER_NOT_RESOLVED,
+                job_id=job_id,
+                cid=cid,
+                subject=d.note_id,
+                legacy_crm_note_id=d.note_id,
+                legacy_owner_label=d.doc.get("legacy_owner_label"),
+            )
+        )
+    return entries, events
 
 
 def _page_doc(job_id: str, cfg: RunConfig, page: dict, rows: int, decisions: list[Decision], **fields: Any) -> dict:
-    failed_by, skipped_by = _counts(decisions)
-    failed, skipped = sum(failed_by.values()), sum(skipped_by.values())
-    return {
-        "_id": f"{job_id}:{page['page_no']}",
+    """The page's result with its decided outcomes counted (accounting.tally); nothing migrated yet."""
+    doc = {
+        "_id": job_store.page_key(job_id, page["page_no"]),
         "job_id": job_id,
         "cid": cfg.cid,
         "page_no": page["page_no"],
         "lo_id": page["lo_id"],
         "hi_id": page["hi_id"],
         "rows": rows,
-        "attempted": rows - skipped,
+        "attempted": rows,
         "migrated": 0,
         "already_migrated": 0,
-        "skipped": skipped,
-        "failed": failed,
-        "failed_by_reason": failed_by,
-        "skipped_by_reason": skipped_by,
+        "skipped": 0,
+        "failed": 0,
+        "failed_by_reason": {},
+        "skipped_by_reason": {},
         **fields,
     }
+    for d in decisions:
+        if d.failure:
+            tally(doc, Outcome.FAILED, d.failure)
+        elif d.skip:
+            tally(doc, Outcome.SKIPPED, d.skip)
+    return doc
 
 
 def halt_decision(others: list[dict], mine: dict, job: dict, cfg: RunConfig) -> Totals | None:
@@ -219,6 +248,56 @@ def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.M
     return {**summary, "batches_resumed": resumed}
 
 
+@dataclass
+class _Batch:
+    """One batch on its way through migrate_batch: what each step hands to the next."""
+
+    db: Database
+    job_id: str
+    page: dict
+    pool: ThreadPoolExecutor
+    job: dict
+    cfg: RunConfig
+    rows: list[NoteRow]
+    decisions: list[Decision]
+    marks: dict[str, float]  # time.perf_counter() as each step ended: the page result's timings
+    provisional: dict = field(default_factory=dict)
+    attempt: int = 1
+    retry: bool = False  # an earlier attempt of this page recorded a result
+    insert_started_at: dt.datetime | None = None
+
+    @property
+    def page_no(self) -> int:
+        return self.page["page_no"]
+
+    @property
+    def job_page(self) -> str:
+        return job_store.page_key(self.job_id, self.page_no)
+
+    def page_doc(self, **fields: Any) -> dict:
+        return _page_doc(self.job_id, self.cfg, self.page, len(self.rows), self.decisions, **fields)
+
+    def entry(self, d: Decision, outcome: Outcome, reason: Reason) -> dict:
+        return job_store.note_log_entry(self.job_id, self.cfg.cid, self.job_page, d.note_id, outcome, reason, d.details)
+
+
+@dataclass
+class _Check:
+    """The run as re-read immediately before the insert, and what it decides for this page."""
+
+    fresh: dict  # the job
+    others: list[dict]  # the counters of every other page of the job (final or provisional)
+    checked_at: dt.datetime
+    crossing: Totals | None  # this page would take the failure rate over the threshold
+
+    @property
+    def halted_by(self) -> Reason | None:
+        """Why this page must not insert: the run's halt, or the crossing it would cause; None: insert."""
+        if self.fresh.get("state") == State.HALTED:
+            return Reason(self.fresh["halted"]["reason"])
+        return Reason.FAILURE_RATE_EXCEEDED if self.crossing is not None else None
+
+
 def migrate_batch(
     crm,
     db: Database,
@@ -227,244 +306,260 @@ def migrate_batch(
     writer: cdp_store.MongoNoteWriter | None = None,
     known: dict[str, Any] | None = None,
 ) -> dict:
-    """Read → resolve → normalise → decide every note → publish → re-check halt → insert → account.
+    """Decide → publish → re-check the halt → write → account (the module docstring says why in this order).
 
     `known` carries what the batches of one task page share and read only once (the run's person map
-    chunks, the company's users): each read decoded ~0.1 s of documents in FerretDB per batch."""
-    started = time.perf_counter()
-    page_no = page["page_no"]
+    chunks, the company's users)."""
     known = {} if known is None else known
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix=f"page{page_no}") as pool:
-        chunks_f = None if "chunks" in known else pool.submit(job_store.person_map_chunks, db, job_id)
-        job, cfg = load_job(db, job_id)  # the person map is read beside it: it needs only the job id
-        if job.get("state") == State.HALTED:
-            raise AlreadyHalted(
-                Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page_no} writes nothing"
-            )
-        users_f = None if "users" in known else pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
-        rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
-        t_read = time.perf_counter()
-        persons = {r.crm_person_id for r in rows}
-        chunks = known["chunks"] = chunks_f.result() if chunks_f else known["chunks"]
-        users = known["users"] = users_f.result() if users_f else known["users"]
-        saved = None if chunks is None else job_store.parse_person_map(chunks, persons)
-        decisions = transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows, saved), users=users)
-        t_transform = time.perf_counter()
-
-        # publish the decided outcomes, then re-check the run immediately before inserting
-        provisional = _page_doc(job_id, cfg, page, len(rows), decisions, state="deciding", started_at=utc_now())
-        previous = job_store.begin_page(db, provisional)
-        retry = previous is not None
-        attempt = int((previous or {}).get("attempt") or 0) + 1
-        cleared: Future | None = None
-        if retry:  # an earlier attempt may have left entries: a retried page leaves nothing stale
-            cleared = pool.submit(
-                job_store.delete_page_note_log, db, job_store.page_key(job_id, page_no), NOTE_OUTCOMES
-            )
-        fresh_f = pool.submit(job_store.get_job, db, job_id)
-        others = [p for p in job_store.page_counters(db, job_id) if p["page_no"] != page_no]
-        fresh = fresh_f.result() or job
-        checked_at = utc_now()
-        if cleared is not None:
-            cleared.result()
-        crossing = halt_decision(others, provisional, fresh, cfg)
-        decided_entries = [
-            _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.SKIPPED, d.skip, d.details)
-            for d in decisions
-            if d.skip
-        ] + [
-            _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.FAILED, d.failure, d.details)
-            for d in decisions
-            if d.failure
-        ]
-        decided_events = [_failure_event(job_id, cfg.cid, d) for d in decisions if d.failure]
-        t_check = time.perf_counter()
-
-        if fresh.get("state") == State.HALTED or crossing is not None:
-            # the notes it would have written get their one outcome: skipped, reason = why the run stops
-            why = (
-                Reason(fresh["halted"]["reason"])
-                if fresh.get("state") == State.HALTED
-                else Reason.FAILURE_RATE_EXCEEDED
-            )
-            withheld = [d for d in decisions if d.doc is not None]
-            for d in withheld:
-                d.doc, d.skip, d.details = (
-                    None,
-                    why,
-                    f"not written: the run halted ({why.value}) before this page inserted",
-                )
-                decided_entries.append(_log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.SKIPPED, why, d.details))
-            halted_doc = _page_doc(
-                job_id,
-                cfg,
-                page,
-                len(rows),
-                decisions,
-                state="halted",
-                withheld_by_halt=len(withheld),
-                attempt=attempt,
-                checked_at=checked_at,
-                finished_at=utc_now(),
-            )
-            waits = [
-                pool.submit(job_store.insert_note_log, db, decided_entries),
-                pool.submit(job_store.record_events, db, decided_events),
-                pool.submit(job_store.save_page_result, db, halted_doc),
-            ]
-            for w in waits:
-                w.result()
-            log.warning(
-                "page %s inserts nothing: %d decided failures recorded, %d notes withheld",
-                page_no,
-                provisional["failed"],
-                len(withheld),
-            )
-            if fresh.get("state") == State.HALTED:
-                raise AlreadyHalted(
-                    Reason(fresh["halted"]["reason"]), f"job {job_id} halted before page {page_no} inserted"
-                )
-            assert crossing is not None
-            raise _halted(db, fresh, cfg, crossing)
-
-        # what the insert cannot change is written beside it (the decided skips and failures, the heartbeat):
-        # FerretDB and PostgreSQL have a core to spare while one insert runs, and the after-insert round trip
-        # is then only the page result, its audit and what the insert decided
-        early = [
-            pool.submit(job_store.insert_note_log, db, decided_entries),
-            pool.submit(job_store.record_events, db, decided_events),
-            pool.submit(job_store.heartbeat_lock, db, cfg.cid, job["run_id"]),
-        ]
-        docs = [d.doc for d in decisions if d.doc is not None]
-        writer = writer or cdp_store.MongoNoteWriter(db)
-        insert_started_at = utc_now()
-        result = cdp_store.WriteResult()
-        if cfg.dry_run:  # what the insert would do: notes already in CDP would be already_migrated
-            ids = [d["legacy_crm_note_id"] for d in docs]
-            present = {n["legacy_crm_note_id"] for n in cdp_store.stored_notes(db, cfg.company_sso_id, ids, _LEGACY)}
-            result.inserted = {i: None for i in ids if i not in present}
-            result.already_migrated = present
-        else:
-            for i in range(0, len(docs), cfg.batch_size):
-                part = writer.write(docs[i : i + cfg.batch_size])
-                result.inserted.update(part.inserted)
-                result.already_migrated |= part.already_migrated
-                result.errors.update(part.errors)
-        t_write = time.perf_counter()
-
-        late_entries: list[dict] = []
-        late_events: list[dict] = []
-        ev: dict[str, Any] = {"job_id": job_id, "cid": cfg.cid}
-        for d in decisions:
-            if d.skip or d.failure:
-                continue
-            if d.note_id in result.errors:
-                d.failure, d.details = Reason.BATCH_INSERT_FAILED, result.errors[d.note_id]
-                late_entries.append(
-                    _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.FAILED, d.failure, d.details)
-                )
-                late_events.append(_failure_event(job_id, cfg.cid, d))
-                continue
-            if d.checkin_dropped:
-                late_entries.append(
-                    _log_entry(
-                        job_id,
-                        cfg.cid,
-                        page_no,
-                        d.note_id,
-                        Outcome.MIGRATED,
-                        Reason.CHECKIN_DROPPED,
-                        "check-in not migrated (D-10)",
-                    )
-                )
-            for warning in d.warnings:  # e.g. HTML_FLATTENED_TO_TEXT: migrated as its text, never lost
-                late_entries.append(
-                    _log_entry(job_id, cfg.cid, page_no, d.note_id, Outcome.MIGRATED, warning, d.warning_details)
-                )
-            if d.owner_unresolved and d.doc is not None:
-                late_events.append(
-                    event(
-                        Event.OWNER_NOT_RESOLVED,
-                        subject=d.note_id,
-                        legacy_crm_note_id=d.note_id,
-                        legacy_owner_label=d.doc.get("legacy_owner_label"),
-                        **ev,
-                    )
-                )
-
-        inserted, already = len(result.inserted), len(result.already_migrated)
-        final = _page_doc(job_id, cfg, page, len(rows), decisions)
-        assert inserted + already + final["failed"] + final["skipped"] == len(rows), "every note has one outcome"
-        final.update(
-            migrated=inserted,
-            already_migrated=already,
-            state="done",
-            attempt=attempt,
-            checkins_dropped=sum(1 for d in decisions if d.checkin_dropped and not d.skip and not d.failure),
-            owners_unresolved=sum(1 for d in decisions if d.owner_unresolved),
-            mentions_rewritten=sum(d.mentions for d in decisions),
-            checked_at=checked_at,
-            insert_started_at=insert_started_at,
-        )
-        audit_ids = dict(result.inserted)
-        if retry and result.already_migrated and not cfg.dry_run:
-            # an earlier attempt of this page may have inserted these and died before its audit
-            for doc in cdp_store.stored_notes(
-                db, cfg.company_sso_id, sorted(result.already_migrated), {"_id": 1, "legacy_crm_note_id": 1}
-            ):
-                audit_ids.setdefault(doc["legacy_crm_note_id"], doc["_id"])
-        final["timings_s"] = {
-            "read": t_read - started,
-            "transform": t_transform - t_read,
-            "check": t_check - t_transform,
-            "write": t_write - t_check,
-            "total": time.perf_counter() - started,
-        }
-        final["finished_at"] = utc_now()
-        late_events.append(
-            event(
-                Event.BATCH_COMPLETED,
-                subject=f"page{page_no}",
-                page_no=page_no,
-                rows=len(rows),
-                migrated=inserted,
-                already_migrated=already,
-                failed=final["failed"],
-                skipped=final["skipped"],
-                owners_unresolved=final["owners_unresolved"],
-                duration_s=round(final["timings_s"]["total"], 3),
-                **ev,
-            )
-        )
-        writes = [
-            *early,
-            pool.submit(job_store.save_page_result, db, final),
-            pool.submit(job_store.record_events, db, late_events),
-        ]
-        if late_entries:
-            writes.append(pool.submit(job_store.insert_note_log, db, late_entries))
-        if not cfg.dry_run and audit_ids:  # notes found already migrated are in the audit of the job that inserted them
-            first = job_store.page_key(job_id, page_no)  # the relink step reads this one (audit_note_ids)
-            audit_id = first if attempt == 1 else f"{first}:{attempt}"
-            writes.append(
-                pool.submit(
-                    job_store.record_audit,
-                    db,
-                    {
-                        "_id": audit_id,
-                        "job_id": job_id,
-                        "cid": cfg.cid,
-                        "company_sso_id": cfg.company_sso_id,
-                        "created_at": utc_now(),
-                        **job_store.audit_arrays(audit_ids),
-                    },
-                )
-            )
-        for w in writes:
-            w.result()
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix=f"page{page['page_no']}") as pool:
+        b = decide_batch(crm, db, job_id, page, pool, known)
+        cleared = publish(b)
+        check = recheck_halt(b, cleared)
+        entries, events = decided_records(b)
+        check_fence(db, check.fresh)  # immediately before the insert (or the halt's records)
+        b.marks["check"] = time.perf_counter()
+        if check.halted_by is not None:
+            withhold(b, check, entries, events)  # raises: this page inserts nothing
+        result, beside = write(b, entries, events, writer)
+        final = account(b, check, result, beside)
     metrics.page_completed(final)
 
-    crossing = halt_decision(others, final, fresh, cfg)  # insert errors count too
+    crossing = halt_decision(check.others, final, check.fresh, b.cfg)  # insert errors count too
     if crossing is not None:
-        raise _halted(db, fresh, cfg, crossing)
-    return {k: final[k] for k in ("page_no", "rows", "migrated", "already_migrated", "skipped", "failed")}
+        raise _halted(db, check.fresh, b.cfg, crossing)
+    return {k: final[k] for k in ("page_no", *SUMMARY_COUNTERS)}
+
+
+def decide_batch(crm, db: Database, job_id: str, page: dict, pool: ThreadPoolExecutor, known: dict) -> _Batch:
+    """Read, resolve and normalise: every note's outcome decided before anything is written. The run's person
+    map is read beside the job and the company's users beside the CRM read (each once per task page)."""
+    started = time.perf_counter()
+    chunks_f = None if "chunks" in known else pool.submit(job_store.person_map_chunks, db, job_id)
+    job, cfg = load_job(db, job_id)  # the person map is read beside it: it needs only the job id
+    if job.get("state") == State.HALTED:
+        raise AlreadyHalted(
+            Reason(job["halted"]["reason"]), f"job {job_id} halted earlier; page {page['page_no']} writes nothing"
+        )
+    check_fence(db, job)  # before its first write (the provisional page result)
+    users_f = None if "users" in known else pool.submit(cdp_store.company_users, db, cfg.company_sso_id)
+    rows = crm_source.read_page(crm, cfg.cid, page["lo_id"], page["hi_id"])
+    t_read = time.perf_counter()
+    persons = {r.crm_person_id for r in rows}
+    chunks = known["chunks"] = chunks_f.result() if chunks_f else known["chunks"]
+    users = known["users"] = users_f.result() if users_f else known["users"]
+    saved = None if chunks is None else job_store.parse_person_map(chunks, persons)
+    decisions = transform_page(rows, db, cfg, page_contacts(db, job_id, cfg, rows, saved), users=users)
+    marks = {"started": started, "read": t_read, "transform": time.perf_counter()}
+    return _Batch(db, job_id, page, pool, job, cfg, rows, decisions, marks)
+
+
+def publish(b: _Batch) -> Future | None:
+    """The decided outcomes published as the page's provisional result, replacing an earlier attempt's. A
+    retried page also clears the note log its earlier attempt left (in the background: the re-check waits
+    for it), so it leaves nothing stale."""
+    b.provisional = b.page_doc(state="deciding", started_at=utc_now())
+    previous = job_store.begin_page(b.db, b.provisional)
+    b.retry = previous is not None
+    b.attempt = int((previous or {}).get("attempt") or 0) + 1
+    if not b.retry:
+        return None
+    return b.pool.submit(job_store.delete_page_note_log, b.db, b.job_page, NOTE_OUTCOMES)
+
+
+def recheck_halt(b: _Batch, cleared: Future | None) -> _Check:
+    """Immediately before the insert: the run's halt state and every other page's counters re-read (in
+    parallel) and judged with this page's decided outcomes (halt_decision)."""
+    fresh_f = b.pool.submit(job_store.get_job, b.db, b.job_id)
+    others = [p for p in job_store.page_counters(b.db, b.job_id) if p["page_no"] != b.page_no]
+    fresh = fresh_f.result() or b.job
+    checked_at = utc_now()
+    if cleared is not None:
+        cleared.result()
+    return _Check(fresh, others, checked_at, halt_decision(others, b.provisional, fresh, b.cfg))
+
+
+def decided_records(b: _Batch) -> tuple[list[dict], list[dict]]:
+    """The note log entries (skips, then failures) and events of the outcomes decided before the insert."""
+    entries = [b.entry(d, Outcome.SKIPPED, d.skip) for d in b.decisions if d.skip] + [
+        b.entry(d, Outcome.FAILED, d.failure) for d in b.decisions if d.failure
+    ]
+    return entries, [failure_event(b.job_id, b.cfg.cid, d) for d in b.decisions if d.failure]
+
+
+def withhold(b: _Batch, check: _Check, entries: list[dict], events: list[dict]) -> NoReturn:
+    """The run is halted, or this page would halt it: the page records its decided failures, the notes it
+    would have written get their one outcome (skipped, the reason being why the run stops), its result is
+    recorded `halted`, nothing is inserted, and the halt is raised."""
+    why = check.halted_by
+    assert why is not None
+    withheld = [d for d in b.decisions if d.doc is not None]
+    for d in withheld:
+        d.doc, d.skip, d.details = None, why, f"not written: the run halted ({why.value}) before this page inserted"
+        entries.append(b.entry(d, Outcome.SKIPPED, why))
+    halted_doc = b.page_doc(
+        state="halted",
+        withheld_by_halt=len(withheld),
+        attempt=b.attempt,
+        checked_at=check.checked_at,
+        finished_at=utc_now(),
+    )
+    _wait(
+        [
+            b.pool.submit(job_store.insert_note_log, b.db, entries),
+            b.pool.submit(job_store.record_events, b.db, events),
+            b.pool.submit(job_store.save_page_result, b.db, halted_doc),
+        ]
+    )
+    log.warning(
+        "page %s inserts nothing: %d decided failures recorded, %d notes withheld",
+        b.page_no,
+        b.provisional["failed"],
+        len(withheld),
+    )
+    if check.fresh.get("state") == State.HALTED:
+        raise AlreadyHalted(why, f"job {b.job_id} halted before page {b.page_no} inserted")
+    assert check.crossing is not None
+    raise _halted(b.db, check.fresh, b.cfg, check.crossing)
+
+
+def write(
+    b: _Batch, entries: list[dict], events: list[dict], writer: cdp_store.MongoNoteWriter | None
+) -> tuple[cdp_store.WriteResult, list[Future]]:
+    """The insert, with what it cannot change written beside it (the decided skips and failures, their
+    events, the lock's heartbeat): the database has a core to spare while one insert runs, and the round
+    trip after the insert is then only what the insert decided. Returns its result and the side writes."""
+    beside = [
+        b.pool.submit(job_store.insert_note_log, b.db, entries),
+        b.pool.submit(job_store.record_events, b.db, events),
+        b.pool.submit(job_store.heartbeat_lock, b.db, b.cfg.cid, b.job["run_id"]),
+    ]
+    writer = writer or cdp_store.MongoNoteWriter(b.db)
+    b.insert_started_at = utc_now()
+    result = insert_notes(b, writer)
+    b.marks["write"] = time.perf_counter()
+    return result, beside
+
+
+def insert_notes(b: _Batch, writer: cdp_store.MongoNoteWriter) -> cdp_store.WriteResult:
+    """The batch's documents, inserted `batch_size` at a time. A dry run inserts nothing and says what the
+    insert would do: the notes already in CDP would be already_migrated."""
+    docs = [d.doc for d in b.decisions if d.doc is not None]
+    result = cdp_store.WriteResult()
+    if b.cfg.dry_run:
+        ids = [d["legacy_crm_note_id"] for d in docs]
+        present = {n["legacy_crm_note_id"] for n in cdp_store.stored_notes(b.db, b.cfg.company_sso_id, ids, _LEGACY)}
+        result.inserted = {i: None for i in ids if i not in present}
+        result.already_migrated = present
+        return result
+    for i in range(0, len(docs), b.cfg.batch_size):
+        part = writer.write(docs[i : i + b.cfg.batch_size])
+        result.inserted.update(part.inserted)
+        result.already_migrated |= part.already_migrated
+        result.errors.update(part.errors)
+    return result
+
+
+def account(b: _Batch, check: _Check, result: cdp_store.WriteResult, beside: list[Future]) -> dict:
+    """After the insert: the page's final result, its audit record, the note log and events the insert
+    decided, written in parallel (none depends on another), and the side writes of the insert awaited."""
+    entries, events = written_records(b, result)
+    final = _final_doc(b, check, result)
+    audit_ids = _audit_ids(b, result)
+    _stamp_timings(b, final)
+    events.append(_completed_event(b, final))
+    writes = [
+        *beside,
+        b.pool.submit(job_store.save_page_result, b.db, final),
+        b.pool.submit(job_store.record_events, b.db, events),
+    ]
+    if entries:
+        writes.append(b.pool.submit(job_store.insert_note_log, b.db, entries))
+    if not b.cfg.dry_run and audit_ids:  # notes found already migrated are in the audit of the job that inserted them
+        first = b.job_page  # the relink step reads this one (audit_note_ids)
+        audit_id = first if b.attempt == 1 else f"{first}:{b.attempt}"
+        record = job_store.audit_record(audit_id, b.job_id, b.cfg.cid, b.cfg.company_sso_id, audit_ids)
+        writes.append(b.pool.submit(job_store.record_audit, b.db, record))
+    _wait(writes)
+    return final
+
+
+def written_records(b: _Batch, result: cdp_store.WriteResult) -> tuple[list[dict], list[dict]]:
+    """The note log entries and events of what the insert decided: its failures, and the records of the
+    notes it wrote or found already there (migrated_records)."""
+    entries: list[dict] = []
+    events: list[dict] = []
+    for d in b.decisions:
+        if d.skip or d.failure:
+            continue
+        if insert_failed(d, result):
+            entries.append(b.entry(d, Outcome.FAILED, Reason.BATCH_INSERT_FAILED))
+            events.append(failure_event(b.job_id, b.cfg.cid, d))
+            continue
+        more_entries, more_events = migrated_records(b.job_id, b.cfg.cid, b.job_page, d)
+        entries += more_entries
+        events += more_events
+    return entries, events
+
+
+def _final_doc(b: _Batch, check: _Check, result: cdp_store.WriteResult) -> dict:
+    inserted, already = len(result.inserted), len(result.already_migrated)
+    final = b.page_doc()
+    assert inserted + already + final["failed"] + final["skipped"] == len(b.rows), "every note has one outcome"
+    final.update(
+        migrated=inserted,
+        already_migrated=already,
+        state="done",
+        attempt=b.attempt,
+        checkins_dropped=sum(1 for d in b.decisions if d.checkin_dropped and not d.skip and not d.failure),
+        owners_unresolved=sum(1 for d in b.decisions if d.owner_unresolved),
+        mentions_rewritten=sum(d.mentions for d in b.decisions),
+        checked_at=check.checked_at,
+        insert_started_at=b.insert_started_at,
+    )
+    return final
+
+
+def _audit_ids(b: _Batch, result: cdp_store.WriteResult) -> dict[int, Any]:
+    """{legacy id: CDP note id} of the notes this page's audit maps: those it inserted, and on a retried
+    page those found already there (an earlier attempt may have inserted them and died before its audit)."""
+    audit_ids = dict(result.inserted)
+    if b.retry and result.already_migrated and not b.cfg.dry_run:
+        for doc in cdp_store.stored_notes(
+            b.db, b.cfg.company_sso_id, sorted(result.already_migrated), {"_id": 1, "legacy_crm_note_id": 1}
+        ):
+            audit_ids.setdefault(doc["legacy_crm_note_id"], doc["_id"])
+    return audit_ids
+
+
+def _stamp_timings(b: _Batch, final: dict) -> None:
+    m = b.marks
+    final["timings_s"] = {
+        "read": m["read"] - m["started"],
+        "transform": m["transform"] - m["read"],
+        "check": m["check"] - m["transform"],
+        "write": m["write"] - m["check"],
+        "total": time.perf_counter() - m["started"],
+    }
+    final["finished_at"] = utc_now()
+
+
+def _completed_event(b: _Batch, final: dict) -> dict:
+    return event(
+        Event.BATCH_COMPLETED,
+        job_id=b.job_id,
+        cid=b.cfg.cid,
+        subject=f"page{b.page_no}",
+        page_no=b.page_no,
+        rows=final["rows"],
+        migrated=final["migrated"],
+        already_migrated=final["already_migrated"],
+        failed=final["failed"],
+        skipped=final["skipped"],
+        owners_unresolved=final["owners_unresolved"],
+        duration_s=round(final["timings_s"]["total"], 3),
+    )
+
+
+def _wait(futures: list[Future]) -> None:
+    for f in futures:
+        f.result()

@@ -63,19 +63,23 @@ def unmapped_person_entries(job: dict, per_person: dict[int, int], mapped) -> li
     """A coverage halt's error log: one row per person of `per_person` (in-scope notes per CRM person) that is
     not in `mapped` (the persons the run resolved), with the notes it holds back, in person order (pure)."""
     halted_at = (job.get("halted") or {}).get("at") or job.get("updated_at")
+    reason = Reason.COVERAGE_BELOW_GATE
+    key = job_store.run_error_key(job["_id"], reason)
     return [
-        {
-            "job_id": job["_id"],
-            "cid": job["cid"],
-            "legacy_crm_note_id": None,
-            "crm_person_id": person,
-            "notes_affected": notes,
-            "outcome": RUN_ERROR_OUTCOME,
-            "reason_code": Reason.COVERAGE_BELOW_GATE.value,
-            "details": f"CRM person {person}: {notes} in-scope notes; no contact of company {job['company_sso_id']} "
+        job_store.note_log_entry(
+            job["_id"],
+            job["cid"],
+            key,
+            None,
+            RUN_ERROR_OUTCOME,
+            reason,
+            f"CRM person {person}: {notes} in-scope notes; no contact of company {job['company_sso_id']} "
             f"has crm_data.id {person} or source crm/{person}",
-            "created_at": halted_at,
-        }
+            entry_id=f"{key}:{person}",
+            created_at=halted_at,
+            crm_person_id=person,
+            notes_affected=notes,
+        )
         for person, notes in sorted(per_person.items())
         if person not in mapped
     ]

@@ -34,6 +34,7 @@ from notes_migration.domain.events import event
 from notes_migration.domain.plain import utc_now
 from notes_migration.domain.rows import FileRow, batches_of
 from notes_migration.run.copy_engine import RetryPolicy, copy_files, target_listing
+from notes_migration.run.start import check_fence, holds_cid
 from notes_migration.stores import cdp_store, crm_source, job_store, metrics
 from notes_migration.stores import s3_store as s3
 
@@ -65,14 +66,13 @@ def relink_page(
     """Relink one task page: its batches one after another (each its own attachment result, as
     migrate_page accounts them), their files read in one CRM query, the S3 clients built once for all
     of them; then their file records in one insert (`_record`), the lock's heartbeat and the job's live
-    attachment figures (each write reads every attachment result of the job). A batch of 1,000 notes
-    whose files are all skipped costs 3 FerretDB commands, not 6 and a CRM query: ~20 ms instead of ~33
-    (CID 8101, in process). Returns the counters summed.
+    attachment figures (each write reads every attachment result of the job), once per task page rather
+    than per batch, since every FerretDB command costs a scan. Returns the counters summed.
 
     `first_attempt` (the operator's first try of this task): no earlier attempt can have left file
     records for these pages of this job, so they are not deleted first (on FerretDB v1 that delete
-    scans the whole note log: ~47 ms per batch at a 100,000-note CID). Anyone else relinks with the
-    delete (a retry, a failed-record retry, a test)."""
+    scans the whole note log). Anyone else relinks with the delete (a retry, a failed-record retry, a
+    test)."""
     buckets: dict[str, s3.Bucket] = {}
 
     def once(name: str, b: s3.Bucket | Callable[[], s3.Bucket]) -> Callable[[], s3.Bucket]:
@@ -90,21 +90,13 @@ def relink_page(
         done: list[BatchRelinked] = []
         try:
             for b in batches:
+                rows = files[b["page_no"]]
                 done.append(
-                    relink_batch(
-                        crm,
-                        db,
-                        job,
-                        b,
-                        files[b["page_no"]],
-                        source=src,
-                        target=dst,
-                        concurrency=concurrency,
-                        retry=retry,
-                    )
+                    relink_batch(crm, db, job, b, rows, source=src, target=dst, concurrency=concurrency, retry=retry)
                 )
-        finally:  # a halt or a failure mid-page: the batches already relinked keep their records
-            _record(db, job, done, clear=not first_attempt)
+        finally:  # a halt or a failure mid-page: the batches already relinked keep their records (if still ours)
+            if done and holds_cid(db, job):
+                _record(db, job, done, clear=not first_attempt)
         outcomes = [d.counters for d in done]
     for one in outcomes:
         for k, v in one.items():
@@ -116,12 +108,15 @@ def relink_page(
 
 
 def _relinkable_job(db: Database, job_id: str) -> dict[str, Any]:
-    """The job, unless it is gone (LookupError) or halted (RelinkSkipped: nothing more is written)."""
+    """The job, unless it is gone (LookupError), halted (RelinkSkipped) or its writer no longer holds the CID
+    (Fenced): read before a page starts and again before a batch copies files or updates notes."""
     job = job_store.get_job(db, job_id)
     if job is None:
         raise LookupError(f"job {job_id} not found")
     if job.get("state") == State.HALTED:
         raise RelinkSkipped(f"job {job_id} halted ({(job.get('halted') or {}).get('reason')}): no relinking")
+    if not job["config"].get("dry_run"):
+        check_fence(db, job)
     return job
 
 
@@ -197,59 +192,14 @@ def relink_batch(
     read again first: a run halted meanwhile copies and writes nothing more (RelinkSkipped)."""
     started = time.perf_counter()
     cfg = RunConfig.from_dict(job["config"])
-    t = cfg.thresholds
-    workers = concurrency or t.attachment_concurrency
-    by_note: dict[int, list[FileRow]] = {}
-    for row in rows:
-        by_note.setdefault(row.note_id, []).append(row)
-    planned = {
-        nid: plan_note_files(cfg.company_sso_id, nid, files, cap_bytes=t.attachment_size_cap_bytes)
-        for nid, files in sorted(by_note.items())
-    }
+    workers = concurrency or cfg.thresholds.attachment_concurrency
+    planned = _plans_by_note(cfg, rows)
     notes = _notes_to_relink(db, job["_id"], page["page_no"], cfg.company_sso_id, planned)
     plans = {nid: planned[nid] for nid in sorted(notes)}
     t_read = time.perf_counter()
-
-    flat = [p for ps in plans.values() for p in ps]
-    results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
-    checked = len(results) < len(flat)
-    if checked:  # something to copy: only then S3 clients and the target listing (and never after a halt)
-        _relinkable_job(db, job["_id"])
-        src, dst = source(), target()
-        known = target_listing(dst, cfg.company_sso_id, sorted(plans))
-        results = copy_files(
-            flat, src, dst, cap_bytes=t.attachment_size_cap_bytes, concurrency=workers, retry=retry, known=known
-        )
+    results, checked = _copy(db, job, cfg, plans, source, target, workers, retry)
     t_copy = time.perf_counter()
-
-    updates, entries, events_out = [], [], []
-    for nid, note_plans in plans.items():
-        attachments = merged_attachments(
-            notes[nid].get("attachments"), attachment_entries(note_plans, results, t.proxy_url_base)
-        )
-        if attachments != list(notes[nid].get("attachments") or []):
-            updates.append((notes[nid]["_id"], attachments))
-        for plan in note_plans:
-            r = results[plan.ref]
-            if r.outcome == AttachmentOutcome.RELINKED:
-                continue
-            entries.append(_log_entry(job, page["page_no"], nid, plan, r))
-            if r.outcome == AttachmentOutcome.FAILED:
-                events_out.append(
-                    event(
-                        Event.ATTACHMENT_FAILED,
-                        job_id=job["_id"],
-                        cid=cfg.cid,
-                        subject=f"{nid}:{plan.ref}",
-                        legacy_crm_note_id=nid,
-                        file=plan.ref,
-                        file_name=plan.name,
-                        key=plan.key,
-                        reason_code=r.reason.value if r.reason else None,
-                        attempts=r.attempts,
-                        details=r.details,
-                    )
-                )
+    updates, entries, events_out = _note_records(job, cfg, page["page_no"], plans, notes, results)
     if updates and not checked:
         _relinkable_job(db, job["_id"])
     cdp_store.set_note_attachments(db, updates)
@@ -271,6 +221,87 @@ def relink_batch(
         },
     )
     return BatchRelinked(job_store.page_key(job["_id"], page["page_no"]), page_doc, entries, events_out, bool(notes))
+
+
+def _plans_by_note(
+    cfg: RunConfig, rows: list[FileRow], leave_out: set[int] | frozenset[int] = frozenset()
+) -> dict[int, list[FilePlan]]:
+    """{legacy note id: the plans of its files}, in note order (the notes of `leave_out` have none)."""
+    by_note: dict[int, list[FileRow]] = {}
+    for row in rows:
+        if row.note_id not in leave_out:
+            by_note.setdefault(row.note_id, []).append(row)
+    cap = cfg.thresholds.attachment_size_cap_bytes
+    return {
+        nid: plan_note_files(cfg.company_sso_id, nid, files, cap_bytes=cap) for nid, files in sorted(by_note.items())
+    }
+
+
+def _copy(
+    db: Database,
+    job: Mapping[str, Any],
+    cfg: RunConfig,
+    plans: Mapping[int, list[FilePlan]],
+    source: Callable[[], s3.Bucket],
+    target: Callable[[], s3.Bucket],
+    workers: int,
+    retry: RetryPolicy | None,
+) -> tuple[dict[str, FileResult], bool]:
+    """Each planned file's result, and whether there was anything to copy: only then are the S3 clients built
+    and the target listed, after the job is read again (never after a halt, never once the run is fenced)."""
+    flat = [p for ps in plans.values() for p in ps]
+    results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
+    checked = len(results) < len(flat)
+    if checked:
+        _relinkable_job(db, job["_id"])
+        src, dst = source(), target()
+        known = target_listing(dst, cfg.company_sso_id, sorted(plans))
+        cap = cfg.thresholds.attachment_size_cap_bytes
+        results = copy_files(flat, src, dst, cap_bytes=cap, concurrency=workers, retry=retry, known=known)
+    return results, checked
+
+
+def _note_records(
+    job: Mapping[str, Any],
+    cfg: RunConfig,
+    page_no: int,
+    plans: Mapping[int, list[FilePlan]],
+    notes: Mapping[int, dict[str, Any]],
+    results: Mapping[str, FileResult],
+) -> tuple[list[tuple[Any, list]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the copies decide: each note's new `attachments` (only where it changed), and a reason-coded
+    record for every file not relinked, with an event for each failed one."""
+    updates, entries, events_out = [], [], []
+    for nid, note_plans in plans.items():
+        attachments = merged_attachments(
+            notes[nid].get("attachments"), attachment_entries(note_plans, results, cfg.thresholds.proxy_url_base)
+        )
+        if attachments != list(notes[nid].get("attachments") or []):
+            updates.append((notes[nid]["_id"], attachments))
+        for plan in note_plans:
+            r = results[plan.ref]
+            if r.outcome == AttachmentOutcome.RELINKED:
+                continue
+            entries.append(_log_entry(job, page_no, nid, plan, r))
+            if r.outcome == AttachmentOutcome.FAILED:
+                events_out.append(_failed_event(job, cfg, nid, plan, r))
+    return updates, entries, events_out
+
+
+def _failed_event(job: Mapping[str, Any], cfg: RunConfig, nid: int, plan: FilePlan, r: FileResult) -> dict[str, Any]:
+    return event(
+        Event.ATTACHMENT_FAILED,
+        job_id=job["_id"],
+        cid=cfg.cid,
+        subject=f"{nid}:{plan.ref}",
+        legacy_crm_note_id=nid,
+        file=plan.ref,
+        file_name=plan.name,
+        key=plan.key,
+        reason_code=r.reason.value if r.reason else None,
+        attempts=r.attempts,
+        details=r.details,
+    )
 
 
 def _notes_to_relink(
@@ -337,54 +368,14 @@ def plan_page(
     workers = concurrency or t.attachment_concurrency
     rows = crm_source.read_page_files(crm, cfg.cid, page["lo_id"], page["hi_id"])
     flagged = job_store.page_flagged_note_ids(db, job["_id"], page["page_no"])
-    by_note: dict[int, list[FileRow]] = {}
-    for row in rows:
-        if row.note_id not in flagged:
-            by_note.setdefault(row.note_id, []).append(row)
-    plans = {
-        nid: plan_note_files(cfg.company_sso_id, nid, by_note[nid], cap_bytes=t.attachment_size_cap_bytes)
-        for nid in sorted(by_note)
-    }
+    plans = _plans_by_note(cfg, rows, leave_out=flagged)
     flat = [p for ps in plans.values() for p in ps]
     known = target_listing(target, cfg.company_sso_id, sorted(plans)) if flat else None
-    todo = [p for p in flat if p.skip is None]
     results: dict[str, FileResult] = {p.ref: skipped_result(p) for p in flat if p.skip is not None}
-    to_copy_bytes = 0
-
-    def predict(plan: FilePlan) -> tuple[FileResult, int]:
-        present = (known or {}).get(plan.key) if known is not None else s3.head(target, plan.key)
-        try:
-            src = s3.head(source, plan.row.s3_key)
-        except Exception as exc:  # predicted as the real step would end after its retries
-            return FileResult(
-                plan.ref, AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED, f"HEAD failed: {exc}"[:300]
-            ), 0
-        if present is not None and present.content_type in (None, plan.mime_type):
-            if (src.size if src is not None else present.size) == present.size:
-                return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=present.size), 0
-        if src is None:
-            return FileResult(
-                plan.ref,
-                AttachmentOutcome.FAILED,
-                Reason.ATTACHMENT_DOWNLOAD_FAILED,
-                "source object missing (HEAD)",
-                source_missing=True,
-            ), 0
-        if src.size > t.attachment_size_cap_bytes:
-            return FileResult(
-                plan.ref,
-                AttachmentOutcome.SKIPPED,
-                Reason.ATTACHMENT_TOO_LARGE,
-                f"{src.size} bytes > cap {t.attachment_size_cap_bytes}",
-                size=src.size,
-            ), 0
-        return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=src.size, copied=True), src.size
-
-    if todo:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="plan") as pool:
-            for result, size in pool.map(predict, todo):
-                results[result.ref] = result
-                to_copy_bytes += size
+    predicted, to_copy_bytes = _predict_all(
+        [p for p in flat if p.skip is None], source, target, known, t.attachment_size_cap_bytes, workers
+    )
+    results.update(predicted)
     page_doc = page_result(
         job,
         page,
@@ -414,18 +405,70 @@ def plan_page(
     }
 
 
+def _predict_all(
+    todo: list[FilePlan],
+    source: s3.Bucket,
+    target: s3.Bucket,
+    known: dict[str, s3.ObjectInfo] | None,
+    cap_bytes: int,
+    workers: int,
+) -> tuple[dict[str, FileResult], int]:
+    """_predict for every file to try, `workers` at a time; their results and the bytes a real run would copy."""
+    results: dict[str, FileResult] = {}
+    to_copy_bytes = 0
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo))), thread_name_prefix="plan") as pool:
+            for result, size in pool.map(lambda plan: _predict(plan, source, target, known, cap_bytes), todo):
+                results[result.ref] = result
+                to_copy_bytes += size
+    return results, to_copy_bytes
+
+
+def _predict(
+    plan: FilePlan, source: s3.Bucket, target: s3.Bucket, known: dict[str, s3.ObjectInfo] | None, cap_bytes: int
+) -> tuple[FileResult, int]:
+    """What the real step would do with one file, from HEADs and the target listing; and the bytes it would copy."""
+    present = (known or {}).get(plan.key) if known is not None else s3.head(target, plan.key)
+    try:
+        src = s3.head(source, plan.row.s3_key)
+    except Exception as exc:  # predicted as the real step would end after its retries
+        return FileResult(
+            plan.ref, AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED, f"HEAD failed: {exc}"[:300]
+        ), 0
+    if present is not None and present.content_type in (None, plan.mime_type):
+        if (src.size if src is not None else present.size) == present.size:
+            return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=present.size), 0
+    if src is None:
+        return FileResult(
+            plan.ref,
+            AttachmentOutcome.FAILED,
+            Reason.ATTACHMENT_DOWNLOAD_FAILED,
+            "source object missing (HEAD)",
+            source_missing=True,
+        ), 0
+    if src.size > cap_bytes:
+        return FileResult(
+            plan.ref,
+            AttachmentOutcome.SKIPPED,
+            Reason.ATTACHMENT_TOO_LARGE,
+            f"{src.size} bytes > cap {cap_bytes}",
+            size=src.size,
+        ), 0
+    return FileResult(plan.ref, AttachmentOutcome.RELINKED, size=src.size, copied=True), src.size
+
+
 def _log_entry(job: Mapping[str, Any], page_no: int, note_id: int, plan: FilePlan, r: FileResult) -> dict[str, Any]:
     """A reason-coded per-file record in the note log (outcome attachment_failed / attachment_skipped)."""
-    return {
-        "_id": f"{job['_id']}:{note_id}:{plan.ref}",
-        "job_id": job["_id"],
-        "job_page": job_store.page_key(job["_id"], page_no),  # the page's records are replaced by this key
-        "cid": job["cid"],
-        "legacy_crm_note_id": note_id,
-        "outcome": r.outcome.value,
-        "reason_code": r.reason.value if r.reason else None,
-        "details": r.details,
-        "file": {
+    return job_store.note_log_entry(
+        job["_id"],
+        job["cid"],
+        job_store.page_key(job["_id"], page_no),  # the page's records are replaced by this key
+        note_id,
+        r.outcome,
+        r.reason,
+        r.details,
+        entry_id=f"{job['_id']}:{note_id}:{plan.ref}",
+        file={
             "ref": plan.ref,
             "name": plan.name,
             "key": plan.key,
@@ -434,8 +477,7 @@ def _log_entry(job: Mapping[str, Any], page_no: int, note_id: int, plan: FilePla
             "attempts": r.attempts,
             "source_missing": r.source_missing,
         },
-        "created_at": utc_now(),
-    }
+    )
 
 
 def page_result(

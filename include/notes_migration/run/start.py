@@ -3,8 +3,10 @@ later step writes through (halt, run error, release)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pymongo.database import Database
@@ -12,6 +14,7 @@ from pymongo.database import Database
 from notes_migration.domain.codes import (
     RUN_ERROR_OUTCOME,
     Event,
+    Fenced,
     Reason,
     Refused,
     State,
@@ -73,6 +76,7 @@ def start_job(
     """Preconditions, the per-CID lock, the job record and the started event."""
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
     job_id = job_id_for(run_id, cfg.cid)
+    refuse_if_cancelled(job_store.get_job(db, job_id))
     lock_cid(db, cfg, job_id=job_id, run_id=run_id)
     try:
         index_form = job_store.ensure_indexes(db)
@@ -118,6 +122,14 @@ def start_job(
     return descriptor(recorded)
 
 
+def refuse_if_cancelled(job: Mapping[str, Any] | None) -> None:
+    """A run cancelled by Ops before it recorded its job (ops/cancel.cancel_before_start left a CANCELLED record
+    under the job id its trigger returned) never starts: refused, nothing written."""
+    if job and (job.get("halted") or {}).get("reason") == Reason.CANCELLED:
+        by = job["halted"].get("cancelled_by")
+        raise Refused(Reason.CANCELLED, f"job {job['_id']} was cancelled by {by} before it started")
+
+
 def descriptor(job: dict) -> dict:
     """The small job descriptor tasks pass to each other (never note bodies)."""
     return {"job_id": job["_id"], "cid": job["cid"], "company_sso_id": job["company_sso_id"], "run_id": job["run_id"]}
@@ -140,18 +152,11 @@ def halt_job(db: Database, job: dict, reason: Reason, failure_rate: float | None
 
 def record_run_error(db: Database, job: dict, reason: Reason, details: str) -> None:
     """A run-level entry of the job's error log (no note id): the CSV and the status show why."""
-    entry = {
-        "_id": f"{job['_id']}:run:{reason.value}",
-        "job_id": job["_id"],
-        "job_page": f"{job['_id']}:run:{reason.value}",
-        "cid": job["cid"],
-        "legacy_crm_note_id": None,
-        "outcome": RUN_ERROR_OUTCOME,
-        "reason_code": reason.value,
-        "details": details,
-        "created_at": utc_now(),
-    }
-    job_store.replace_note_log(db, entry["job_page"], [entry], [RUN_ERROR_OUTCOME])
+    key = job_store.run_error_key(job["_id"], reason)
+    entry = job_store.note_log_entry(
+        job["_id"], job["cid"], key, None, RUN_ERROR_OUTCOME, reason, details, entry_id=key
+    )
+    job_store.replace_note_log(db, key, [entry], [RUN_ERROR_OUTCOME])
 
 
 def halt_on_crm_failure(db: Database, job_id: str, failure: CrmExtractFailed, step: str) -> None:
@@ -169,3 +174,62 @@ def release(db: Database, cid: int, run_id: str) -> bool:
     released = job_store.release_lock(db, cid, run_id)
     log.info("lock of CID %s %s", cid, "released" if released else "was not held by this run")
     return released
+
+
+# --------------------------------------------------------------------------- fencing: one writer per CID
+
+RunAlive = Callable[[], bool]  # the Airflow edge's answer to "is my DAG run still running?"
+
+# Set by the Airflow edge around a task body (tasks/): steps ask it without carrying it through every call.
+# Outside Airflow (tests, the CLI, benchmarks) it is None and only the lock is checked.
+RUN_ALIVE: contextvars.ContextVar[RunAlive | None] = contextvars.ContextVar("run_alive", default=None)
+
+
+# The lock holder a writer acts as when it is not the job's own run (a failed-record retry: `retry:<job>:<n>`).
+FENCE_HOLDER: contextvars.ContextVar[str | None] = contextvars.ContextVar("fence_holder", default=None)
+
+
+@contextlib.contextmanager
+def fenced_as(holder: str) -> Iterator[None]:
+    """Writes of the job done by another holder of the CID's lock (a retry) are fenced by that holder's id."""
+    token = FENCE_HOLDER.set(holder)
+    try:
+        yield
+    finally:
+        FENCE_HOLDER.reset(token)
+
+
+def check_fence(db: Database, job: Mapping[str, Any], still_running: RunAlive | None = None) -> None:
+    """Immediately before a write: the run must still hold the CID's lock (its run id is the lock's token) and,
+    inside Airflow, its DAG run must still be running. Raises Fenced (LOCK_LOST): nothing is written.
+
+    Fencing rather than waiting: the lock may be released (cancel, the teardown of a run marked failed, Ops'
+    release-lock) while a task of the run is still alive; from then on every write it attempts is refused here,
+    so a later holder never shares the CID with a writer it cannot see. Only a write already past this check
+    (one insert batch, one file) can still land, and it lands idempotently."""
+    holder = FENCE_HOLDER.get() or job["run_id"]
+    if not job_store.holds_lock(db, job["cid"], holder):
+        raise Fenced(f"{holder} no longer holds the lock of CID {job['cid']}: nothing more is written")
+    still_running = still_running or RUN_ALIVE.get()
+    if still_running is not None and not still_running():
+        raise Fenced(
+            f"task of Airflow run {job['run_id']} is no longer running (run marked failed or deleted): nothing written",
+            Reason.RUN_FAILED,
+        )
+
+
+def holds_cid(db: Database, job: Mapping[str, Any]) -> bool:
+    """check_fence's lock half as an answer, for the records a writer keeps of work already done."""
+    return job_store.holds_lock(db, job["cid"], FENCE_HOLDER.get() or job["run_id"])
+
+
+def halt_fenced(db: Database, job_id: str, fenced: Fenced) -> None:
+    """A writer stopped by its fence ends with a reason. Lock lost while its Airflow run lives on: its own job, if
+    still in progress, is halted LOCK_LOST (the one record it still writes: its own, never CDP's or another
+    holder's; a first halt wins). Its run stopped (RUN_FAILED): nothing is written, the status reads the run's
+    end from Airflow (domain/status.with_airflow_runs)."""
+    if fenced.reason != Reason.LOCK_LOST:
+        return
+    job = job_store.get_job(db, job_id)
+    if job is not None and job.get("state") == State.IN_PROGRESS:
+        halt_job(db, job, Reason.LOCK_LOST, details=str(fenced))

@@ -11,7 +11,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from notes_migration.domain.accounting import Verdict, decide_verdict, match_pct, sum_pages
+from notes_migration.domain.accounting import Totals, Verdict, decide_verdict, match_pct, sum_pages
 from notes_migration.domain.codes import (
     Event,
     Reason,
@@ -31,7 +31,7 @@ from notes_migration.domain.transform import (
 from notes_migration.run.batch import transform_page
 from notes_migration.run.coverage import resolve_all_persons
 from notes_migration.run.relink import summarise_job as summarise_attachments
-from notes_migration.run.start import load_job, record_run_error
+from notes_migration.run.start import check_fence, load_job, record_run_error
 from notes_migration.stores import cdp_store, crm_source, job_store, metrics
 from notes_migration.stores.crm_source import CrmExtractFailed
 
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
     """Python's cycle collector off for a bulk pass whose objects form no cycles (reference counting
-    still frees them): it kept re-walking the content check's ~140,000 live comparables, ~15% of the
-    check's CPU at a 71,000-note CID (4.8-5.2 CPU-s with it, 4.25-4.3 without)."""
+    still frees them): otherwise it keeps re-walking the content check's live comparables, a
+    noticeable share of the check's CPU on a large CID."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -60,7 +60,7 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20, job
     one transforms the source page by page (the client's work); both sides are kept in their `comparable`
     form (HTML as a digest), then compared. The contacts are the run's own answers (the map the coverage
     step saved for `job_id`, the one its pages wrote with), resolved afresh only when the run saved none:
-    re-reading the company's contacts cost FerretDB ~2.4 s at 25,000 contacts, before any transform."""
+    re-reading the company's contacts is one of FerretDB's slowest reads, and it came before any transform."""
 
     def read_stored() -> dict[int, tuple]:
         return {
@@ -104,10 +104,9 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20, job
     }
 
 
-def validate(crm, db: Database, job_id: str) -> Verdict:
-    summarise_attachments(db, job_id)  # final attachment figures onto the job before the verdict reads them
-    job, cfg = load_job(db, job_id)
-    totals = sum_pages(job_store.page_results(db, job_id))
+def _judge(crm, db: Database, job: dict, cfg: RunConfig, totals: Totals) -> tuple[dict[str, Any], Verdict]:
+    """The validation report (content_check, unless the run halted or was a dry run) and the verdict on it."""
+    job_id = job["_id"]
     attachments = job.get("attachments") or {}
     halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
     if halted or cfg.dry_run:
@@ -139,6 +138,17 @@ def validate(crm, db: Database, job_id: str) -> Verdict:
             attachment_failure_share=attachments.get("failure_share", 0.0),
             validation_skipped=Reason.VALIDATION_SKIPPED.value if "match_pct" not in report else None,
         )
+    return report, verdict
+
+
+def validate(crm, db: Database, job_id: str) -> Verdict:
+    job, _ = load_job(db, job_id)
+    if job.get("state") == State.IN_PROGRESS:
+        check_fence(db, job)  # its verdict is a write: only the CID's holder judges
+    summarise_attachments(db, job_id)  # final attachment figures onto the job before the verdict reads them
+    job, cfg = load_job(db, job_id)
+    totals = sum_pages(job_store.page_results(db, job_id))
+    report, verdict = _judge(crm, db, job, cfg, totals)
     report["failure_rate"] = verdict.failure_rate
     job_store.update_job(
         db,

@@ -53,6 +53,11 @@ def create_job(db: Database, job: dict) -> None:
     db[C.JOBS].replace_one({"_id": job["_id"]}, job, upsert=True)
 
 
+def insert_new_job(db: Database, job: dict) -> None:
+    """A job record that must not exist yet (DuplicateKeyError when it does)."""
+    db[C.JOBS].insert_one(job)
+
+
 def get_job(db: Database, job_id: str) -> dict | None:
     return db[C.JOBS].find_one({"_id": job_id})
 
@@ -141,6 +146,18 @@ def lock_is_live(lock: Mapping[str, Any] | None, lease_seconds: int, at: dt.date
     return ((at or now()) - beat).total_seconds() <= lease_seconds
 
 
+def rollback_record(db: Database, rollback_id: str | None) -> dict | None:
+    return db[C.ROLLBACKS].find_one({"_id": rollback_id}) if rollback_id else None
+
+
+def holds_lock(db: Database, cid: int, holder: str) -> bool:
+    """Fencing: does `holder` (a run id, or `rollback:…` / `retry:…`) still hold the CID's lock? Every write path
+    asks immediately before it writes; a writer whose lock was released (cancel, teardown, Ops) or taken over
+    writes nothing more."""
+    lock = db[C.LOCKS].find_one({"_id": cid}, {"run_id": 1})
+    return lock is not None and lock.get("run_id") == holder
+
+
 def heartbeat_lock(db: Database, cid: int, run_id: str) -> None:
     db[C.LOCKS].update_one({"_id": cid, "run_id": run_id}, {"$set": {"heartbeat_at": now()}})
 
@@ -165,7 +182,7 @@ _PERSON_MAP_CHUNK = 5000
 
 def save_person_map(db: Database, job_id: str, mapping: Mapping[int, str]) -> None:
     """A run's person → contact answers, as compact `person=contact;…` strings of ≤ 5,000 entries:
-    FerretDB decodes one long string ~5× faster than a document with thousands of keys."""
+    FerretDB decodes one long string much faster than a document with thousands of keys."""
     db[C.PERSON_MAPS].delete_many({"job_id": job_id})
     items = sorted(mapping.items())
     chunks = [items[i : i + _PERSON_MAP_CHUNK] for i in range(0, len(items), _PERSON_MAP_CHUNK)] or [[]]
@@ -285,6 +302,43 @@ def page_key(job_id: str, page_no: int) -> str:
     return f"{job_id}:{page_no}"
 
 
+def run_error_key(job_id: str, reason: str) -> str:
+    """The `_id` and `job_page` of a run-level entry: one per (job, reason), replaced when it recurs."""
+    return f"{job_id}:run:{reason}"
+
+
+def note_log_entry(
+    job_id: str,
+    cid: int,
+    job_page: str,
+    note_id: int | None,
+    outcome: str,
+    reason: str | None,
+    details: str | None,
+    *,
+    entry_id: str | None = None,
+    created_at: dt.datetime | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one shape of a note-log entry (failed-record queue, skips, warnings, file records, run errors).
+
+    Its `_id` is deterministic, `{job_id}:{note_id}:{reason}` unless `entry_id` names it otherwise (a file's
+    record, a run error), so a re-inserted entry is kept, never duplicated; `job_page` is the key its page's
+    entries are replaced by. `extra` fields (a file's description) come after `details`."""
+    return {
+        "_id": entry_id if entry_id is not None else f"{job_id}:{note_id}:{reason}",
+        "job_id": job_id,
+        "job_page": job_page,
+        "cid": cid,
+        "legacy_crm_note_id": note_id,
+        "outcome": str(outcome),
+        "reason_code": None if reason is None else str(reason),
+        "details": details,
+        **extra,
+        "created_at": created_at if created_at is not None else utc_now(),
+    }
+
+
 def page_flagged_note_ids(db: Database, job_id: str, page_no: int) -> set[int]:
     """The notes of one page of a job that ended failed or skipped (a dry run's relink plan leaves them out)."""
     query = {"job_page": page_key(job_id, page_no), "outcome": {"$in": [Outcome.FAILED.value, Outcome.SKIPPED.value]}}
@@ -297,11 +351,23 @@ def audit_arrays(mapping: Mapping[int, Any]) -> dict[str, list]:
     return {"legacy_crm_note_ids": [p[0] for p in pairs], "cdp_note_ids": [p[1] for p in pairs]}
 
 
+def audit_record(audit_id: str, job_id: str, cid: int, company_sso_id: str, mapping: Mapping[int, Any]) -> dict:
+    """The audit document of the notes one page (or one failed-record retry) of a job inserted."""
+    return {
+        "_id": audit_id,
+        "job_id": job_id,
+        "cid": cid,
+        "company_sso_id": company_sso_id,
+        "created_at": utc_now(),
+        **audit_arrays(mapping),
+    }
+
+
 def record_audit(db: Database, page_audit: dict) -> None:
     """legacy_crm_note_id → CDP note id of one page of one job, as one document replaced whole.
 
     Inserted first (its id is new but for a retry that reuses it): FerretDB v1 runs a filtered write as a
-    scan of the whole collection, so an upsert costs 9 ms where an insert costs 3 (500-note page)."""
+    scan of the whole collection, so an upsert costs several times what an insert does."""
     try:
         db[C.AUDIT].insert_one(page_audit)
     except DuplicateKeyError:
@@ -353,9 +419,8 @@ STATUS_OUTCOMES = (*ERROR_OUTCOMES, Outcome.SKIPPED.value)
 def status_counts(db: Database, job_id: str, pages: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """counts_by_outcome for STATUS_OUTCOMES, without decoding the job's whole note log on every poll.
 
-    FerretDB v1 decodes each matching entry (~90 µs): counting the log cost 2.9 s and 3.7 CPU-seconds
-    of the server per status call at a 100,000-note CID whose 24,000 activities are logged skipped.
-    The notes' failed and skipped counts come from the page results, which record them by reason (the
+    FerretDB v1 decodes each matching entry, so counting the log costs seconds of the server per status
+    call at a large CID (every activity left out is logged skipped). The notes' failed and skipped counts come from the page results, which record them by reason (the
     conservation check after every test run holds them equal to the log); run errors and failed files,
     few by the failure threshold, are counted from the log, one equality query each."""
     failed: Counter[str] = Counter()
@@ -410,8 +475,8 @@ def replace_attachment_logs(db: Database, entries: list[dict], *, clear_pages: I
     records untouched), then `entries` inserted in one command.
 
     Deleted by `job_page` (string equality, which FerretDB v1 pushes down to PostgreSQL) and outcome:
-    a `legacy_crm_note_id $in` filter is not pushed down, so it decoded every note-log entry of the
-    job (1.1 s per page at a 100,000-note CID)."""
+    a `legacy_crm_note_id $in` filter is not pushed down, so it would decode every note-log entry of
+    the job for every page."""
     for job_page in clear_pages:
         db[C.NOTE_LOG].delete_many({"job_page": job_page, "outcome": {"$in": _ATTACHMENT_OUTCOMES}})
     _insert_all(db[C.NOTE_LOG], entries)
@@ -443,8 +508,8 @@ def purge_note_log(db: Database, retention_days: int, *, now: dt.datetime | None
 
 def purge_note_log_if_overdue(db: Database, retention_days: int, *, now: dt.datetime | None = None) -> int | None:
     """The run start's fallback while the housekeeping DAG is paused: purge only if the last purge is older
-    than FALLBACK_AFTER (the delete scans the whole queue on FerretDB v1: ~20 s at 100,000 rows, too much to
-    pay at every run); None when it was not due."""
+    than FALLBACK_AFTER (the delete scans the whole queue on FerretDB v1, too much to pay at every run);
+    None when it was not due."""
     at = now or utc_now()
     last = db[C.HOUSEKEEPING].find_one({"_id": NOTE_LOG_PURGE}) or {}
     stamp = last.get("at")

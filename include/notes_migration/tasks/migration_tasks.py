@@ -10,13 +10,15 @@ stored snapshot. Task ids live in the DAG file only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from notes_migration.domain.codes import AlreadyHalted, Halted, Refused, State
+from notes_migration.domain.codes import AlreadyHalted, Fenced, Halted, Refused, State
 from notes_migration.domain.config import RunConfig, Thresholds
 from notes_migration.domain.rows import batches_of
 from notes_migration.run import batch, coverage, plan, start
@@ -86,17 +88,54 @@ def page_label(page: dict) -> str:
     return f"{pages} · ids {page['lo_id']}–{page['hi_id']} · {page['size']} rows"
 
 
+@contextlib.contextmanager
+def fenced_by_airflow(context: Any) -> Iterator[None]:
+    """Inside a task, the steps' fence (run/start.check_fence) also asks Airflow, through the Task SDK, whether
+    this task instance is still running: a run marked failed by hand fails its running task instances at once
+    (the run itself stays open while its teardown is pending), so the task writes nothing more from its next
+    batch or file on, without waiting for Airflow to kill its process. A deleted run has no task instance."""
+    ti = context.get("ti")
+    if ti is None:  # a task body called outside a task (tests): the lock alone fences it
+        yield
+        return
+    dag_id, run_id, task_id, map_index = ti.dag_id, ti.run_id, ti.task_id, ti.map_index
+    key = task_id if map_index is None or map_index < 0 else f"{task_id}_{map_index}"
+
+    def still_running() -> bool:
+        try:
+            states = ti.get_task_states(dag_id=dag_id, map_index=map_index, task_ids=[task_id], run_ids=[run_id])
+            return (states.get(run_id) or {}).get(key) == "running"
+        except Exception as exc:  # fail closed: a task Airflow cannot answer for writes nothing more
+            log.warning("could not read the state of task %s of run %s (%s): treated as stopped", key, run_id, exc)
+            return False
+
+    token = start.RUN_ALIVE.set(still_running)
+    try:
+        yield
+    finally:
+        start.RUN_ALIVE.reset(token)
+
+
 def migrate_page(job: dict, page: dict) -> dict:
-    get_current_context()["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
-    with _crm(_snapshot_thresholds(job)) as crm:
+    context = get_current_context()
+    context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
+    with _crm(_snapshot_thresholds(job)) as crm, fenced_by_airflow(context):
         try:
             return batch.migrate_page(crm, cdp_database(), job["job_id"], page)
         except AlreadyHalted as halted:
             raise AirflowSkipException(str(halted)) from None
         except CrmExtractFailed as failed:
             raise crm_failure_halts(job, failed, f"migrate_page {page['page_no']}") from None
+        except Fenced as fenced:
+            raise fenced_task(job, fenced) from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
+
+
+def fenced_task(job: dict, fenced: Fenced) -> AirflowFailException:
+    """A task whose run lost the CID (LOCK_LOST) fails for good (a retry would be fenced again); its job says why."""
+    start.halt_fenced(cdp_database(), job["job_id"], fenced)
+    return AirflowFailException(str(fenced))
 
 
 def job_of_this_run(context: Any = None) -> dict:
@@ -114,7 +153,10 @@ def validate() -> dict:
     job = job_of_this_run()
     thresholds = _snapshot_thresholds(job)
     with _crm(thresholds) as crm:  # a CRM down here is VALIDATION_SKIPPED (PRD §9 #8), decided in validate
-        verdict = validation.validate(crm, cdp_database(), job["job_id"]).as_dict()
+        try:
+            verdict = validation.validate(crm, cdp_database(), job["job_id"]).as_dict()
+        except Fenced as fenced:
+            raise fenced_task(job, fenced) from None
     return {**verdict, "job": job, "alerts": [a.kind for a in alerts.plan(verdict, thresholds)]}
 
 
