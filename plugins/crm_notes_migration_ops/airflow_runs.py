@@ -162,7 +162,24 @@ def trigger(conf: dict[str, Any], *, user_name: str | None) -> dict[str, Any]:
     }
 
 
-def mark_failed(run_id: str) -> dict[str, Any] | None:
+def mark_failed(run_id: str, attempts: int = 4) -> dict[str, Any] | None:
+    """_mark_failed, tried again when PostgreSQL picks it as the victim of a deadlock with the scheduler (seen
+    when a cancel follows the trigger at once: both update the new dag_run row); the scheduler's work wins."""
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return _mark_failed(run_id)
+        except OperationalError as exc:
+            if "deadlock" not in str(exc).lower() or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    return None  # unreachable: the last attempt returns or raises
+
+
+def _mark_failed(run_id: str) -> dict[str, Any] | None:
     """Stop a run of the DAG as Airflow's own `PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}` with
     `{"state": "failed"}` does (same service function): running task instances are failed and their
     processes told to stop, pending ones skipped, listeners fired; the run itself is then closed as failed

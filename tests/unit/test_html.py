@@ -445,3 +445,22 @@ def test_time_is_linear_in_input_size(unit):
 def test_attribute_values_are_trimmed_as_dompurify_leaves_them(raw, expected):
     assert normalise(raw).html == expected
     assert _fast_path(_prepare(raw)) is None or _fast_path(_prepare(raw)).html == expected
+
+
+_CONTROLS = [chr(c) for c in (*range(0, 9), 11, 14, 31, 127, 128, 159)] + ["\ufffe", "\ufdd0", "\u200b", "é", "`"]
+_URL_SHAPES = ['<a href="ja{}vascript:alert(1)">x</a>', '<a href="http://x{}y">x</a>', '<a href="{}">x</a>',
+               '<img src="a{}.png">', '<a href="data{}:1">x</a>', '<time datetime="12{}:30">t</time>']  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", [shape.format(c) for shape in _URL_SHAPES for c in _CONTROLS])
+def test_one_answer_per_input_whichever_path_it_takes(raw):
+    """A URL holding a control character (U+FFFD once scrubbed) or another non-ASCII one: the fast path and the
+    bleach path read its scheme alike, so the note gets one answer (before, the fast path kept
+    `ja\ufffdvascript:alert(1)` that bleach strips)."""
+    from notes_migration.domain.html import _bleach_fixpoint, _fast_path, _prepare
+
+    text = _prepare(raw)
+    fast = _fast_path(text)
+    slow = _bleach_fixpoint(raw, text)
+    assert fast is None or fast.html == slow.html, (fast.html, slow.html)
+    assert normalise(raw).html == slow.html
