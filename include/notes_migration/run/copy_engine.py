@@ -69,6 +69,23 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- copying
 
 
+class _Attempt:
+    """One file's relink: its steps' attempt counter (reset before each step) and the result it ends with."""
+
+    def __init__(self, plan: FilePlan) -> None:
+        self.plan, self.started, self.counter = plan, time.perf_counter(), [0]
+
+    def step(self) -> list[int]:
+        self.counter[0] = 0
+        return self.counter
+
+    def done(
+        self, outcome: AttachmentOutcome, reason: Reason | None = None, details: str = "", **kw: Any
+    ) -> FileResult:
+        seconds = time.perf_counter() - self.started
+        return FileResult(self.plan.ref, outcome, reason, details, attempts=self.counter[0], seconds=seconds, **kw)
+
+
 def relink_file(
     plan: FilePlan,
     source: s3.Bucket,
@@ -82,74 +99,65 @@ def relink_file(
 
     `known` is a listing of the target around this file's key (one LIST per page instead of a HEAD
     per file); without it the target is asked with a HEAD."""
-    started = time.perf_counter()
-    counter = [0]  # attempts of the current step (reset before each), reported with its outcome
+    attempt = _Attempt(plan)
+    held = _already_there(attempt, source, target, retry, known)
+    return held if held is not None else _copy(attempt, source, target, cap_bytes, retry)
 
-    def done(outcome: AttachmentOutcome, reason: Reason | None = None, details: str = "", **kw: Any) -> FileResult:
-        return FileResult(
-            plan.ref, outcome, reason, details, attempts=counter[0], seconds=time.perf_counter() - started, **kw
-        )
 
+def _already_there(
+    attempt: _Attempt,
+    source: s3.Bucket,
+    target: s3.Bucket,
+    retry: RetryPolicy,
+    known: Mapping[str, s3.ObjectInfo] | None,
+) -> FileResult | None:
+    """RELINKED when the target holds the file at the size the source has (a failed check is a result too);
+    None when it must be copied."""
+    plan = attempt.plan
     if known is not None:
         present = known.get(plan.key)  # a listing has no content type: ours is set from the extension
     else:
         try:
-            present = retry.call(lambda: s3.head(target, plan.key), counter)
+            present = retry.call(lambda: s3.head(target, plan.key), attempt.step())
         except Exception as exc:
-            return done(
-                AttachmentOutcome.FAILED,
-                Reason.ATTACHMENT_UPLOAD_FAILED,
-                f"cannot check the target after {counter[0]} attempts: {_short(exc)}",
-            )
-    if present is not None and present.content_type in (None, plan.mime_type):
-        expected = plan.row.size
-        if expected != present.size:  # the declared size may be stale or NULL: ask the source
-            counter[0] = 0
-            try:
-                src = retry.call(lambda: s3.head(source, plan.row.s3_key), counter)
-            except Exception as exc:
-                return done(
-                    AttachmentOutcome.FAILED,
-                    Reason.ATTACHMENT_DOWNLOAD_FAILED,
-                    f"after {counter[0]} attempts: {_short(exc)}",
-                )
-            expected = present.size if src is None else src.size  # source gone: the copy we hold is all there is
-        if expected == present.size:
-            return done(AttachmentOutcome.RELINKED, size=present.size)
+            why = f"cannot check the target after {attempt.counter[0]} attempts: {_short(exc)}"
+            return attempt.done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_UPLOAD_FAILED, why)
+    if present is None or present.content_type not in (None, plan.mime_type):
+        return None
+    expected = plan.row.size
+    if expected != present.size:  # the declared size may be stale or NULL: ask the source
+        try:
+            src = retry.call(lambda: s3.head(source, plan.row.s3_key), attempt.step())
+        except Exception as exc:
+            why = f"after {attempt.counter[0]} attempts: {_short(exc)}"
+            return attempt.done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED, why)
+        expected = present.size if src is None else src.size  # source gone: the copy we hold is all there is
+    return attempt.done(AttachmentOutcome.RELINKED, size=present.size) if expected == present.size else None
 
-    counter[0] = 0
+
+def _copy(attempt: _Attempt, source: s3.Bucket, target: s3.Bucket, cap_bytes: int, retry: RetryPolicy) -> FileResult:
+    """Download (capped), check the bytes against the name, upload: each step retried, each failure a result."""
+    plan = attempt.plan
     try:
-        data = retry.call(lambda: s3.download(source, plan.row.s3_key, max_bytes=cap_bytes), counter)
+        data = retry.call(lambda: s3.download(source, plan.row.s3_key, max_bytes=cap_bytes), attempt.step())
     except s3.TooLarge as exc:
-        return done(AttachmentOutcome.SKIPPED, Reason.ATTACHMENT_TOO_LARGE, str(exc), size=exc.size)
+        return attempt.done(AttachmentOutcome.SKIPPED, Reason.ATTACHMENT_TOO_LARGE, str(exc), size=exc.size)
     except Exception as exc:
         missing = s3.is_not_found(exc)
-        return done(
-            AttachmentOutcome.FAILED,
-            Reason.ATTACHMENT_DOWNLOAD_FAILED,
-            ("source object missing: " if missing else f"after {counter[0]} attempts: ") + _short(exc),
-            source_missing=missing,
-        )
+        why = ("source object missing: " if missing else f"after {attempt.counter[0]} attempts: ") + _short(exc)
+        return attempt.done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_DOWNLOAD_FAILED, why, source_missing=missing)
     try:
         what = forbidden_content(data.head, plan.ext)
         if what:
-            return done(
-                AttachmentOutcome.SKIPPED,
-                Reason.ATTACHMENT_UNSUPPORTED_TYPE,
-                f"content is {what} although the name says .{plan.ext}",
-                size=data.size,
-            )
-        counter[0] = 0
+            why = f"content is {what} although the name says .{plan.ext}"
+            return attempt.done(AttachmentOutcome.SKIPPED, Reason.ATTACHMENT_UNSUPPORTED_TYPE, why, size=data.size)
+        mime = plan.mime_type or "application/octet-stream"
         try:
-            retry.call(lambda: s3.upload(target, plan.key, data, plan.mime_type or "application/octet-stream"), counter)
+            retry.call(lambda: s3.upload(target, plan.key, data, mime), attempt.step())
         except Exception as exc:
-            return done(
-                AttachmentOutcome.FAILED,
-                Reason.ATTACHMENT_UPLOAD_FAILED,
-                f"after {counter[0]} attempts: {_short(exc)}",
-                size=data.size,
-            )
-        return done(AttachmentOutcome.RELINKED, size=data.size, copied=True)
+            why = f"after {attempt.counter[0]} attempts: {_short(exc)}"
+            return attempt.done(AttachmentOutcome.FAILED, Reason.ATTACHMENT_UPLOAD_FAILED, why, size=data.size)
+        return attempt.done(AttachmentOutcome.RELINKED, size=data.size, copied=True)
     finally:
         data.close()
 
