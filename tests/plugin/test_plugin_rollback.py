@@ -49,3 +49,11 @@ def test_rollback_route(client, auth, ops_token, viewer_token, run_dag, seed_cid
     assert cdp[C.CONTACT_NOTES].count_documents(query) == 0
     again = client.post(url(CID), params={"dry_run": "false"}, headers=auth)
     assert (again.status_code, again.json()["reason_code"]) == (404, Reason.NOTHING_TO_ROLL_BACK)
+
+    # the status and the Ops view say rolled_back, with who and what was deleted
+    status = client.get(f"{PREFIX}/api/status", params={"cid": CID}, headers=auth).json()
+    assert status["status"] == "rolled_back" and status["rollback"]["notes_deleted"] == n, status
+    assert status["rollback"]["by"] == "ops" and "notes_migrated" not in status
+    page = client.get(f"{PREFIX}/ui", params={"cid": CID}, headers={"Cookie": f"_token={ops_token}"})
+    assert page.status_code == 200 and "rolled back by ops" in page.text and f"{n} notes" in page.text
+    assert 'class="badge s-rolled_back"' in page.text or "s-rolled_back" in page.text

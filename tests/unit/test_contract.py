@@ -67,3 +67,12 @@ def test_run_config_defaults_come_from_the_contract():
     cfg = RunConfig.from_params({"cid": 3, "company_sso_id": COMPANY}, Thresholds())
     assert (cfg.batch_size, cfg.dry_run) == (contract.param("batch_size").default, contract.param("dry_run").default)
     assert RunConfig(cid=3, company_sso_id=COMPANY) == cfg
+
+
+def test_a_snapshot_from_another_version_still_reads():
+    from notes_migration.domain.config import RunConfig
+
+    stored = RunConfig(cid=7, company_sso_id="0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d").as_dict()
+    stored["thresholds"]["a_later_setting"] = "x"
+    stored["a_later_param"] = 1
+    assert RunConfig.from_dict(stored) == RunConfig(cid=7, company_sso_id="0b7d3c1e-5a4f-4e8b-9c2d-6e7f8a9b0c1d")

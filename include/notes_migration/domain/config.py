@@ -119,9 +119,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        data = dict(data)
-        data["thresholds"] = Thresholds(**data.get("thresholds", {}))
-        return cls(**data)
+        """A stored snapshot back. Keys this version does not know (a job recorded by another version of the
+        package) are left out rather than failing every status and fleet read that meets the job."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        thresholds = data.get("thresholds") or {}
+        known["thresholds"] = Thresholds(
+            **{k: v for k, v in thresholds.items() if k in Thresholds.__dataclass_fields__}
+        )
+        return cls(**known)
 
 
 def parse_flag(value: Any) -> frozenset[int]:
