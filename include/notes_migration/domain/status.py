@@ -102,7 +102,6 @@ def build_status(
     cfg = RunConfig.from_dict(job["config"])
     state = State(job["state"])
     totals = sum_pages(pages)
-    scope = job.get("scope") or {}
     out: dict[str, Any] = {
         "cid": cid,
         "status": state.value,
@@ -110,59 +109,16 @@ def build_status(
         "company_sso_id": job["company_sso_id"],
         "dry_run": cfg.dry_run,
     }
-    notes_total = int(job.get("notes_total") or 0)
-    validation = job.get("validation") or {}
-    failed_by_reason = dict(by_outcome.get(Outcome.FAILED.value, {}))
-    out_of_scope, withheld = skips_by_reason(by_outcome, scope)
     url = error_log_url(job["_id"], cfg.thresholds.error_log_url_base)
-
     if state == State.IN_PROGRESS:
-        processed = totals.attempted
-        started = job.get("created_at")
-        elapsed = ((now or utc_now()) - started).total_seconds() if started else 0.0
-        out.update(run_progress(job, pages, totals, elapsed), notes_processed=processed, notes_total=notes_total)
-        out["throughput_notes_per_s"] = round(processed / elapsed, 2) if elapsed > 0 else 0.0
+        out.update(_in_progress(job, pages, totals, now or utc_now()))
     elif state == State.HALTED:
-        halted = job.get("halted") or {}
-        rate = halted.get("failure_rate")
-        out.update(
-            failure_rate=round(totals.failure_rate if rate is None else rate, 6),
-            error_log_url=url,
-            halted_reason=halted.get("reason"),
-        )
-        if halted.get("coverage"):
-            out["coverage"] = halted["coverage"]
+        out.update(_halted(job, totals, url))
     else:
-        out["notes_migrated"] = validation.get("found", totals.migrated + totals.already_migrated)
-        out["validation"] = {
-            "match_pct": validation.get("match_pct"),
-            "content_mismatches": validation.get("content_mismatches", 0),
-            "expected": validation.get("expected"),
-            "found": validation.get("found"),
-        }
-        if validation.get("skipped"):
-            out["validation"]["skipped"] = validation["skipped"]
-        if state == State.COMPLETED_WITH_ERRORS:
-            out.update(
-                failure_rate=round(totals.failure_rate, 6),
-                error_log_url=url,
-                mismatch_samples=validation.get("mismatch_samples", []),
-            )
+        out.update(_finished(job, state, totals, url))
     if "error_log_url" not in out and anything_failed(job, by_outcome):
         out["error_log_url"] = url  # whatever the state: a success with failed files still has rows to act on
-    out["counts"] = {
-        "notes_total": notes_total,
-        "migrated": totals.migrated,
-        "already_migrated": totals.already_migrated,
-        "out_of_scope": out_of_scope,
-        "withheld_by_halt": withheld,
-        "failed": failed_by_reason,
-        "checkins_dropped": totals.checkins_dropped,
-        "owners_unresolved": totals.owners_unresolved,
-        "contacts_skipped": (job.get("coverage") or {}).get("contacts_skipped_by_reason") or {},
-        "pages_done": totals.pages_done,
-        "pages_total": job.get("pages_total"),
-    }
+    out["counts"] = _counts(job, totals, by_outcome)
     if job.get("attachments"):
         out["attachments"] = job["attachments"]
     for key in ("created_at", "updated_at", "finished_at"):
@@ -172,6 +128,73 @@ def build_status(
     if job.get("rolled_back") and not cfg.dry_run:
         _as_rolled_back(out, job["rolled_back"])
     return out
+
+
+def _in_progress(
+    job: Mapping[str, Any], pages: Sequence[Mapping[str, Any]], totals: Totals, now: dt.datetime
+) -> dict[str, Any]:
+    processed = totals.attempted
+    started = job.get("created_at")
+    elapsed = (now - started).total_seconds() if started else 0.0
+    return {
+        **run_progress(job, pages, totals, elapsed),
+        "notes_processed": processed,
+        "notes_total": int(job.get("notes_total") or 0),
+        "throughput_notes_per_s": round(processed / elapsed, 2) if elapsed > 0 else 0.0,
+    }
+
+
+def _halted(job: Mapping[str, Any], totals: Totals, url: str) -> dict[str, Any]:
+    halted = job.get("halted") or {}
+    rate = halted.get("failure_rate")
+    out = {
+        "failure_rate": round(totals.failure_rate if rate is None else rate, 6),
+        "error_log_url": url,
+        "halted_reason": halted.get("reason"),
+    }
+    if halted.get("coverage"):
+        out["coverage"] = halted["coverage"]
+    return out
+
+
+def _finished(job: Mapping[str, Any], state: State, totals: Totals, url: str) -> dict[str, Any]:
+    """completed_success / completed_with_errors: what validation found (the verdict's evidence)."""
+    validation = job.get("validation") or {}
+    out: dict[str, Any] = {
+        "notes_migrated": validation.get("found", totals.migrated + totals.already_migrated),
+        "validation": {
+            "match_pct": validation.get("match_pct"),
+            "content_mismatches": validation.get("content_mismatches", 0),
+            "expected": validation.get("expected"),
+            "found": validation.get("found"),
+        },
+    }
+    if validation.get("skipped"):
+        out["validation"]["skipped"] = validation["skipped"]
+    if state == State.COMPLETED_WITH_ERRORS:
+        out.update(
+            failure_rate=round(totals.failure_rate, 6),
+            error_log_url=url,
+            mismatch_samples=validation.get("mismatch_samples", []),
+        )
+    return out
+
+
+def _counts(job: Mapping[str, Any], totals: Totals, by_outcome: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    out_of_scope, withheld = skips_by_reason(by_outcome, job.get("scope") or {})
+    return {
+        "notes_total": int(job.get("notes_total") or 0),
+        "migrated": totals.migrated,
+        "already_migrated": totals.already_migrated,
+        "out_of_scope": out_of_scope,
+        "withheld_by_halt": withheld,
+        "failed": dict(by_outcome.get(Outcome.FAILED.value, {})),
+        "checkins_dropped": totals.checkins_dropped,
+        "owners_unresolved": totals.owners_unresolved,
+        "contacts_skipped": (job.get("coverage") or {}).get("contacts_skipped_by_reason") or {},
+        "pages_done": totals.pages_done,
+        "pages_total": job.get("pages_total"),
+    }
 
 
 def _as_rolled_back(out: dict[str, Any], rolled_back: Mapping[str, Any]) -> None:
