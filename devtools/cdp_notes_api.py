@@ -8,8 +8,7 @@ The database is the `cdp_mongo` connection's (the tests re-point it to `cdp_test
 CDP_NOTES_API_S2S_TOKENS, user tokens (authenticated, but not allowed here: 403) from CDP_NOTES_API_USER_TOKENS,
 comma-separated; the local defaults are in airflow_settings.yaml's `cdp_notes_api` connection."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route signatures' annotations at runtime.
 import argparse
 import datetime as dt
 import os
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal
 from bson import ObjectId
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
@@ -42,9 +41,17 @@ class Attachment(BaseModel):
     name: str
     size: int = Field(ge=0)
     mime_type: str
-    url: str
+    url: str | None = None  # absent only on an entry marked unavailable
     unavailable: bool | None = None
     reason_code: str | None = None
+    message: str | None = None
+    legacy_crm_file: str | None = None  # the migration's source file: a re-run replaces its own entries
+
+    @model_validator(mode="after")
+    def _url_unless_unavailable(self) -> "Attachment":
+        if self.url is None and not self.unavailable:
+            raise ValueError("url is required unless the entry is unavailable")
+        return self
 
 
 class MigratedNote(BaseModel):

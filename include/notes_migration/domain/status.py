@@ -142,6 +142,9 @@ def build_status(
         }
         if validation.get("skipped"):
             out["validation"]["skipped"] = validation["skipped"]
+        for key in ("read", "content_found"):  # the writer's path: where the count and the content were read
+            if key in validation:
+                out["validation"][key] = validation[key]
         if state == State.COMPLETED_WITH_ERRORS:
             out.update(
                 failure_rate=round(totals.failure_rate, 6),
