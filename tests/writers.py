@@ -61,7 +61,13 @@ class FaultyApp:
             status = 401 if self.faults.unauthorized else 500 if self.faults.take_failure() else None
             if status is not None:
                 body = json.dumps({"detail": f"injected {status}"}).encode()
-                await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             delay = self.faults.take_delay()

@@ -37,7 +37,9 @@ def env_connections(**extra: str) -> dict[str, dict | str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "CDP_NOTES_API", "S3_PORT", "ALERT_SINK", "FERRETDB"))
+        if not k.startswith(
+            ("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "CDP_NOTES_API", "S3_PORT", "ALERT_SINK", "FERRETDB")
+        )
     }
     out = subprocess.run(
         ["bash", "-c", f"source {ROOT}/scripts/env.sh && env -0"],

@@ -240,7 +240,7 @@ def _reinsert(
     try:
         result = writer.write(docs) if docs else cdp_store.WriteResult()
     except cdp_api.Unauthorized as refused:  # the service wrote nothing of it
-        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused}; check the cdp_notes_api connection") from None
+        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused.detail}; check the cdp_notes_api connection") from None
     return decisions, result
 
 

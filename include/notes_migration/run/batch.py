@@ -468,7 +468,7 @@ def refused_by_service(b: _Batch, beside: list[Future], refused: cdp_api.Unautho
     if fresh.get("state") != State.HALTED:  # a first halt wins
         halt_job(b.db, fresh, why, details=str(refused), page_no=b.page_no)
     log.error("page %s inserts nothing: %s; %d notes withheld", b.page_no, refused, len(withheld))
-    raise Halted(why, f"{refused}; the run halts, nothing more is written")
+    raise Halted(why, f"{refused.detail}; the run halts, nothing more is written")
 
 
 def insert_notes(b: _Batch, writer: cdp_api.NoteWriter) -> cdp_store.WriteResult:

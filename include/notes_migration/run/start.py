@@ -61,7 +61,7 @@ def check_writer(cfg: RunConfig) -> None:
     try:
         cdp_api.check_access(cfg.thresholds, cfg.company_sso_id)
     except cdp_api.Unauthorized as refused:
-        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused}; check the cdp_notes_api connection") from None
+        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused.detail}; check the cdp_notes_api connection") from None
 
 
 def load_job(db: Database, job_id: str) -> tuple[dict, RunConfig]:

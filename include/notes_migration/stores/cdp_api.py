@@ -44,7 +44,8 @@ class Unauthorized(Exception):
     reason = Reason.CDP_API_UNAUTHORIZED
 
     def __init__(self, status: int, what: str):
-        super().__init__(f"{Reason.CDP_API_UNAUTHORIZED.value}: {what} answered {status} (S2S token refused)")
+        self.detail = f"{what} answered {status} (S2S token refused)"
+        super().__init__(f"{Reason.CDP_API_UNAUTHORIZED.value}: {self.detail}")
         self.status = status
 
 
