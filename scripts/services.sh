@@ -119,9 +119,10 @@ cdp_notes_api_up() {
     return 0
   fi
   mkdir -p "$LOG_DIR"
-  (cd "$ROOT" && nohup "$VENV/bin/python" -m devtools.cdp_notes_api --host 127.0.0.1 --port "$CDP_NOTES_API_PORT" \
+  # devtools is importable through PYTHONPATH (scripts/env.sh puts the checkout root on it)
+  nohup "$VENV/bin/python" -m devtools.cdp_notes_api --host 127.0.0.1 --port "$CDP_NOTES_API_PORT" \
     >"$LOG_DIR/cdp_notes_api.log" 2>&1 &
-    echo $! >"$BUILD_DIR/cdp_notes_api.pid")
+  echo $! >"$BUILD_DIR/cdp_notes_api.pid"
   wait_port "$CDP_NOTES_API_PORT" cdp_notes_api 60
   log "cdp notes api (reference implementation) started on 127.0.0.1:$CDP_NOTES_API_PORT"
 }
