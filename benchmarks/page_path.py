@@ -34,6 +34,7 @@ from notes_migration.domain.config import (
     PAGES,
     PERSON_MAPS,
     RunConfig,
+    Thresholds,
 )
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.stores import cdp_store, crm_source, job_store
@@ -90,8 +91,11 @@ def clear_bookkeeping(db, cid: int) -> dict[str, int]:
     return deleted
 
 
-def fresh_job(crm, db, cid: int, batch_size: int) -> dict:
-    cfg = RunConfig(cid=cid, company_sso_id=company_for(cid), batch_size=batch_size, force_rerun=True)
+def fresh_job(crm, db, cid: int, batch_size: int, writer: str = "mongo") -> dict:
+    thresholds = Thresholds(writer=writer)
+    cfg = RunConfig(
+        cid=cid, company_sso_id=company_for(cid), batch_size=batch_size, force_rerun=True, thresholds=thresholds
+    )
     return start.start_job(crm, db, cfg, run_id=f"bench-{uuid.uuid4()}", triggered_by="benchmark", flag_cids=[cid])
 
 
@@ -133,10 +137,10 @@ def raw_insert(db, cid: int, docs_by_batch: list[list[dict]]) -> dict[str, Any]:
     return {"docs": n, "seconds": sum(times), "notes_per_s": n / sum(times), "p95_batch_s": p95(times)}
 
 
-def page_path(crm, db, cid: int, batch_size: int) -> dict[str, Any]:
-    """migrate_page over every page of a fresh job, as the mapped tasks do (one after another)."""
+def page_path(crm, db, cid: int, batch_size: int, writer: str = "mongo") -> dict[str, Any]:
+    """migrate_page over every page of a fresh job, as the mapped tasks do (one after another), through `writer`."""
     clear_notes(db, cid)
-    job = fresh_job(crm, db, cid, batch_size)
+    job = fresh_job(crm, db, cid, batch_size, writer)
     try:
         t = time.perf_counter()
         coverage.run_coverage(crm, db, job["job_id"])
@@ -323,12 +327,71 @@ def benchmark_page_path(*, batch_size: int = 500, rounds: int = 2, naive_batches
     }
 
 
+def benchmark_writers(*, batch_size: int = 500, rounds: int = 1, seed_first: bool = True) -> dict[str, Any]:
+    """The page path of the 5,000-note CID through each writer: MongoDB directly, and the CDP notes API (the
+    reference implementation, devtools/cdp_notes_api.py, in a process of its own on loopback over the same
+    database; so the HTTP figure is the writer's cost plus the reference service's, on the same machine)."""
+    import os
+
+    import httpx
+
+    from devtools.ports import free_port
+
+    logging.disable(logging.WARNING)
+    db = cdp_database()
+    if seed_first:
+        ensure_seeded(SMALL, db)
+    port = free_port()
+    token = "bench-s2s-token"
+    env = {**os.environ, "CDP_NOTES_API_S2S_TOKENS": token}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devtools.cdp_notes_api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ["AIRFLOW_CONN_CDP_NOTES_API"] = json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": token}
+    )
+    try:
+        for _ in range(150):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        out: dict[str, Any] = {"cid": SMALL.cid, "batch_size": batch_size, "rounds": rounds}
+        with crm_connection() as crm:
+            crm_source.read_page(crm, SMALL.cid, 0, 10**12)
+            for writer in ("mongo", "http"):
+                runs = [page_path(crm, db, SMALL.cid, batch_size, writer) for _ in range(rounds)]
+                best = max(runs, key=lambda r: r["notes_per_s"])
+                out[writer] = {
+                    "page_path_notes_per_s": round(best["notes_per_s"], 1),
+                    "all_rounds": [round(r["notes_per_s"], 1) for r in runs],
+                    "phase_seconds": best["phase_seconds"],
+                }
+        out["ratio_http_to_mongo"] = round(
+            out["http"]["page_path_notes_per_s"] / out["mongo"]["page_path_notes_per_s"], 3
+        )
+        return out
+    finally:
+        server.terminate()
+        server.wait(10)
+        logging.disable(logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-seed", action="store_true")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--writers", action="store_true", help="only the page path through each writer")
     args = parser.parse_args(argv)
+    if args.writers:
+        figures = benchmark_writers(batch_size=args.batch_size, rounds=args.rounds, seed_first=not args.no_seed)
+        print(json.dumps(figures, indent=2, default=str))
+        return
     figures = benchmark_page_path(batch_size=args.batch_size, rounds=args.rounds, seed_first=not args.no_seed)
     print(json.dumps(figures, indent=2, default=str))
 

@@ -3,6 +3,7 @@
 # and a table, and saved under .build/ (git-ignored). Arguments go to benchmarks.run (--no-seed, --rounds N).
 #   scripts/benchmark.sh --stack [args]   end to end under a real scheduler instead (benchmarks.stack: LocalExecutor
 #                                         and Celery with two workers; .build/benchmark_stack.json)
+#   scripts/benchmark.sh --writers [--rounds N]   the page path of CID 8000 through each writer (mongo, http)
 #   scripts/benchmark.sh --fleet [args]   a 130-CID fleet (~21,000 notes) through crm_notes_rollout under a real
 #                                         scheduler (benchmarks.fleet; .build/benchmark_fleet.json)
 set -euo pipefail
@@ -10,6 +11,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 if [ "${1:-}" = --stack ]; then
   shift
   exec "$VENV/bin/python" -m benchmarks.stack "$@"
+fi
+if [ "${1:-}" = --writers ]; then  # the page path through the Mongo writer and the HTTP writer (PRD D-1)
+  shift
+  exec "$VENV/bin/python" -m benchmarks.page_path --writers "$@"
 fi
 if [ "${1:-}" = --fleet ]; then
   shift

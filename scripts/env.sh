@@ -13,6 +13,8 @@ export CDP_MONGO_PORT="${CDP_MONGO_PORT:-27117}"
 # FerretDB stores its data in this database of the same local PostgreSQL cluster
 export FERRETDB_PG_DB="${FERRETDB_PG_DB:-ferretdb}"
 export S3_PORT="${S3_PORT:-9333}"
+# the reference implementation of the CDP notes migrate API (devtools/cdp_notes_api.py; the HTTP writer's target)
+export CDP_NOTES_API_PORT="${CDP_NOTES_API_PORT:-9340}"
 
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$BUILD_DIR/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"

@@ -7,7 +7,7 @@ the project's scripts need.
 
 `env` needs only PyYAML (the venv's or the system python's). A connection already exported as
 AIRFLOW_CONN_<ID> wins over the yaml; a loopback port moved by an exported variable (the
-`x-local-ports` section: CRM_PG_PORT, CDP_MONGO_PORT, S3_PORT, ALERT_SINK_PORT) moves with it in
+`x-local-ports` section: CRM_PG_PORT, CDP_MONGO_PORT, S3_PORT, ALERT_SINK_PORT, CDP_NOTES_API_PORT) moves with it in
 every connection (`conn_port` and any `127.0.0.1:<port>` URL). `load` writes the same effective
 connections, so the UI shows what the workers use.
 

@@ -4,7 +4,9 @@
 # (the CDP MongoDB, built from the Go module proxy by tools/ferretdb, storing its
 # data in a database of the same PostgreSQL cluster: FerretDB pushes equality
 # filters down to PostgreSQL, while its SQLite backend scans whole collections) and an
-# S3-compatible server (moto in server mode) with the CRM and CDP buckets.
+# S3-compatible server (moto in server mode) with the CRM and CDP buckets, and the
+# reference implementation of the CDP notes migrate API (devtools/cdp_notes_api.py,
+# the HTTP writer's target; over the cdp_mongo connection's database).
 #
 #   scripts/services.sh up | down | status
 #
@@ -111,6 +113,20 @@ s3_up() {
   fi
 }
 
+cdp_notes_api_up() {
+  if port_open "$CDP_NOTES_API_PORT"; then
+    log "cdp notes api already listening on $CDP_NOTES_API_PORT"
+    return 0
+  fi
+  mkdir -p "$LOG_DIR"
+  # devtools is importable through PYTHONPATH (scripts/env.sh puts the checkout root on it)
+  nohup "$VENV/bin/python" -m devtools.cdp_notes_api --host 127.0.0.1 --port "$CDP_NOTES_API_PORT" \
+    >"$LOG_DIR/cdp_notes_api.log" 2>&1 &
+  echo $! >"$BUILD_DIR/cdp_notes_api.pid"
+  wait_port "$CDP_NOTES_API_PORT" cdp_notes_api 60
+  log "cdp notes api (reference implementation) started on 127.0.0.1:$CDP_NOTES_API_PORT"
+}
+
 stop_pid() { # name
   local f="$BUILD_DIR/$1.pid"
   if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
@@ -124,8 +140,10 @@ up)
   pg_up
   ferret_up
   s3_up
+  cdp_notes_api_up
   ;;
 down)
+  stop_pid cdp_notes_api
   stop_pid ferretdb
   stop_pid s3
   if [ -s "$PGDATA/PG_VERSION" ]; then
@@ -133,7 +151,7 @@ down)
   fi
   ;;
 status)
-  for p in "postgres:$CRM_PG_PORT" "ferretdb:$CDP_MONGO_PORT" "s3:$S3_PORT"; do
+  for p in "postgres:$CRM_PG_PORT" "ferretdb:$CDP_MONGO_PORT" "s3:$S3_PORT" "cdp_notes_api:$CDP_NOTES_API_PORT"; do
     if port_open "${p#*:}"; then echo "${p%%:*} up (127.0.0.1:${p#*:})"; else echo "${p%%:*} down"; fi
   done
   ;;

@@ -120,6 +120,42 @@ def run_dag(migration_dag, monkeypatch, crm, cdp):
 
 
 @pytest.fixture(scope="session")
+def reference_api(cdp):
+    """The reference CDP notes API (devtools/cdp_notes_api.py) in this process, over `cdp_test`, with a fault
+    switch (tests/writers.py)."""
+    from tests.writers import start_reference_api
+
+    api = start_reference_api(cdp)
+    yield api
+    api.stop()
+
+
+@pytest.fixture(params=["mongo", "http"])
+def writer(request, monkeypatch):
+    """The writer a scenario runs on, both in turn (tests/writers.py): pass `writer.settings` as the settings
+    Variable; inject faults through `writer.faults`."""
+    from notes_migration.stores import cdp_store
+    from tests.writers import Faults, FlakyCollection, Writer
+
+    if request.param == "http":
+        api = request.getfixturevalue("reference_api")
+        api.faults.reset()
+        monkeypatch.setenv("AIRFLOW_CONN_CDP_NOTES_API", api.connection())
+        yield Writer("http", api.faults, api)
+        api.faults.reset()
+        return
+    faults = Faults()
+    real_init = cdp_store.MongoNoteWriter.__init__
+
+    def flaky_init(self, db):
+        real_init(self, db)
+        self.collection = FlakyCollection(self.collection, faults)
+
+    monkeypatch.setattr(cdp_store.MongoNoteWriter, "__init__", flaky_init)
+    yield Writer("mongo", faults)
+
+
+@pytest.fixture(scope="session")
 def fleet(seed_cid, migration_dag, crm, cdp):
     """Five CIDs, one per PRD §8 state, each put there by a real run of the DAG, with the alerts and metrics
     those runs emitted (tests/fleet.py). Built once per session, for whichever tier asks first."""
@@ -156,6 +192,7 @@ _TIER_OF_FOLDER = {
     "plugin": "plugin",
     "stack": "stack",
     "fault": "fault",
+    "conformance": "conformance",
 }
 
 

@@ -460,12 +460,13 @@ UNKNOWN = CIDS[-1]  # 6599, never seeded
 
 
 @pytest.fixture(scope="module")
-def refused_runs(seed_cid, run, ops) -> Scenario:
+def refused_runs(seed_cid, run, ops, reference_api) -> Scenario:
     """Runs the preconditions refuse (nothing written, no job): the flag is off (FLAG_DISABLED), a company id
     with a trailing newline, which the params' JSON-schema pattern lets through (INVALID_COMPANY_SSO_ID). Ops sees
     the code in the task log, and the status reports the dead run (RUN_FAILED). The trigger POST refuses the flag
     (FLAG_DISABLED) and a CID the CRM does not know (CID_NOT_FOUND); a rollback of a CID with nothing migrated is
-    NOTHING_TO_ROLL_BACK."""
+    NOTHING_TO_ROLL_BACK. On the HTTP write path, a token the CDP notes API refuses (401) refuses the run before it
+    writes anything (CDP_API_UNAUTHORIZED)."""
     seed_cid(SeedSpec(cid=REFUSED, notes=10, **NO_FILES))
     seen = Sightings()
     data: dict[str, Any] = {}
@@ -477,6 +478,11 @@ def refused_runs(seed_cid, run, ops) -> Scenario:
         data["bad_company"] = run({"cid": REFUSED, "company_sso_id": company_for(REFUSED) + "\n"})
     seen.task_log("\n".join(lines), "a run with a malformed company_sso_id")
     data["bad_company_log"] = lines
+    with task_logs() as lines, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_CONN_CDP_NOTES_API", reference_api.connection(token="revoked"))
+        data["bad_token"] = run({"cid": REFUSED}, settings={"writer": "http"})
+    seen.task_log("\n".join(lines), "a run on the HTTP path whose S2S token the CDP notes API refuses")
+    data["bad_token_log"] = lines
     data["status"] = ops.status(seen, REFUSED)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AIRFLOW_VAR_CRM_NOTES_MIGRATION_ENABLED", json.dumps([UNKNOWN]))
@@ -491,14 +497,15 @@ def refused_runs(seed_cid, run, ops) -> Scenario:
 
 def test_refused_runs_and_requests(refused_runs, cdp):
     d = refused_runs.data
-    for key in ("flag_off", "bad_company"):
+    for key in ("flag_off", "bad_company", "bad_token"):
         assert task_states(d[key])["preconditions"] == ["failed"]
+    assert any("CDP_API_UNAUTHORIZED" in line and "401" in line for line in d["bad_token_log"])
     assert any("FLAG_DISABLED: feature flag is OFF" in line for line in d["flag_off_log"])
     assert any("INVALID_COMPANY_SSO_ID: company_sso_id" in line for line in d["bad_company_log"])
     assert cdp[C.JOBS].count_documents({"cid": REFUSED}) == 0  # refused: nothing written
     status = d["status"]
     assert (status["status"], status["halted_reason"]) == ("halted", "RUN_FAILED")
-    assert status["airflow_run"]["run_id"] == d["bad_company"].run_id
+    assert status["airflow_run"]["run_id"] == d["bad_token"].run_id
     assert "preconditions" in status["airflow_run"]["failed_tasks"]
     assert (d["flag"].status_code, d["flag"].json()["reason_code"]) == (403, "FLAG_DISABLED")
     assert (d["unknown"].status_code, d["unknown"].json()["reason_code"]) == (404, "CID_NOT_FOUND")

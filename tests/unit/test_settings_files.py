@@ -25,7 +25,7 @@ FIELDS = {
     "conn_password": "password",
     "conn_extra": "extra",
 }
-PORT_VARS = ("CRM_PG_PORT", "CDP_MONGO_PORT", "S3_PORT", "ALERT_SINK_PORT")
+PORT_VARS = ("CRM_PG_PORT", "CDP_MONGO_PORT", "S3_PORT", "ALERT_SINK_PORT", "CDP_NOTES_API_PORT")
 
 
 def settings() -> dict:
@@ -37,7 +37,9 @@ def env_connections(**extra: str) -> dict[str, dict | str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "S3_PORT", "ALERT_SINK", "FERRETDB"))
+        if not k.startswith(
+            ("AIRFLOW_CONN_", "CRM_PG", "CDP_MONGO", "CDP_NOTES_API", "S3_PORT", "ALERT_SINK", "FERRETDB")
+        )
     }
     out = subprocess.run(
         ["bash", "-c", f"source {ROOT}/scripts/env.sh && env -0"],

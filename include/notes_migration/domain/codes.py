@@ -24,6 +24,9 @@ class Reason(StrEnum):
     CRM_EXTRACT_FAILED = "CRM_EXTRACT_FAILED"
     VALIDATION_SKIPPED = "VALIDATION_SKIPPED"
     CANCELLED = "CANCELLED"
+    # the HTTP writer (PRD D-1): the CDP notes API refused the S2S token (401/403); the run is refused, or halts
+    # at the batch that met it, and writes no note after it
+    CDP_API_UNAUTHORIZED = "CDP_API_UNAUTHORIZED"
     # refusals of the Ops API's job actions (cancel): nothing written
     JOB_NOT_FOUND = "JOB_NOT_FOUND"
     JOB_ALREADY_FINISHED = "JOB_ALREADY_FINISHED"

@@ -18,6 +18,7 @@ CRM_S3_CONN_ID = "crm_s3"
 CDP_S3_CONN_ID = "cdp_s3"
 SLACK_CONN_ID = "slack_alerts"
 PAGERDUTY_CONN_ID = "pagerduty_events"
+CDP_NOTES_API_CONN_ID = "cdp_notes_api"  # the HTTP writer (PRD D-1): host = base URL, password = S2S token
 DEFAULT_CDP_DATABASE = "cdp"
 
 # Airflow Variables.
@@ -28,6 +29,10 @@ SETTINGS_VARIABLE = "crm_notes_migration_settings"  # optional JSON overriding T
 ACTIVITY_TYPE_NAMES = frozenset({"Calls", "Emails", "Meetings", "WhatsApp", "SMS"})
 
 UNKNOWN_OWNER_LABEL = "[Legacy CRM User]"
+
+# The writers behind the writer seam (settings Variable key "writer"; the job's config snapshot records it).
+MONGO_WRITER, HTTP_WRITER = "mongo", "http"
+WRITERS = (MONGO_WRITER, HTTP_WRITER)
 
 # Bookkeeping collections in the CDP database, all prefixed so they never
 # collide with contact-service's own collections.
@@ -82,6 +87,11 @@ class Thresholds:
     error_log_url_base: str = "/crm-notes-migration/api/jobs"
     crm_retries: int = 3  # PRD §9 #2: a CRM read is retried this many times with backoff, then CRM_EXTRACT_FAILED
     crm_retry_backoff_seconds: float = 2.0  # first backoff; doubles on each retry (2, 4, 8 s)
+    # the writer seam (PRD D-1, §16b): "mongo" inserts into contact_notes directly (what Ops run today), "http"
+    # posts to the CDP's POST /cdp/notes/migrate through the cdp_notes_api connection
+    writer: str = "mongo"
+    cdp_api_timeout_seconds: float = 30.0  # one request of the HTTP writer; a timeout is retried once (§9 #7)
+    cdp_api_count_retries: int = 3  # the validation's count request (§9 #8), then VALIDATION_SKIPPED
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> Thresholds:
@@ -91,6 +101,8 @@ class Thresholds:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown {SETTINGS_VARIABLE} keys: {sorted(unknown)}")
+        if data.get("writer", "mongo") not in WRITERS:
+            raise ValueError(f"{SETTINGS_VARIABLE} writer must be one of {list(WRITERS)}, not {data['writer']!r}")
         return cls(**data)
 
 

@@ -171,6 +171,9 @@ def _finished(job: Mapping[str, Any], state: State, totals: Totals, url: str) ->
     }
     if validation.get("skipped"):
         out["validation"]["skipped"] = validation["skipped"]
+    for key in ("read", "content_found"):  # the writer's path: where the count and the content were read
+        if key in validation:
+            out["validation"][key] = validation[key]
     if state == State.COMPLETED_WITH_ERRORS:
         out.update(
             failure_rate=round(totals.failure_rate, 6),

@@ -375,6 +375,7 @@ def rollback_answer(crm, db: Database, cid: int, *, requested_by: str, execute: 
         dry_run=not execute,
         target=s3.bucket_for(CDP_S3_CONN_ID) if execute else None,
         lease_seconds=settings.thresholds().lock_lease_seconds,
+        writer=settings.thresholds().writer,
     )
 
 

@@ -34,7 +34,7 @@ from notes_migration.domain.plain import as_plain, utc_now
 from notes_migration.domain.resolve import resolve_contacts
 from notes_migration.domain.transform import Decision
 from notes_migration.run import batch, start, validate
-from notes_migration.stores import cdp_store, crm_source, job_store
+from notes_migration.stores import cdp_api, cdp_store, crm_source, job_store
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,11 @@ def _reinsert(
     decisions = batch.transform_page(rows, db, cfg, contacts)
     docs = [d.doc for d in decisions if d.doc is not None]
     start.check_fence(db, job)
-    result = cdp_store.MongoNoteWriter(db).write(docs) if docs else cdp_store.WriteResult()
+    writer = cdp_api.note_writer(db, cfg.thresholds)  # the job's own writer (its snapshot): mongo or http
+    try:
+        result = writer.write(docs) if docs else cdp_store.WriteResult()
+    except cdp_api.Unauthorized as refused:  # the service wrote nothing of it
+        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused.detail}; check the cdp_notes_api connection") from None
     return decisions, result
 
 

@@ -25,7 +25,7 @@ from pymongo.database import Database
 from notes_migration.domain import config as C
 from notes_migration.domain.attachment_plan import notes_prefix
 from notes_migration.domain.codes import Fenced, Reason, Refused
-from notes_migration.domain.config import RunConfig
+from notes_migration.domain.config import HTTP_WRITER, MONGO_WRITER, RunConfig
 from notes_migration.domain.plain import as_plain, utc_now
 from notes_migration.stores import crm_source, job_store
 from notes_migration.stores import s3_store as s3
@@ -83,11 +83,17 @@ def rollback_cid(
     dry_run: bool = True,
     target: s3.Bucket | None = None,
     lease_seconds: int = 3 * 3600,
+    writer: str = MONGO_WRITER,
 ) -> dict[str, Any]:
     """Plan (dry run) or perform the rollback of a CID; raises Refused (nothing written) when it must not run.
 
+    On the HTTP write path (the settings' `writer`, or any job whose notes it would delete wrote through the CDP
+    notes API) it refuses ROLLBACK_REFUSED: the contract has no delete endpoint, and deleting contact_notes in
+    MongoDB would bypass the service (PRD §16b).
+
     An execute holds the CID's lock from its first read to its last write (holder `rollback:<id>`), so a run
     triggered meanwhile is refused JOB_ALREADY_RUNNING, a second rollback likewise, and each delete is fenced."""
+    refuse_on_http_path(db, cid, writer)
     if dry_run:
         if job_store.lock_is_live(job_store.get_lock(db, cid), lease_seconds):
             raise Refused(Reason.JOB_ALREADY_RUNNING, f"CID {cid} has a run in progress: cancel it first")
@@ -103,6 +109,24 @@ def rollback_cid(
         return _execute(db, cid, report, pages, by_company, stored_by_company, rollback_id, requested_by, target)
     finally:
         job_store.release_lock(db, cid, holder)
+
+
+def refuse_on_http_path(db: Database, cid: int, writer: str) -> None:
+    """ROLLBACK_REFUSED, nothing written, when the notes were (or would now be) written through the HTTP writer."""
+    job_ids = sorted({p["job_id"] for p in db[C.AUDIT].find({"cid": cid, "rolled_back_at": {"$exists": False}})})
+    over_http = sorted(
+        j["_id"]
+        for j in db[C.JOBS].find({"_id": {"$in": job_ids}}, {"config.thresholds.writer": 1})
+        if ((j.get("config") or {}).get("thresholds") or {}).get("writer") == HTTP_WRITER
+    )
+    if writer == HTTP_WRITER or over_http:
+        why = f"jobs {over_http} wrote through the CDP notes API" if over_http else "the settings' writer is http"
+        raise RollbackRefused(
+            {"cid": cid, "writer": HTTP_WRITER, "jobs_written_over_http": over_http, "changed_in_cdp": []},
+            f"CID {cid} cannot be rolled back on the HTTP write path ({why}): the CDP notes API contract has no "
+            "delete endpoint, and deleting contact_notes in MongoDB would bypass the service (PRD §16b); "
+            "nothing rolled back",
+        )
 
 
 def _plan(crm, db: Database, cid: int, *, dry_run: bool) -> tuple[dict[str, Any], list[dict], dict, dict]:

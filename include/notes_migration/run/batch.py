@@ -68,7 +68,7 @@ from notes_migration.domain.transform import (
     decide,
 )
 from notes_migration.run.start import check_fence, halt_job, load_job
-from notes_migration.stores import cdp_store, crm_source, job_store, metrics
+from notes_migration.stores import cdp_api, cdp_store, crm_source, job_store, metrics
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def _halted(db: Database, job: dict, cfg: RunConfig, totals: Totals) -> Halted:
 SUMMARY_COUNTERS = ("rows", "migrated", "already_migrated", "skipped", "failed")
 
 
-def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_store.MongoNoteWriter | None = None) -> dict:
+def migrate_page(crm, db: Database, job_id: str, page: dict, writer: cdp_api.NoteWriter | None = None) -> dict:
     """One task page: its batches one after another, each decided, re-checked and accounted on its own.
 
     A halt (or a CRM failure) at one batch ends the task there: the batches after it are left as every
@@ -303,7 +303,7 @@ def migrate_batch(
     db: Database,
     job_id: str,
     page: dict,
-    writer: cdp_store.MongoNoteWriter | None = None,
+    writer: cdp_api.NoteWriter | None = None,
     known: dict[str, Any] | None = None,
 ) -> dict:
     """Decide → publish → re-check the halt → write → account (the module docstring says why in this order).
@@ -320,7 +320,7 @@ def migrate_batch(
         b.marks["check"] = time.perf_counter()
         if check.halted_by is not None:
             withhold(b, check, entries, events)  # raises: this page inserts nothing
-        result, beside = write(b, entries, events, writer)
+        result, beside = write(b, entries, events, writer)  # raises on a refused S2S token (withheld)
         final = account(b, check, result, beside)
     metrics.page_completed(final)
 
@@ -423,24 +423,55 @@ def withhold(b: _Batch, check: _Check, entries: list[dict], events: list[dict]) 
 
 
 def write(
-    b: _Batch, entries: list[dict], events: list[dict], writer: cdp_store.MongoNoteWriter | None
+    b: _Batch, entries: list[dict], events: list[dict], writer: cdp_api.NoteWriter | None
 ) -> tuple[cdp_store.WriteResult, list[Future]]:
     """The insert, with what it cannot change written beside it (the decided skips and failures, their
     events, the lock's heartbeat): the database has a core to spare while one insert runs, and the round
-    trip after the insert is then only what the insert decided. Returns its result and the side writes."""
+    trip after the insert is then only what the insert decided. Returns its result and the side writes.
+
+    The writer is the one the run's snapshot names (cdp_api.note_writer: MongoDB or the CDP notes API). A
+    token the API refuses (401/403) writes no note: the batch's notes are withheld and the run halts."""
     beside = [
         b.pool.submit(job_store.insert_note_log, b.db, entries),
         b.pool.submit(job_store.record_events, b.db, events),
         b.pool.submit(job_store.heartbeat_lock, b.db, b.cfg.cid, b.job["run_id"]),
     ]
-    writer = writer or cdp_store.MongoNoteWriter(b.db)
     b.insert_started_at = utc_now()
-    result = insert_notes(b, writer)
+    try:
+        writer = writer or cdp_api.note_writer(b.db, b.cfg.thresholds)
+        result = insert_notes(b, writer)
+    except cdp_api.Unauthorized as refused:
+        refused_by_service(b, beside, refused)
     b.marks["write"] = time.perf_counter()
     return result, beside
 
 
-def insert_notes(b: _Batch, writer: cdp_store.MongoNoteWriter) -> cdp_store.WriteResult:
+def refused_by_service(b: _Batch, beside: list[Future], refused: cdp_api.Unauthorized) -> NoReturn:
+    """The CDP notes API refused the S2S token: the service wrote nothing of the batch. Its notes get their one
+    outcome (skipped CDP_API_UNAUTHORIZED, counted as withheld by the halt), its result is recorded `halted`,
+    the run halts with that reason and later pages write nothing (PRD §9 #7: a 401/403 is not a note failure)."""
+    why = Reason.CDP_API_UNAUTHORIZED
+    withheld = [d for d in b.decisions if d.doc is not None]
+    entries = []
+    for d in withheld:
+        d.doc, d.skip, d.details = None, why, f"not written: {refused}"
+        entries.append(b.entry(d, Outcome.SKIPPED, why))
+    halted_doc = b.page_doc(state="halted", withheld_by_halt=len(withheld), attempt=b.attempt, finished_at=utc_now())
+    _wait(
+        [
+            *beside,
+            b.pool.submit(job_store.insert_note_log, b.db, entries),
+            b.pool.submit(job_store.save_page_result, b.db, halted_doc),
+        ]
+    )
+    fresh = job_store.get_job(b.db, b.job_id) or b.job
+    if fresh.get("state") != State.HALTED:  # a first halt wins
+        halt_job(b.db, fresh, why, details=str(refused), page_no=b.page_no)
+    log.error("page %s inserts nothing: %s; %d notes withheld", b.page_no, refused, len(withheld))
+    raise Halted(why, f"{refused.detail}; the run halts, nothing more is written")
+
+
+def insert_notes(b: _Batch, writer: cdp_api.NoteWriter) -> cdp_store.WriteResult:
     """The batch's documents, inserted `batch_size` at a time. A dry run inserts nothing and says what the
     insert would do: the notes already in CDP would be already_migrated."""
     docs = [d.doc for d in b.decisions if d.doc is not None]

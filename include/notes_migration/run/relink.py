@@ -35,7 +35,7 @@ from notes_migration.domain.plain import utc_now
 from notes_migration.domain.rows import FileRow, batches_of
 from notes_migration.run.copy_engine import RetryPolicy, copy_files, target_listing
 from notes_migration.run.start import check_fence, holds_cid
-from notes_migration.stores import cdp_store, crm_source, job_store, metrics
+from notes_migration.stores import cdp_api, cdp_store, crm_source, job_store, metrics
 from notes_migration.stores import s3_store as s3
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def relink_batch(
     updates, entries, events_out = _note_records(job, cfg, page["page_no"], plans, notes, results)
     if updates and not checked:
         _relinkable_job(db, job["_id"])
-    cdp_store.set_note_attachments(db, updates)
+    cdp_api.set_attachments(db, cfg.thresholds, cfg.company_sso_id, updates)  # the run's writer (mongo | http)
     if checked:  # copies can take long: the lock's lease is kept alive between such batches
         job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
     page_doc = page_result(
@@ -268,8 +268,8 @@ def _note_records(
     plans: Mapping[int, list[FilePlan]],
     notes: Mapping[int, dict[str, Any]],
     results: Mapping[str, FileResult],
-) -> tuple[list[tuple[Any, list]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """What the copies decide: each note's new `attachments` (only where it changed), and a reason-coded
+) -> tuple[list[tuple[Any, int, list]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the copies decide: each note's new `attachments` ((CDP _id, legacy id, attachments)) (only where it changed), and a reason-coded
     record for every file not relinked, with an event for each failed one."""
     updates, entries, events_out = [], [], []
     for nid, note_plans in plans.items():
@@ -277,7 +277,7 @@ def _note_records(
             notes[nid].get("attachments"), attachment_entries(note_plans, results, cfg.thresholds.proxy_url_base)
         )
         if attachments != list(notes[nid].get("attachments") or []):
-            updates.append((notes[nid]["_id"], attachments))
+            updates.append((notes[nid]["_id"], nid, attachments))
         for plan in note_plans:
             r = results[plan.ref]
             if r.outcome == AttachmentOutcome.RELINKED:

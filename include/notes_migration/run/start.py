@@ -27,7 +27,7 @@ from notes_migration.domain.config import (
 )
 from notes_migration.domain.events import event
 from notes_migration.domain.plain import utc_now
-from notes_migration.stores import crm_source, job_store, metrics
+from notes_migration.stores import cdp_api, crm_source, job_store, metrics
 from notes_migration.stores.crm_source import CrmExtractFailed
 from notes_migration.stores.job_store import purge_note_log_if_overdue
 
@@ -53,6 +53,17 @@ def check_preconditions(crm, db: Database, cfg: RunConfig, *, flag_cids: Iterabl
         )
 
 
+def check_writer(cfg: RunConfig) -> None:
+    """On the HTTP path, the CDP notes API must accept the S2S token before the run writes anything:
+    a 401/403 refuses the run (CDP_API_UNAUTHORIZED), nothing written. A dry run writes no note: not asked."""
+    if not cdp_api.uses_http(cfg.thresholds) or cfg.dry_run:
+        return
+    try:
+        cdp_api.check_access(cfg.thresholds, cfg.company_sso_id)
+    except cdp_api.Unauthorized as refused:
+        raise Refused(Reason.CDP_API_UNAUTHORIZED, f"{refused.detail}; check the cdp_notes_api connection") from None
+
+
 def load_job(db: Database, job_id: str) -> tuple[dict, RunConfig]:
     job = job_store.get_job(db, job_id)
     if job is None:
@@ -75,6 +86,7 @@ def start_job(
 ) -> dict:
     """Preconditions, the per-CID lock, the job record and the started event."""
     check_preconditions(crm, db, cfg, flag_cids=flag_cids)
+    check_writer(cfg)
     job_id = job_id_for(run_id, cfg.cid)
     refuse_if_cancelled(job_store.get_job(db, job_id))
     lock_cid(db, cfg, job_id=job_id, run_id=run_id)

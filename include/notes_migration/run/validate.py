@@ -32,7 +32,7 @@ from notes_migration.run.batch import transform_page
 from notes_migration.run.coverage import resolve_all_persons
 from notes_migration.run.relink import summarise_job as summarise_attachments
 from notes_migration.run.start import check_fence, load_job, record_run_error
-from notes_migration.stores import cdp_store, crm_source, job_store, metrics
+from notes_migration.stores import cdp_api, cdp_store, crm_source, job_store, metrics
 from notes_migration.stores.crm_source import CrmExtractFailed
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,19 @@ def content_check(crm, db: Database, cfg: RunConfig, sample_limit: int = 20, job
     }
 
 
+def counted_by_service(report: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """On the HTTP path the CDP count is the service's source-scoped count (GET /cdp/notes/migrated/count), not a
+    read of contact_notes; the content check's own presence figure stays as `content_found`. Raises
+    cdp_api.Unavailable when the count stays unavailable after its retries (VALIDATION_SKIPPED)."""
+    count = cdp_api.count_migrated(cfg.thresholds, cfg.company_sso_id)
+    return {
+        **report,
+        "content_found": report["found"],
+        "found": count,
+        "match_pct": match_pct(report["expected"], count),
+    }
+
+
 def _judge(crm, db: Database, job: dict, cfg: RunConfig, totals: Totals) -> tuple[dict[str, Any], Verdict]:
     """The validation report (content_check, unless the run halted or was a dry run) and the verdict on it."""
     job_id = job["_id"]
@@ -124,10 +137,18 @@ def _judge(crm, db: Database, job: dict, cfg: RunConfig, totals: Totals) -> tupl
     else:
         try:
             report = content_check(crm, db, cfg, job_id=job_id)
-        except CrmExtractFailed as unavailable:  # PRD §9 #8: the count source is down after retries
+            if cdp_api.uses_http(cfg.thresholds):
+                report = counted_by_service(report, cfg)
+        except (CrmExtractFailed, cdp_api.Unavailable) as unavailable:  # PRD §9 #8: a count source is down
             log.error("validation of job %s skipped: %s", job_id, unavailable)
-            report = {"skipped": Reason.VALIDATION_SKIPPED.value, "details": str(unavailable)}
+            partial = report if isinstance(unavailable, cdp_api.Unavailable) else {}
+            report = {
+                **{k: v for k, v in partial.items() if k not in ("found", "match_pct")},
+                "skipped": Reason.VALIDATION_SKIPPED.value,
+                "details": str(unavailable),
+            }
             record_run_error(db, job, Reason.VALIDATION_SKIPPED, f"validate: {unavailable}")
+        report["read"] = dict(cdp_api.describe(cfg.thresholds))
         verdict = decide_verdict(
             halted_reason=None,
             match=report.get("match_pct"),
