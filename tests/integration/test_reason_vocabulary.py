@@ -632,28 +632,22 @@ def test_a_fenced_run_and_a_deleted_run(one_writer_codes, cdp):
 # --------------------------------------------------------------------------- the vocabulary, complete
 
 
-def test_every_reason_code_is_provoked(
-    per_note_codes,
-    done_cid_codes,
-    coverage_halt,
-    insert_failure_halt,
-    crm_down,
-    refused_runs,
-    running_job_codes,
-    one_writer_codes,
-):
+SCENARIOS = (
+    "per_note_codes",
+    "done_cid_codes",
+    "coverage_halt",
+    "insert_failure_halt",
+    "crm_down",
+    "refused_runs",
+    "running_job_codes",
+    "one_writer_codes",
+)
+
+
+def test_every_reason_code_is_provoked(request):
     """Each member of Reason was seen on an Ops surface by a scenario above, or is listed in UNPROVOKABLE."""
     seen: dict[Reason, set[str]] = {}
-    for scenario in (
-        per_note_codes,
-        done_cid_codes,
-        coverage_halt,
-        insert_failure_halt,
-        crm_down,
-        refused_runs,
-        running_job_codes,
-        one_writer_codes,
-    ):
+    for scenario in (request.getfixturevalue(name) for name in SCENARIOS):
         for code, where in scenario.sightings.seen.items():
             seen.setdefault(code, set()).update(where)
     missing = sorted(set(Reason) - set(seen) - set(UNPROVOKABLE))

@@ -118,7 +118,7 @@ def build_status(
         out.update(_finished(job, state, totals, url))
     if "error_log_url" not in out and anything_failed(job, by_outcome):
         out["error_log_url"] = url  # whatever the state: a success with failed files still has rows to act on
-    out["counts"] = _counts(job, totals, by_outcome)
+    out["counts"] = outcome_counts(job, totals, by_outcome)
     if job.get("attachments"):
         out["attachments"] = job["attachments"]
     for key in ("created_at", "updated_at", "finished_at"):
@@ -183,7 +183,10 @@ def _finished(job: Mapping[str, Any], state: State, totals: Totals, url: str) ->
     return out
 
 
-def _counts(job: Mapping[str, Any], totals: Totals, by_outcome: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+def outcome_counts(
+    job: Mapping[str, Any], totals: Totals, by_outcome: Mapping[str, Mapping[str, int]]
+) -> dict[str, Any]:
+    """The counts by outcome and reason a job's status (and a dry run's report) show."""
     out_of_scope, withheld = skips_by_reason(by_outcome, job.get("scope") or {})
     return {
         "notes_total": int(job.get("notes_total") or 0),

@@ -21,10 +21,10 @@ from typing import Any
 from pymongo.database import Database
 
 from notes_migration.domain.accounting import decide_verdict, match_pct, sum_attachment_pages, sum_pages
-from notes_migration.domain.codes import Outcome, State
+from notes_migration.domain.codes import State
 from notes_migration.domain.config import RunConfig
 from notes_migration.domain.plain import plain_value
-from notes_migration.domain.status import skips_by_reason
+from notes_migration.domain.status import outcome_counts
 from notes_migration.stores import job_store
 
 # Measured rates the ETA extrapolates with (scripts/benchmark.sh, README Performance; this machine's kind).
@@ -43,9 +43,7 @@ def report(
     cfg = RunConfig.from_dict(job["config"])
     t = cfg.thresholds
     totals = sum_pages(pages)
-    scope = job.get("scope") or {}
     notes_total = int(job.get("notes_total") or 0)
-    out_of_scope, withheld = skips_by_reason(by_outcome, scope)
     files = _files(attachment_pages, t.attachment_relink_gate)
     halted = (job.get("halted") or {}).get("reason") if job.get("state") == State.HALTED else None
     found = totals.migrated + totals.already_migrated
@@ -68,18 +66,7 @@ def report(
         "created_at": plain_value(job.get("created_at")),
         "finished_at": plain_value(job.get("finished_at")),
         "triggered_by": job.get("triggered_by"),
-        "counts": {
-            "notes_total": notes_total,
-            "would_migrate": totals.migrated,
-            "already_migrated": totals.already_migrated,
-            "out_of_scope": out_of_scope,
-            "withheld_by_halt": withheld,
-            "failed": dict(by_outcome.get(Outcome.FAILED.value, {})),
-            "checkins_dropped": totals.checkins_dropped,
-            "owners_unresolved": totals.owners_unresolved,
-            "pages_done": totals.pages_done,
-            "pages_total": job.get("pages_total"),
-        },
+        "counts": _would(outcome_counts(job, totals, by_outcome)),
         "failure_rate": round(totals.failure_rate, 6),
         "coverage": job.get("coverage"),
         "attachments": files,
@@ -89,6 +76,11 @@ def report(
         },
         "eta": eta(pages, attachment_pages, totals.migrated, files),
     }
+
+
+def _would(counts: dict[str, Any]) -> dict[str, Any]:
+    """A dry run's counts in its own words: the notes a real run would insert are `would_migrate`."""
+    return {("would_migrate" if k == "migrated" else k): v for k, v in counts.items()}
 
 
 def _files(attachment_pages: Sequence[Mapping[str, Any]], gate: float) -> dict[str, Any]:
