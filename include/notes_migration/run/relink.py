@@ -377,8 +377,9 @@ def plan_page(
     )
     results.update(predicted)
     timings = {"read": 0.0, "copy": 0.0, "write": 0.0, "total": time.perf_counter() - started}
-    page_doc = page_result(job, page, plans, results, rows_total=len(rows), notes_updated=0, concurrency=workers,
-                           timings=timings)  # fmt: skip
+    page_doc = page_result(
+        job, page, plans, results, rows_total=len(rows), notes_updated=0, concurrency=workers, timings=timings
+    )
     page_doc.update(dry_run=True, bytes_copied=0, bytes_to_copy=to_copy_bytes, files_to_copy=page_doc["copied"])
     job_store.save_attachment_page(db, page_doc)
     job_store.heartbeat_lock(db, cfg.cid, job["run_id"])
