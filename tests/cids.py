@@ -19,7 +19,11 @@ def span(first: int, last: int | None = None) -> range:
 
 # the demo pair (scripts/demo.sh, scripts/airflow.sh up): shared on purpose by the modules that reseed them
 DEMO = (100, 5000)
-DEMO_USERS = ("tests.integration.test_migration_e2e", "tests.stack.test_migration_stack")
+DEMO_USERS = (
+    "tests.integration.test_migration_e2e",
+    "tests.stack.test_migration_stack",
+    "tests.browser.test_ops_journey",
+)
 # the benchmarks' CIDs (benchmarks/page_path.py, stack.py, fleet.py): no test may use them
 BENCHMARKS = (span(8000, 8001), span(8100, 8101), span(8200, 8329))
 
@@ -57,6 +61,8 @@ REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.integration.test_retry_cli": (span(9250),),
     "tests.integration.test_one_writer": (span(9300, 9304),),
     "tests.integration.test_writers_e2e": (span(9400, 9419),),  # even: the mongo writer, odd: the http writer
+    "tests.browser.test_ops_journey": (span(9500),),  # flag off: the refusal; and the demo CID 5000
+    "tests.browser.test_signoff_xss": (span(9501),),  # the XSS fixtures as notes
 }
 
 

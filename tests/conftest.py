@@ -156,6 +156,20 @@ def writer(request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def stacks():
+    """The real Airflow of the stack and browser tiers (devtools/stack.py): started on first use, one per session
+    (both tiers reuse it), on private ports against the tests' CDP database, torn down at the end."""
+    from devtools.cdp_db import TEST_DATABASE
+    from devtools.stack import StackManager
+
+    manager = StackManager(cdp_database=TEST_DATABASE)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture(scope="session")
 def fleet(seed_cid, migration_dag, crm, cdp):
     """Five CIDs, one per PRD §8 state, each put there by a real run of the DAG, with the alerts and metrics
     those runs emitted (tests/fleet.py). Built once per session, for whichever tier asks first."""
@@ -193,6 +207,7 @@ _TIER_OF_FOLDER = {
     "stack": "stack",
     "fault": "fault",
     "conformance": "conformance",
+    "browser": "browser",
 }
 
 

@@ -1,6 +1,6 @@
 """The Ops REST API and UI page of the migration, a FastAPI app mounted by the Airflow plugin: assembly only.
 
-The routes live in routes/ by concern (monitor: reads; operate: state changes; rollouts; ui; docs) and call the
+The routes live in routes/ by concern (monitor: reads; operate: state changes; rollouts; ui; signoff; docs) and call the
 functions of `notes_migration.ops.queries` that the CLI calls too. Every route authenticates with Airflow's JWT
 (auth.py) and raises its refusals; errors.py answers them all (reason code → HTTP status, one table).
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from crm_notes_migration_ops import errors
-from crm_notes_migration_ops.routes import docs, monitor, operate, rollouts, ui
+from crm_notes_migration_ops.routes import docs, monitor, operate, rollouts, signoff, ui
 from crm_notes_migration_ops.routes.ui import _templates  # noqa: F401  (tests/unit/test_ui_filters.py)
 
 API_VERSION = "1.0.0"
@@ -41,6 +41,6 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
-for module in (monitor, operate, rollouts, ui, docs):
+for module in (monitor, operate, rollouts, ui, signoff, docs):
     app.include_router(module.router)
 errors.install(app)

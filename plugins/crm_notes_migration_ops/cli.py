@@ -9,6 +9,8 @@ The feature flag is an ordinary Airflow Variable: `airflow variables set crm_not
     python -m crm_notes_migration_ops.cli release-lock --cid 100     # a lock left by a dead run
     python -m crm_notes_migration_ops.cli rollback --cid 100 [--execute]   # dry run unless --execute
     python -m crm_notes_migration_ops.cli retry --job-id JOB [--reason CONTACT_NOT_MAPPED ...]  # the failed-record queue
+    python -m crm_notes_migration_ops.cli sign-off --cid 100 [--seed S]                 # the sign-off sample
+    python -m crm_notes_migration_ops.cli sign-off --cid 100 --seed S --verdict "..."   # record a sign-off
 
 Every command writes its answer as JSON alone on stdout (logging, Airflow's included, goes to stderr) and calls
 the same functions of notes_migration.ops.queries as the API, so both answer alike. A refusal exits 3 and prints
@@ -94,6 +96,12 @@ def parser(spec: tuple[contract.RunParam, ...] = contract.RUN_PARAMS) -> argpars
         help="retry only the notes that failed with this reason (repeatable; default: every reason)",
     )
     rt.add_argument("--by", default=None, help="who asks (recorded; default: $USER)")
+    so = sub.add_parser("sign-off", help="the CID's sign-off sample, or with --verdict record a sign-off of it")
+    so.add_argument("--cid", type=int, required=True)
+    so.add_argument("--seed", type=int, default=None, help="the sample's seed (default: a new one, printed)")
+    so.add_argument("--random-draw", type=int, default=None, help="notes drawn at random beside the chosen ones")
+    so.add_argument("--verdict", default=None, help="record a sign-off with this free-text verdict (needs --seed)")
+    so.add_argument("--by", default=None, help="who signs off (recorded; default: $USER)")
     return root
 
 
@@ -162,6 +170,24 @@ def _retry(args: argparse.Namespace) -> dict[str, Any]:
     return ops.retry_answer(cdp_database(), args.job_id, args.reasons, requested_by=by)
 
 
+def _sign_off(args: argparse.Namespace) -> dict[str, Any]:
+    from notes_migration.domain import signoff as rules
+    from notes_migration.ops import signoff
+    from notes_migration.stores.connections import cdp_database, crm_connection
+
+    draw = rules.RANDOM_DRAW if args.random_draw is None else args.random_draw
+    with crm_connection() as crm:
+        view = signoff.sample(crm, cdp_database(), args.cid, seed=args.seed, random_draw=draw)
+    if args.verdict is None:
+        return view
+    if args.seed is None:
+        raise SystemExit("sign-off --verdict needs the --seed of the sample you looked at")
+    by = args.by or getpass.getuser()
+    return signoff.record(
+        cdp_database(), args.cid, by=by, seed=args.seed, verdict=args.verdict, sample_size=len(view["notes"])
+    )
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "run": _run,
     "status": _status,
@@ -170,6 +196,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "release-lock": _release_lock,
     "rollback": _rollback,
     "retry": _retry,
+    "sign-off": _sign_off,
 }
 
 

@@ -42,6 +42,7 @@ HTTP_STATUS: dict[str, int] = {
     Reason.INVALID_COMPANY_SSO_ID: 422,
     Reason.RETRY_REFUSED: 422,
     Reason.CDP_API_UNAUTHORIZED: 502,  # the CDP notes API refused our S2S token: an upstream problem
+    Reason.SIGNOFF_REFUSED: 422,
     UNAUTHENTICATED: 401,
     FORBIDDEN: 403,
     NOT_FOUND: 404,

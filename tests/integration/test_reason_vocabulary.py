@@ -522,7 +522,7 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
     """A job whose first step ran (job recorded, CID locked), as a cancel meets it while the scheduler works:
     a second trigger is JOB_ALREADY_RUNNING; the cancel halts it (CANCELLED); a second cancel is
     JOB_ALREADY_FINISHED; a retry of the halted job is RETRY_REFUSED; a cancel of an unknown job is JOB_NOT_FOUND;
-    an unknown rollout is ROLLOUT_NOT_FOUND."""
+    an unknown rollout is ROLLOUT_NOT_FOUND; a sign-off of the halted job is SIGNOFF_REFUSED."""
     seeded = seed_cid(SeedSpec(cid=RUNNING, notes=20, **NO_FILES))
     conf = {"cid": RUNNING, "company_sso_id": seeded["company_sso_id"]}
     job = start.start_job(
@@ -551,6 +551,8 @@ def running_job_codes(seed_cid, crm, cdp, ops) -> Iterator[Scenario]:
         seen.refusal("POST /api/jobs/{id}/cancel", data["unknown"])
         data["no_rollout"] = ops.get("/api/rollouts/ro-reason-vocabulary")
         seen.refusal("GET /api/rollouts/{id}", data["no_rollout"])
+        data["signoff"] = ops.post(f"/api/cids/{RUNNING}/signoff", {"seed": 1, "verdict": "looked at it"})
+        seen.refusal("POST /api/cids/{cid}/signoff", data["signoff"])
         yield Scenario(seen, data)
     finally:
         from notes_migration.stores import job_store
@@ -568,6 +570,7 @@ def test_trigger_cancel_and_retry_of_a_running_job(running_job_codes):
     assert (d["retry"].status_code, retry["reason_code"]) == (422, "RETRY_REFUSED") and "CANCELLED" in retry["detail"]
     assert (d["unknown"].status_code, d["unknown"].json()["reason_code"]) == (404, "JOB_NOT_FOUND")
     assert (d["no_rollout"].status_code, d["no_rollout"].json()["reason_code"]) == (404, "ROLLOUT_NOT_FOUND")
+    assert (d["signoff"].status_code, d["signoff"].json()["reason_code"]) == (422, "SIGNOFF_REFUSED")
 
 
 # --------------------------------------------------------------------------- one writer: fenced, run gone

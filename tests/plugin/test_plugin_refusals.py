@@ -49,6 +49,16 @@ CASES: list[tuple[str, str, str, dict[str, Any], str, list[int], int, str]] = [
     ("errors-unknown-job", "GET", "/api/jobs/no-such-job/errors", {}, "ops", [], 404, "JOB_NOT_FOUND"),
     ("rollout-unknown", "GET", "/api/rollouts/no-such-rollout", {}, "ops", [], 404, "ROLLOUT_NOT_FOUND"),
     (
+        "signoff-unfinished",
+        "POST",
+        f"/api/cids/{IN_PROGRESS}/signoff",
+        {"json": {"seed": 7, "verdict": "looked fine"}},
+        "ops",
+        [],
+        422,
+        "SIGNOFF_REFUSED",
+    ),
+    (
         "trigger-flag-off",
         "POST",
         "/api/jobs",

@@ -12,17 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.cdp_db import TEST_DATABASE
 from devtools.stack import Stack, StackManager
 
-
-@pytest.fixture(scope="session")
-def stacks() -> Iterator[StackManager]:
-    manager = StackManager(cdp_database=TEST_DATABASE)
-    try:
-        yield manager
-    finally:
-        manager.close()
+# `stacks` (one per session, shared with the browser tier) is in tests/conftest.py.
 
 
 def _flag_kept(stack: Stack) -> Iterator[Stack]:

@@ -43,6 +43,8 @@ class Reason(StrEnum):
     RETRY_REFUSED = "RETRY_REFUSED"  # not retryable: dry run, halted, superseded, outside retention, too many …
     # refusal of the Ops API's rollout view
     ROLLOUT_NOT_FOUND = "ROLLOUT_NOT_FOUND"
+    # refusal of a sign-off (ops/signoff.py): no finished job, or no verdict; nothing written
+    SIGNOFF_REFUSED = "SIGNOFF_REFUSED"
     # note-level hard failures (the failed-record queue)
     CONTACT_NOT_MAPPED = "CONTACT_NOT_MAPPED"
     NOTE_TOO_LARGE = "NOTE_TOO_LARGE"

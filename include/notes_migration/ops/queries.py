@@ -95,6 +95,8 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     out["run_id"] = job.get("run_id")
     if job.get("retry"):  # failed-record retries of the job (retry.py): retried and recovered counts
         out["retry"] = as_plain(job["retry"])
+    if job.get("signoff"):  # the latest sign-off of the job (ops/signoff.py): who, when, seed, verdict
+        out["signoff"] = as_plain(job["signoff"])
     if out["status"] == State.ROLLED_BACK:
         record = job_store.rollback_record(db, out["rollback"]["rollback_id"]) or {}
         out["rollback"].update({k: record.get(k) for k in ("notes_deleted", "notes_already_gone", "objects_deleted")})

@@ -243,3 +243,19 @@ def set_note_attachments(db: Database, updates: list[tuple[Any, list[dict]]]) ->
         notes.update_one({"_id": note_id}, {"$set": {"attachments": attachments}}).modified_count
         for note_id, attachments in updates
     )
+
+
+# --------------------------------------------------------------------------- sign-off (ops/signoff.py)
+
+
+def migrated_note_ids_where(db: Database, company_sso_id: str, condition: dict, limit: int = 3) -> list[int]:
+    """Legacy ids of the company's migrated notes matching `condition` (e.g. an attachment kind), lowest first."""
+    query = {"company_sso_id": company_sso_id, "legacy_crm_note_id": {"$exists": True}, **condition}
+    cursor = db[C.CONTACT_NOTES].find(query, {"legacy_crm_note_id": 1}).sort("legacy_crm_note_id", 1).limit(limit)
+    return [int(d["legacy_crm_note_id"]) for d in cursor]
+
+
+def contact_timeline(db: Database, company_sso_id: str, contact_id: Any, limit: int = 500) -> list[dict]:
+    """A contact's notes as an agent sees them: newest `created_at` first (migrated and native notes alike)."""
+    query = {"company_sso_id": company_sso_id, "contact_id": contact_id}
+    return list(db[C.CONTACT_NOTES].find(query).sort([("created_at", -1), ("_id", -1)]).limit(limit))

@@ -271,3 +271,79 @@ def read_page_files(conn, cid: int, lo_id: int, hi_id: int) -> list[FileRow]:
     with conn.cursor() as cur:
         cur.execute(sql, _params(cid, lo=lo_id, hi=hi_id))
         return [FileRow(*r) for r in cur.fetchall()]
+
+
+# --------------------------------------------------------------------------- the sign-off sample (ops/signoff.py)
+
+_IN_SCOPE = f"{_PERSON_NOTES} AND NOT {_ACTIVITY}"
+
+
+@_retried
+def sample_candidates(conn, cid: int, per_kind: int = 3) -> dict[str, list[int]]:
+    """Ids of the CID's in-scope notes worth a person's look: the oldest and newest by `created_at`, notes with
+    mention markup, notes with images, audios and documents, and notes without a person (a few of each, lowest
+    ids first)."""
+    queries = {
+        "oldest note": f"SELECT n.id FROM crm_notes n {_TYPE_JOIN} WHERE {_IN_SCOPE} ORDER BY n.created_at, n.id LIMIT 1",
+        "newest note": f"SELECT n.id FROM crm_notes n {_TYPE_JOIN} WHERE {_IN_SCOPE} "
+        "ORDER BY n.created_at DESC, n.id DESC LIMIT 1",
+        "mention": f"SELECT n.id FROM crm_notes n {_TYPE_JOIN} WHERE {_IN_SCOPE} AND n.note LIKE '%%data-user-id%%' "
+        "ORDER BY n.id LIMIT %(k)s",
+        "image": f"SELECT DISTINCT n.id FROM crm_notes n {_TYPE_JOIN} JOIN assets a ON a.assetable_type = "
+        f"'Crm::Note' AND a.assetable_id = n.id AND a.type = 'Crm::NoteImage' WHERE {_IN_SCOPE} ORDER BY n.id "
+        "LIMIT %(k)s",
+        "audio / voice note": f"SELECT DISTINCT n.id FROM crm_notes n {_TYPE_JOIN} JOIN assets a ON "
+        f"a.assetable_type = 'Crm::Note' AND a.assetable_id = n.id AND a.type = 'Crm::NoteAudio' WHERE {_IN_SCOPE} "
+        "ORDER BY n.id LIMIT %(k)s",
+        "document": f"SELECT DISTINCT n.id FROM crm_notes n {_TYPE_JOIN} JOIN crm_note_attachments d ON "
+        f"d.crm_note_id = n.id WHERE {_IN_SCOPE} ORDER BY n.id LIMIT %(k)s",
+        # counted by the run (NOT_A_PERSON_NOTE), never logged one by one
+        "not a person note": "SELECT n.id FROM crm_notes n WHERE n.organization_id = %(cid)s "
+        "AND n.crm_person_id IS NULL ORDER BY n.id LIMIT %(k)s",
+    }
+    out: dict[str, list[int]] = {}
+    with conn.cursor() as cur:
+        for name, sql in queries.items():
+            cur.execute(sql, _params(cid, k=per_kind))
+            out[name] = [int(r[0]) for r in cur.fetchall()]
+    return out
+
+
+@_retried
+def in_scope_note_ids(conn, cid: int) -> list[int]:
+    """Every in-scope note id of the CID (the random draw's population; ints only, 100,000 of them are ~1 MB)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT n.id FROM crm_notes n {_TYPE_JOIN} WHERE {_IN_SCOPE} ORDER BY n.id", _params(cid))
+        return [int(r[0]) for r in cur.fetchall()]
+
+
+@_retried
+def read_any_notes(conn, cid: int, note_ids: Sequence[int]) -> list[NoteRow]:
+    """The CID's notes with these ids, whatever their scope (a sign-off also shows skipped notes)."""
+    sql = f"""
+        SELECT {_NOTE_COLUMNS}
+          FROM crm_notes n
+          LEFT JOIN users u ON u.id = n.creator_id
+          {_TYPE_JOIN}
+         WHERE n.organization_id = %(cid)s AND n.id = ANY(%(ids)s)
+         ORDER BY n.id"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, ids=sorted(int(i) for i in note_ids)))
+        return [_row(r) for r in cur.fetchall()]
+
+
+@_retried
+def read_note_files(conn, cid: int, note_ids: Sequence[int]) -> list[FileRow]:
+    """Every asset and document of these notes of the CID, ordered by (note, kind, id)."""
+    sql = """
+        SELECT 'asset', a.id, a.assetable_id, a.type, a.file_file_name, a.file_content_type, a.file_file_size, a.s3_key
+          FROM assets a JOIN crm_notes n ON n.id = a.assetable_id
+         WHERE a.assetable_type = 'Crm::Note' AND n.organization_id = %(cid)s AND n.id = ANY(%(ids)s)
+        UNION ALL
+        SELECT 'document', d.id, d.crm_note_id, NULL, d.file_file_name, d.file_content_type, d.file_file_size, d.s3_key
+          FROM crm_note_attachments d JOIN crm_notes n ON n.id = d.crm_note_id
+         WHERE n.organization_id = %(cid)s AND n.id = ANY(%(ids)s)
+         ORDER BY 3, 1, 2"""
+    with conn.cursor() as cur:
+        cur.execute(sql, _params(cid, ids=sorted(int(i) for i in note_ids)))
+        return [FileRow(*r) for r in cur.fetchall()]

@@ -518,3 +518,42 @@ def purge_note_log_if_overdue(db: Database, retention_days: int, *, now: dt.date
     if stamp is not None and at - stamp < FALLBACK_AFTER:
         return None
     return purge_note_log(db, retention_days, now=at)
+
+
+# --------------------------------------------------------------------------- sign-off (ops/signoff.py)
+
+
+def first_notes_by_reason(db: Database, job_id: str, per_reason: int = 2) -> list[dict]:
+    """For each (outcome, reason code) of the job's note log: its count and the lowest note ids carrying it
+    (one indexed query per pair; run errors, which name no note, are left out)."""
+    out = []
+    for outcome, by_reason in counts_by_outcome(db, job_id).items():
+        if outcome == RUN_ERROR_OUTCOME:
+            continue
+        for reason, n in sorted(by_reason.items(), key=lambda kv: str(kv[0])):
+            query = {"job_id": job_id, "outcome": outcome, "reason_code": reason, "legacy_crm_note_id": {"$ne": None}}
+            ids = [
+                int(e["legacy_crm_note_id"])
+                for e in db[C.NOTE_LOG]
+                .find(query, {"legacy_crm_note_id": 1})
+                .sort("legacy_crm_note_id", ASCENDING)
+                .limit(per_reason)
+            ]
+            out.append({"outcome": outcome, "reason_code": reason, "count": n, "note_ids": ids})
+    return out
+
+
+def note_log_of_notes(db: Database, job_id: str, note_ids: Iterable[int]) -> list[dict]:
+    """The job's note-log entries of these notes (a sample's: a few dozen)."""
+    query = {"job_id": job_id, "legacy_crm_note_id": {"$in": sorted({int(i) for i in note_ids})}}
+    return list(db[C.NOTE_LOG].find(query, {"_id": 0}))
+
+
+def event_subjects(db: Database, job_id: str, name: str, limit: int = 3) -> list[dict]:
+    """The first events of one name of a job (e.g. the owners not resolved), with their properties."""
+    return list(db[C.EVENTS].find({"job_id": job_id, "event": name}, {"_id": 0}).sort("_id", ASCENDING).limit(limit))
+
+
+def record_signoff(db: Database, job_id: str, record: dict) -> None:
+    """A sign-off is stored with the job: the latest as `signoff`, every one in `signoffs` (history)."""
+    db[C.JOBS].update_one({"_id": job_id}, {"$set": {"signoff": record}, "$push": {"signoffs": record}})

@@ -38,7 +38,35 @@ def _templates() -> Any:
     env.filters["rate"] = lambda v: "—" if _missing(v) else f"{100.0 * float(v):.2f}%"
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str, ensure_ascii=False)
     env.filters["when"] = _when
+    env.filters["utc_time"] = _utc_time
+    env.filters["reason_words"] = lambda code: _explain().reason_words(str(code) if code else None)
+    env.filters["state_words"] = lambda state: _explain().state_words(str(state) if state else None)
     return env
+
+
+def _explain() -> Any:
+    from notes_migration.domain import explain
+
+    return explain
+
+
+def _utc_time(value: Any) -> Any:
+    """A time as `<time datetime=ISO class="utc">YYYY-MM-DD HH:MM:SS.mmm UTC</time>`; the page's script adds the
+    reader's local offset beside it."""
+    from markupsafe import Markup, escape
+
+    if not value:
+        return "—"
+    text = str(value)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    utc = parsed.astimezone(dt.UTC)
+    shown = utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d} UTC"
+    return Markup('<time class="utc" datetime="{}">{}</time>').format(escape(utc.isoformat()), shown)
 
 
 def _missing(value: Any) -> bool:

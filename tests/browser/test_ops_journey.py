@@ -1,0 +1,106 @@
+"""The Ops journey a new user follows, in a real browser against a real Airflow: log in with the printed
+credentials, trigger `crm_notes_migration` from Airflow's trigger form, open the Ops view from the nav, watch the
+CID reach completed_success (the state counters agree with the fleet), open its detail, download the error CSV,
+open the sign-off view (every reason code of the run in the sample) and record a sign-off. Screenshots of each
+step: .build/browser/test_the_ops_journey/.
+
+CIDs: the demo CID 5000 (reseeded here)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from devtools.stack import Stack
+from tests.browser.conftest import VIEWPORT, login
+
+DEMO = 5000
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture
+def demo_5000(seed_cid):
+    from devtools.seed import DEMO_SPECS
+
+    [spec] = [s for s in DEMO_SPECS if s.cid == DEMO]
+    return seed_cid(spec)
+
+
+def _ops_frame(page):
+    return page.frame_locator("iframe[src*='crm-notes-migration']").first
+
+
+def test_the_ops_journey(chromium, stack: Stack, demo_5000, shots):
+    stack.set_flag([DEMO])
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    try:
+        login(page, stack)
+        shots(page, "logged-in")
+
+        # Airflow's own trigger form, with the DAG's params
+        page.goto(f"{stack.base_url}/dags/crm_notes_migration")
+        page.get_by_role("button", name="Trigger").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.locator("input[name=element_cid]").fill(str(DEMO))
+        dialog.locator("[name=element_company_sso_id]").fill(demo_5000["company_sso_id"])
+        shots(page, "trigger-form")
+        started = time.monotonic()
+        dialog.get_by_role("button", name="Trigger").last.click()
+        page.wait_for_timeout(1500)
+        runs = [r for r in stack.dag_runs() if (r.get("conf") or {}).get("cid") == DEMO]
+        assert runs, "the trigger form created no run of CID 5000"
+
+        # the Ops view from the nav, until the CID is completed_success
+        page.get_by_role("link", name="CRM Notes Migration").first.click()
+        frame = _ops_frame(page)
+        row = frame.locator("table.fleet tr", has=frame.locator(f"a[href='ui?cid={DEMO}']"))
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if row.count() and row.locator(".badge").first.inner_text() == "completed_success":
+                break
+            page.wait_for_timeout(8000)  # the frame's own refresh is 15 s; reloading sooner can outrun its load
+            page.reload()
+            frame = _ops_frame(page)
+            row = frame.locator("table.fleet tr", has=frame.locator(f"a[href='ui?cid={DEMO}']"))
+        else:
+            shots(page, "timed-out")
+            raise AssertionError(f"CID {DEMO} did not reach completed_success in the Ops view: {stack.status(DEMO)}")
+        print(f"\n[browser] CID {DEMO} completed_success {time.monotonic() - started:.0f} s after the trigger")
+        shots(page, "ops-view-completed")
+        # the state counters agree with the fleet table
+        badges = frame.locator("table.fleet td .badge").all_inner_texts()
+        chip = frame.locator(".summary .chip", has=frame.locator(".badge.s-completed_success"))
+        assert int(chip.locator("b").inner_text()) == badges.count("completed_success") >= 1
+
+        # its detail, the error CSV
+        frame.locator(f"table.fleet a[href='ui?cid={DEMO}']").click()
+        frame.locator("section.detail").wait_for()
+        shots(page, "cid-detail")
+        with page.expect_download() as download:
+            frame.get_by_role("link", name="error log (CSV)").click()
+        csv_text = open(download.value.path(), encoding="utf-8").read()
+        assert csv_text.splitlines()[0].startswith("legacy_crm_note_id,reason_code,details,outcome")
+
+        # the sign-off view: every reason code of the run is in the sample; record a sign-off
+        frame.get_by_role("link", name="Sign-off view").click()
+        frame.locator("table.reasons").wait_for()
+        frame.locator("iframe.rendered").first.wait_for()
+        shots(page, "signoff-view")
+        not_in_sample = frame.locator("table.reasons td .unavailable").count()
+        assert not_in_sample == 0, "a reason code of the run is missing from the sample"
+        seed = int(frame.locator("#seed").inner_text())
+        frame.locator("textarea[name=verdict]").fill("Browser journey: panes, timestamps and attachments checked.")
+        token = frame.locator("input[name=token]")
+        if not token.input_value():
+            token.fill(stack.tokens["ops"])
+        frame.get_by_role("button", name=re.compile("Sign off CID")).click()
+        result = frame.locator("output.signoff-result")
+        result.filter(has_text="signed off by ops").wait_for(timeout=15_000)
+        shots(page, "signed-off")
+        signoff = stack.status(DEMO)["signoff"]
+        assert (signoff["by"], signoff["seed"]) == ("ops", seed)
+    finally:
+        context.close()
