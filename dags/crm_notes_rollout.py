@@ -36,7 +36,9 @@ from airflow.sdk import dag, task
 
 from notes_migration.domain.contract import ROLLOUT_DAG_ID, ROLLOUT_PARAMS
 from notes_migration.tasks.lazy import lazy_import
+from notes_migration.tasks.notifiers import failure_notifiers
 from notes_migration.tasks.params import dag_params
+from notes_migration.tasks.rollout_operators import APPROVAL_FORM, CidApprovalOperator, RolloutLaneOperator
 
 rollout_tasks = lazy_import("notes_migration.tasks.rollout_tasks")  # loaded when a task runs, not at parse time
 
@@ -55,6 +57,7 @@ rollout_tasks = lazy_import("notes_migration.tasks.rollout_tasks")  # loaded whe
         "retry_delay": dt.timedelta(seconds=30),
     },
     params=dag_params(ROLLOUT_PARAMS),  # the rollout's contract (notes_migration/domain/contract.py)
+    on_failure_callback=failure_notifiers(ROLLOUT_DAG_ID),  # Slack + PagerDuty through the providers' notifiers
 )
 def crm_notes_rollout():
     @task
@@ -62,17 +65,30 @@ def crm_notes_rollout():
         """One descriptor per lane: {rollout_id, lane} (no lane when nothing is to be launched)."""
         return rollout_tasks.plan()
 
-    @task(map_index_template="{{ lane_label }}")
-    def run_lane(lane: dict) -> dict:
-        return rollout_tasks.run_lane(lane)
+    @task
+    def approval_requests() -> list[dict]:
+        """One request per CID to launch in stage pilot/batch ({rollout_id, cid, company_sso_id}); none in qa."""
+        return rollout_tasks.approval_requests()
+
+    planned = plan()
+    asks = approval_requests()
+    planned >> asks
+    CidApprovalOperator.partial(
+        task_id="approve_cid",
+        params=APPROVAL_FORM,  # the request's form: window_start, window_end (UTC ISO-8601), reference
+        map_index_template="CID {{ task.request.cid }}",
+        retries=0,  # a failed request is not asked twice: its lane ends it APPROVAL_EXPIRED after the timeout
+    ).expand(request=asks)
+    lanes = RolloutLaneOperator.partial(task_id="run_lane", map_index_template="lane {{ task.lane.lane }}").expand(
+        lane=planned
+    )
 
     @task(trigger_rule="all_done", retries=0)
     def report() -> dict:
         """Runs whatever the lanes did; finds its rollout from the run."""
         return rollout_tasks.report()
 
-    lanes = run_lane.expand(lane=plan())
-    lanes >> report()
+    lanes >> report()  # not after the approvals: a request left open after a gate stop must not hold the report
 
 
 crm_notes_rollout()
