@@ -56,6 +56,7 @@ REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.stack.test_rollout_stack": (span(9200, 9209),),
     "tests.integration.test_retry_cli": (span(9250),),
     "tests.integration.test_one_writer": (span(9300, 9304),),
+    "tests.stack.test_approval_stack": (span(9600, 9603),),
 }
 
 

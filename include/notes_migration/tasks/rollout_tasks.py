@@ -30,7 +30,10 @@ DONE_RUN_STATES = ("success", "failed")
 
 
 def _params(context: Any = None) -> dict[str, Any]:
-    return run_options(dict((context or get_current_context())["params"]), ROLLOUT_PARAMS)
+    """The rollout's parameters (an approval task's context also holds its form fields: left out here)."""
+    names = {p.name for p in ROLLOUT_PARAMS}
+    given = dict((context or get_current_context())["params"])
+    return run_options({k: v for k, v in given.items() if k in names}, ROLLOUT_PARAMS)
 
 
 def _entries(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -274,8 +277,8 @@ def report() -> dict[str, Any]:
     log.info("rollout %s %s: %s", rid, out["state"], totals)
     if out["state"] == rollout.RolloutState.STOPPED_AT_GATE:
         raise AirflowFailException(
-            f"rollout {rid} stopped at the Stage-3 gate: halt rate {totals['halt_rate']:.2%} > {totals['halt_gate']:.2%}"
-            f"; {totals['not_launched_halt_gate']} CIDs not launched"
+            f"rollout {rid} stopped at the {totals['stopped_by']} gate (stage {totals['stage']}): halt rate "
+            f"{totals['halt_rate']:.2%}, gate {totals['halt_gate']:.2%}; {totals['not_launched_halt_gate']} CIDs not launched"
         )
     return {"rollout_id": rid, "state": out["state"], "totals": totals}
 
