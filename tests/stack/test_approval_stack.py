@@ -15,6 +15,7 @@ import datetime as dt
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
@@ -77,8 +78,11 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
     ti_path = f"/api/v2/dags/{ROLLOUT_DAG_ID}/dagRuns/{run_id}/taskInstances/approve_cid"
 
     def all_asked() -> tuple[bool, Any]:
-        with local_stack.client("ops") as c:
-            states = [c.get(f"{ti_path}/{i}").json().get("state") for i in range(len(ORDER))]
+        try:
+            with local_stack.client("ops") as c:
+                states = [c.get(f"{ti_path}/{i}").json().get("state") for i in range(len(ORDER))]
+        except httpx.TimeoutException as exc:  # a busy 2-core machine: ask again
+            return False, repr(exc)
         return all(s == "awaiting_input" for s in states), states
 
     wait_until("the four approval requests to wait for input", 240, all_asked, 2)
@@ -87,7 +91,9 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
     assert detail.status_code == 200, detail.text
     request = detail.json()
     assert request["options"] == ["Approve", "Reject"] and str(NOW_OPEN) in request["subject"]
-    assert "notes in scope: 8" in request["body"] and "Dry run" in request["body"]
+    body = request["body"]
+    assert "notes in scope: " in body and "could not be computed" not in body and "**Dry run**" in body, body
+    assert "coverage: 100.0 %" in body, body  # the preflight ran against the CRM and CDP
     assert {"window_start", "window_end", "reference"} <= set(request["params"])
 
     # no lane launched anything while every request was open (pilot: no approval, no run)
