@@ -3,7 +3,7 @@ Airflow's REST API (`PATCH …/taskInstances/approve_cid/{map_index}/hitlDetails
 
 Four CIDs, stage `pilot`, one human-in-the-loop request each (the mapped `approve_cid`, map index = list
 position): the first is approved with a window already open and migrates at once; the second is approved
-with a window opening ~20 s later and its run is not created before it; the third is rejected (CSM_REJECTED);
+with a window opening 40 s later and its run is not created before it; the third is rejected (CSM_REJECTED);
 the fourth is left unanswered until its short timeout (APPROVAL_EXPIRED). Nothing of the last two is written
 to CDP. The rollout report (plugin) and the status JSON (`approval`) show who approved, when, the window and
 the reference. CIDs: 9600–9603.
@@ -25,7 +25,7 @@ ROLLOUT_DAG_ID = "crm_notes_rollout"
 NOW_OPEN, LATER, REJECTED, EXPIRED = cids(__name__)
 ORDER = [NOW_OPEN, LATER, REJECTED, EXPIRED]
 TIMEOUT_S = 90  # the requests' timeout: the unanswered one expires after it, the others are answered well before
-WINDOW_DELAY_S = 20
+WINDOW_DELAY_S = 40  # the first CID must be launched before it: lanes wake every poke_interval (2 s) + scheduling
 NO_FILES: dict[str, Any] = {
     "image_share": 0.0,
     "audio_share": 0.0,
@@ -128,6 +128,8 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
     run_state = wait_until(f"rollout run {run_id} to end", 420, rollout_done, 3)
     elapsed = time.monotonic() - started
     print(f"\n[approval] pilot of {len(ORDER)} CIDs ended {run_state} in {elapsed:.0f} s (seed excluded)")
+    if run_state != "success":
+        explain_failure(local_stack, run_id)
     assert run_state == "success"
 
     runs = {r["dag_run_id"]: r for r in runs_of(local_stack, rid)}
@@ -144,7 +146,8 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
 
     for cid in (REJECTED, EXPIRED):  # no note written, no job, no run
         assert job_store.latest_job(cdp, cid) is None
-        assert cdp[CONTACT_NOTES].count_documents({"company_sso_id": entry(cid)["company_sso_id"]}) == 0
+        migrated = {"company_sso_id": entry(cid)["company_sso_id"], "legacy_crm_note_id": {"$exists": True}}
+        assert cdp[CONTACT_NOTES].count_documents(migrated) == 0  # the company's own CDP notes are the seed's
 
     with local_stack.client("ops") as c:
         report = c.get(f"{PREFIX}/api/rollouts/{rid}").json()
@@ -180,3 +183,23 @@ def runs_of(stack: Stack, rid: str) -> list[dict[str, Any]]:
         resp = c.get(f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 100})
     assert resp.status_code == 200, resp.text
     return [r for r in resp.json()["dag_runs"] if r["dag_run_id"].startswith(f"{rid}__")]
+
+
+def explain_failure(stack: Stack, run_id: str) -> None:
+    """Print the rollout run's task states and the tail of each failed task's log (the stack is gone after)."""
+    base = f"/api/v2/dags/{ROLLOUT_DAG_ID}/dagRuns/{run_id}/taskInstances"
+    with stack.client("admin") as c:
+        tis = c.get(base, params={"limit": 100}).json()["task_instances"]
+        for ti in tis:
+            print(f"[approval] {ti['task_id']}[{ti['map_index']}] {ti['state']} try {ti['try_number']}")
+            if ti["state"] == "failed":
+                for attempt in range(1, ti["try_number"] + 1):
+                    log = c.get(
+                        f"{base}/{ti['task_id']}/logs/{attempt}",
+                        params={"map_index": ti["map_index"], "full_content": True},
+                        headers={"Accept": "application/json"},
+                    )
+                    lines = [e for e in (log.json().get("content") or []) if isinstance(e, dict)]
+                    for e in lines:
+                        if e.get("level") in ("error", "warning") or e.get("error_detail"):
+                            print(f"  try {attempt}: {e.get('event')} {str(e.get('error_detail') or '')[-2500:]}")
