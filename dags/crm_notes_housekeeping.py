@@ -26,6 +26,7 @@ import datetime as dt
 from airflow.sdk import dag, task
 
 from notes_migration.tasks.lazy import lazy_import
+from notes_migration.tasks.notifiers import failure_notifiers
 
 housekeeping = lazy_import("notes_migration.ops.housekeeping")  # loaded when a task runs, not at parse time
 
@@ -43,6 +44,7 @@ housekeeping = lazy_import("notes_migration.ops.housekeeping")  # loaded when a 
         "retries": 2,
         "retry_delay": dt.timedelta(minutes=5),
     },
+    on_failure_callback=failure_notifiers("crm_notes_housekeeping"),  # Slack + PagerDuty (providers' notifiers)
 )
 def crm_notes_housekeeping():
     @task

@@ -33,9 +33,10 @@ import datetime as dt
 
 from airflow.sdk import dag, task, task_group, teardown
 
-from notes_migration.domain.contract import DAG_ID, PAGE_LANES
+from notes_migration.domain.contract import CRM_READERS_POOL, DAG_ID, PAGE_LANES
 from notes_migration.tasks.attachment_relink import AttachmentRelinkOperator
 from notes_migration.tasks.lazy import lazy_import
+from notes_migration.tasks.notifiers import migration_deadline
 from notes_migration.tasks.params import dag_params
 
 tasks = lazy_import("notes_migration.tasks.migration_tasks")  # loaded when a task runs, not at parse time
@@ -59,13 +60,14 @@ tasks = lazy_import("notes_migration.tasks.migration_tasks")  # loaded when a ta
         "weight_rule": "upstream",
     },
     params=dag_params(),  # the run contract (notes_migration/domain/contract.py)
+    deadline=migration_deadline(DAG_ID),  # past the PRD's 4-hour window per CID: Slack, the run goes on
 )
 def crm_notes_migration():
     @task(retries=0)
     def preconditions() -> dict:
         return tasks.preconditions()
 
-    @task
+    @task(pool=CRM_READERS_POOL)
     def coverage_preflight(job: dict) -> dict:
         return tasks.coverage_preflight(job)
 
@@ -73,7 +75,7 @@ def crm_notes_migration():
     def plan_pages(job: dict) -> list[dict]:
         return tasks.plan_pages(job)
 
-    @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=PAGE_LANES)
+    @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=PAGE_LANES, pool=CRM_READERS_POOL)
     def migrate_page(job: dict, page: dict) -> dict:
         return tasks.migrate_page(job, page)
 
@@ -92,7 +94,7 @@ def crm_notes_migration():
         )
         migrated >> relinked
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", pool=CRM_READERS_POOL)
     def validate() -> dict:
         """Runs whatever the pages did; finds its job from the run (a setup's output feeds all_success tasks only)."""
         return tasks.validate()

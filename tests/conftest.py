@@ -93,7 +93,12 @@ def migration_dag():
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("crm_notes_migration")
+    dag = bag.get_dag("crm_notes_migration")
+    # dag.test() of Airflow 3.3.2 cannot run a DAG with a Deadline Alert: on the run's end it looks the alert up
+    # by the id only the DAG processor's serialisation assigns (a dict here: StatementError). The in-process tiers
+    # run without it; the DAG tier checks it is declared and the stack tier runs the DAG with it.
+    dag.deadline = None
+    return dag
 
 
 @pytest.fixture

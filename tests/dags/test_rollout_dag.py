@@ -63,13 +63,42 @@ def test_rollout_params_are_validated(bag, conf, ok):
 def test_rollout_flow(bag):
     dag = bag.get_dag("crm_notes_rollout")
     t = dag.task_dict
-    assert set(t) == {"plan", "run_lane", "report"}
+    assert set(t) == {"plan", "approval_requests", "approve_cid", "run_lane", "report"}
     assert "plan" in t["run_lane"].upstream_task_ids and "run_lane" in t["report"].upstream_task_ids
     assert t["report"].trigger_rule == "all_done" and t["report"].retries == 0
     assert t["run_lane"].retries >= 1
+    # the lane waits deferred (no Task SDK internals), the request is the provider's ApprovalOperator
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from notes_migration.tasks.rollout_operators import CidApprovalOperator, RolloutLaneOperator
+
+    assert t["run_lane"].operator_class is RolloutLaneOperator
+    assert t["approve_cid"].operator_class is CidApprovalOperator and issubclass(CidApprovalOperator, ApprovalOperator)
+    assert t["approve_cid"].upstream_task_ids == {"approval_requests"}
+    assert "approve_cid" not in t["report"].upstream_task_ids  # an open request never holds the report
+    assert set(t["approve_cid"].params.keys()) >= {"window_start", "window_end", "reference"}
+    assert dag.on_failure_callback and {type(n).__name__ for n in dag.on_failure_callback} == {
+        "SlackWebhookNotifier",
+        "PagerdutyNotifier",
+    }
     assert {"crm-migration", "rollout"} <= set(dag.tags) and "halt_gate" in dag.doc_md
     for task in dag.tasks:
         assert task.owner == "data-platform"
+
+
+def test_migration_dag_deadline_and_crm_pool(bag):
+    from notes_migration.domain.contract import CRM_READERS_POOL
+
+    dag = bag.get_dag("crm_notes_migration")
+    (alert,) = dag.deadline
+    assert alert.interval.total_seconds() == 4 * 3600
+    for task_id in ("coverage_preflight", "migrate_page", "validate"):
+        assert dag.task_dict[task_id].pool == CRM_READERS_POOL
+
+
+def test_no_task_sdk_internals_in_the_rollout():
+    for path in (ROOT / "include" / "notes_migration").rglob("*.py"):
+        assert "airflow.sdk.execution_time" not in path.read_text(), path
 
 
 def test_weekly_dag(bag):

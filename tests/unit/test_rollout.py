@@ -204,3 +204,149 @@ def test_weekly_aggregate():
 def test_ids_are_stable():
     assert R.rollout_id_for("manual__x") == R.rollout_id_for("manual__x") != R.rollout_id_for("manual__y")
     assert R.migration_run_id("ro-1", 7) == "ro-1__cid_7"
+
+
+# --------------------------------------------------------------------------- Stage 2/3: approvals, lanes, gates
+
+from notes_migration.ops import approvals as A  # noqa: E402
+
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+POKE = dt.timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    "chosen, fields, state, detail",
+    [
+        (["Approve"], {"window_start": "2026-03-01T12:00:00Z", "window_end": "2026-03-01T16:00:00Z"}, "approved", None),
+        (
+            ["Approve"],
+            {"window_start": "2026-03-01T12:00:00", "window_end": "2026-03-01T16:00:00+00:00"},
+            "approved",
+            None,
+        ),
+        (["Reject"], {}, "rejected", None),
+        (["Approve"], {"window_start": None, "window_end": "2026-03-01T16:00:00Z"}, "invalid", "window"),
+        (["Approve"], {"window_start": "tomorrow", "window_end": "2026-03-01T16:00:00Z"}, "invalid", "window"),
+        (
+            ["Approve"],
+            {"window_start": "2026-03-01T12:00:00+02:00", "window_end": "2026-03-01T16:00:00Z"},
+            "invalid",
+            "UTC",
+        ),
+        (
+            ["Approve"],
+            {"window_start": "2026-03-01T16:00:00Z", "window_end": "2026-03-01T12:00:00Z"},
+            "invalid",
+            "after",
+        ),
+    ],
+)
+def test_approval_decision(chosen, fields, state, detail):
+    out = A.approval_decision(chosen, {**fields, "reference": "CSM-42"}, {"id": "ops", "name": "ops"}, T0)
+    assert out["state"] == state and out["reference"] == "CSM-42" and out["by"] == {"id": "ops", "name": "ops"}
+    if detail:
+        assert detail in out["detail"]
+    if state == "approved":
+        assert out["window_start"] == T0 and out["window_end"] == T0 + dt.timedelta(hours=4)
+
+
+def plan_of(*cids):
+    return [{"cid": c, "company_sso_id": U, "decision": "launch"} for c in cids]
+
+
+def approved(start, end):
+    return {"state": "approved", "window_start": start, "window_end": end}
+
+
+def act(plan, claimed, approvals, stage="pilot", now=T0, stopped_by=None):
+    return R.lane_action(
+        plan,
+        claimed,
+        approvals,
+        stage=stage,
+        stopped_by=stopped_by,
+        now=now,
+        poke=POKE,
+        expires_at=T0 + dt.timedelta(days=3),
+    )
+
+
+def test_lane_qa_launches_in_list_order_without_approvals():
+    a = act(plan_of(1, 2), [1], {}, stage="qa")
+    assert (a.kind, a.entry["cid"]) == ("launch", 2)
+    assert act(plan_of(1, 2), [1, 2], {}, stage="qa").kind == "done"
+
+
+def test_lane_never_launches_an_unapproved_cid_and_passes_over_waiting_ones():
+    h = dt.timedelta(hours=1)
+    plan = plan_of(1, 2, 3, 4, 5)
+    approvals = {
+        1: {"state": "pending"},  # waits for an answer
+        2: approved(T0 + 20 * POKE, T0 + h),  # window opens later
+        3: {"state": "rejected"},
+    }
+    a = act(plan, [], approvals)
+    assert (a.kind, a.entry["cid"], a.outcome) == ("end", 3, "CSM_REJECTED")
+    a = act(plan, [3], approvals)
+    assert (a.kind, a.until) == ("wait", T0 + POKE)  # 4 and 5 have no record yet: pending; poll
+    approvals.update({4: {"state": "expired"}, 5: approved(T0 - h, T0 - POKE)})
+    assert act(plan, [3], approvals).outcome == "APPROVAL_EXPIRED"
+    assert act(plan, [3, 4], approvals).outcome == "WINDOW_MISSED"
+    approvals[1] = {"state": "invalid"}
+    assert act(plan, [3, 4, 5], approvals).outcome == "APPROVAL_INVALID"
+    a = act(plan, [1, 3, 4, 5], approvals)
+    assert (a.kind, a.until) == ("wait", T0 + 20 * POKE)  # only a window awaited: sleep until it opens
+    a = act(plan, [1, 3, 4, 5], approvals, now=T0 + 20 * POKE)
+    assert (a.kind, a.entry["cid"]) == ("launch", 2)
+
+
+def test_lane_expires_a_request_nobody_resolved_after_its_timeout():
+    approvals = {1: {"state": "pending", "timeout_at": T0}}
+    assert act(plan_of(1), [], approvals).kind == "wait"
+    assert act(plan_of(1), [], approvals, now=T0 + A.APPROVAL_GRACE).outcome == "APPROVAL_EXPIRED"
+
+
+def test_lane_stops_at_a_gate():
+    a = act(plan_of(1), [], {}, stage="qa", stopped_by=R.Gate.HALT_RATE)
+    assert (a.kind, a.gate) == ("stop", "halt_rate")
+
+
+@pytest.mark.parametrize(
+    "stage, finished, gate",
+    [
+        ("pilot", [("completed_success", None), ("halted", "COVERAGE_BELOW_GATE")], None),  # a data reason
+        ("pilot", [("completed_success", None), ("halted", "FAILURE_RATE_EXCEEDED")], None),
+        ("pilot", [("halted", "RUN_FAILED")], "pilot_pipeline_bug"),
+        ("pilot", [("halted", "CRM_EXTRACT_FAILED")], "pilot_pipeline_bug"),
+        ("batch", [("halted", "RUN_FAILED")] + [("completed_success", None)] * 49, None),  # 2 % is not above
+        ("batch", [("halted", "COVERAGE_BELOW_GATE")] * 2 + [("completed_success", None)] * 48, "halt_rate"),
+        ("qa", [("halted", "RUN_FAILED")], "halt_rate"),
+    ],
+)
+def test_stage_gates(stage, finished, gate):
+    assert R.gate_verdict(stage, finished, 0.02) == gate
+
+
+def test_report_of_a_pilot_with_approvals():
+    doc = rollout_doc([(c, "launch") for c in (1, 2, 3, 4)])
+    doc["params"]["stage"] = "pilot"
+    end = T0 + dt.timedelta(minutes=30)
+    docs = {
+        1: finished(1, "completed_success", "j1", finished_at=T0 + dt.timedelta(hours=1)),
+        3: {"cid": 3, "job_id": "j3", "finished": False, "outcome": "CSM_REJECTED", "finished_at": T0},
+        4: {"cid": 4, "job_id": "j4", "finished": False, "outcome": "APPROVAL_EXPIRED", "finished_at": T0},
+    }
+    approvals = {
+        1: {**approved(T0, end), "by": {"id": "ops", "name": "ops"}, "reference": "CSM-1"},
+        2: {"state": "pending", "required_actions_url": "http://x/required_actions"},
+        3: {"state": "rejected"},
+        4: {"state": "expired"},
+    }
+    live = R.build_report(doc, docs, {}, approvals=approvals, now=T0)
+    rows = {r["cid"]: r for r in live["cids"]}
+    assert rows[1]["approval"]["reference"] == "CSM-1" and rows[1]["window_overrun"] is True  # ended after window_end
+    assert rows[2]["approval"]["state"] == "pending" and rows[2]["progress"] == "pending"
+    assert rows[3]["progress"] == rows[4]["progress"] == "not_launched_approval"
+    t = live["totals"]
+    assert (t["CSM_REJECTED"], t["APPROVAL_EXPIRED"], t["awaiting_approval"], t["window_overrun"]) == (1, 1, 1, 1)
+    assert t["halted"] == 0 and t["halt_rate"] == 0 and t["stopped_by"] is None and t["finished"] == 1

@@ -107,6 +107,50 @@ class State(StrEnum):
     ROLLED_BACK = "rolled_back"  # a status only: the CID's migrated notes were taken back (ops/rollback.py)
 
 
+class RolloutOutcome(StrEnum):
+    """Why a rollout ended a CID without launching its migration run (Stage 2/3 CSM approval, PRD §14/§15).
+
+    A vocabulary of the rollout report, apart from `Reason`: no migration run (no job, no note log) ever
+    carries these; they are never halts and never count for a stage gate."""
+
+    CSM_REJECTED = "CSM_REJECTED"  # the CSM answered Reject
+    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"  # nobody answered before the request's timeout
+    WINDOW_MISSED = "WINDOW_MISSED"  # approved, but no lane could launch it before window_end
+    APPROVAL_INVALID = "APPROVAL_INVALID"  # answered Approve without a usable window (missing, unparsable, end ≤ start)
+
+
+class ApprovalState(StrEnum):
+    """Where one CID's approval request stands (the `approval.state` of the status JSON and the report)."""
+
+    NOT_REQUIRED = "not_required"  # stage qa
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+
+
+class Stage(StrEnum):
+    """The rollout's stage (PRD §14): qa needs no approval; pilot and batch ask one per CID."""
+
+    QA = "qa"
+    PILOT = "pilot"
+    BATCH = "batch"
+
+
+class Gate(StrEnum):
+    """The stage gate that stopped a rollout from launching more CIDs (the report's `stopped_by`)."""
+
+    PILOT_PIPELINE_BUG = "pilot_pipeline_bug"  # pilot: a halt whose reason is not a data reason
+    HALT_RATE = "halt_rate"  # batch (and qa): halted ÷ finished CIDs above halt_gate
+
+
+# Halts the data explain (the CID's contacts or notes), not the pipeline: the pilot gate lets them pass. A cancel
+# is an Ops decision, not a bug, so it passes too; every other halt reason (RUN_FAILED, CRM_EXTRACT_FAILED,
+# LOCK_LOST, a refusal …) stops a pilot.
+DATA_HALT_REASONS = frozenset({Reason.COVERAGE_BELOW_GATE, Reason.FAILURE_RATE_EXCEEDED, Reason.CANCELLED})
+
+
 # The skips that are the CID's scope, not the run's doing; a skip for any other reason is a note held back
 # by a halt (its reason is the halt's: FAILURE_RATE_EXCEEDED, CRM_EXTRACT_FAILED, CANCELLED …).
 OUT_OF_SCOPE_REASONS = frozenset({Reason.NOT_A_PERSON_NOTE, Reason.ACTIVITY_OUT_OF_SCOPE, Reason.CHECKIN_DROPPED})

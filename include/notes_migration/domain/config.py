@@ -47,6 +47,7 @@ PERSON_MAPS = "crm_migration_person_maps"  # a run's person → contact answers,
 ATTACHMENT_PAGES = "crm_migration_attachment_pages"  # relink result per (job, page)
 ROLLOUTS = "crm_migration_rollouts"  # one document per rollout (crm_notes_rollout run): its plan and its report
 ROLLOUT_CIDS = "crm_migration_rollout_cids"  # one per (rollout, launched CID), written by the lane that launched it
+APPROVALS = "crm_migration_approvals"  # one per (rollout, CID) asked for approval, written by its approval task only; never purged
 WEEKLY = "crm_migration_weekly"  # one per week: the PRD §12 weekly aggregate
 HOUSEKEEPING = "crm_migration_housekeeping"  # when each retention purge last ran (one document per purge)
 CONTACT_NOTES = "contact_notes"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DAG_ID = "crm_notes_migration"  # one run per CID; its params are RUN_PARAMS
+CRM_READERS_POOL = "crm_readers"  # Airflow pool (airflow_settings.yaml) capping CRM-reading tasks across runs
 PAGE_LANES = 4  # the DAG's max_active_tasks and its mapped tasks' per-run cap (config.TARGET_TASK_PAGES)
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -85,6 +86,7 @@ RUN_PARAMS: tuple[RunParam, ...] = (
 )
 
 
+STAGE_PATTERN = r"^(qa|pilot|batch)$"  # codes.Stage
 ROLLOUT_DAG_ID = "crm_notes_rollout"  # one run per rollout of many CIDs; its params are ROLLOUT_PARAMS
 
 # The rollout's parameters (notes_migration/rollout.py checks the list's entries and reads the Variable).
@@ -94,7 +96,13 @@ ROLLOUT_PARAMS: tuple[RunParam, ...] = (
     RunParam("max_concurrent", int, "at most this many crm_notes_migration runs at once", 4, minimum=1, maximum=32),
     RunParam("halt_gate", float, "Stage-3 gate: stop launching when halted / finished CIDs exceeds it", 0.02, 0, 1),
     RunParam("batch_size", int, "batch_size of every migration run", default=500, minimum=1, maximum=1000),
-    RunParam("poke_interval", int, "seconds between two looks at a running migration run", 10, minimum=1, maximum=300),
+    RunParam(
+        "poke_interval", int, "seconds between two looks (the triggerer's) at a run or at open approvals", 10, 1, 300
+    ),
+    RunParam("stage", str, "qa (no approval), pilot or batch (one CSM approval per CID)", "qa", pattern=STAGE_PATTERN),
+    RunParam(
+        "approval_timeout_s", int, "an approval request unanswered this long ends APPROVAL_EXPIRED", 259200, 1, 2592000
+    ),
 )
 
 

@@ -31,6 +31,7 @@ from notes_migration.domain.codes import (
 from notes_migration.domain.config import RunConfig
 from notes_migration.domain.plain import as_plain
 from notes_migration.domain.status import build_status, progress_pct, with_airflow_runs
+from notes_migration.ops.approvals import approval_of_cid
 from notes_migration.run.coverage import coverage_report, unmapped_person_entries
 from notes_migration.run.start import check_preconditions
 from notes_migration.stores import crm_source, job_store, settings
@@ -89,7 +90,7 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     CID's DAG runs when the caller can see them (`runs`, newest first: the plugin and the CLI pass them)."""
     job = job_store.latest_job(db, cid)
     if job is None:
-        return with_airflow_runs(build_status(cid, None, [], {}), None, runs)
+        return _with_approval(db, cid, None, with_airflow_runs(build_status(cid, None, [], {}), None, runs))
     pages = job_store.page_results(db, job["_id"])
     out = build_status(cid, job, pages, job_store.status_counts(db, job["_id"], pages))
     out["run_id"] = job.get("run_id")
@@ -100,7 +101,16 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     if out["status"] == State.ROLLED_BACK:
         record = job_store.rollback_record(db, out["rollback"]["rollback_id"]) or {}
         out["rollback"].update({k: record.get(k) for k in ("notes_deleted", "notes_already_gone", "objects_deleted")})
-    return with_airflow_runs(out, job, runs)
+    return _with_approval(db, cid, job["_id"], with_airflow_runs(out, job, runs))
+
+
+def _with_approval(db: Database, cid: int, job_id: str | None, out: dict[str, Any]) -> dict[str, Any]:
+    """`approval`: the CSM approval of the CID's latest job (Stage 2/3 rollouts), or its newest request when that
+    job had none (e.g. pending, rejected, expired: no job at all); absent for a CID never asked."""
+    approval = approval_of_cid(db, cid, job_id)
+    if approval is not None:
+        out["approval"] = as_plain(approval)
+    return out
 
 
 def status_of(crm, db: Database, cid: int, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -18,11 +18,21 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from notes_migration.domain.codes import Reason, State
+from notes_migration.domain.codes import (
+    DATA_HALT_REASONS,
+    ApprovalState,
+    Gate,
+    Reason,
+    RolloutOutcome,
+    Stage,
+    State,
+)
 from notes_migration.domain.contract import ROLLOUT_DAG_ID, UUID_RE
+from notes_migration.ops.approvals import APPROVAL_GRACE, approval_view, approvals_of
 
 _ROLLOUT_NS = uuid.UUID("1d6f3f0e-2b7c-4f53-9a0e-7c5b2a9d4e11")
 
@@ -43,6 +53,7 @@ class Progress(StrEnum):
     FINISHED = "finished"  # its migration run ended (state: the job's)
     NOT_LAUNCHED_GATE = "not_launched_halt_gate"  # the gate had tripped before its turn
     NOT_LAUNCHED = "not_launched"  # the rollout ended without launching it (a lane failed)
+    NOT_LAUNCHED_APPROVAL = "not_launched_approval"  # rejected, expired, invalid or window missed: see its outcome
     LANE_LOST = "lane_lost"  # launched, but the rollout's run died before its lane recorded the end (see its status)
 
 
@@ -115,6 +126,95 @@ def gate_open(finished_states: Sequence[str], gate: float) -> bool:
     return halt_rate(finished_states) <= gate
 
 
+def gate_verdict(stage: str, finished: Sequence[tuple[str, str | None]], gate: float) -> Gate | None:
+    """The stage gate (PRD §14) over the (state, halted reason) of the CIDs this rollout finished: pilot stops
+    at the first halt whose reason is not a data reason (a pipeline bug), whatever the halt rate; batch and qa
+    stop once the halt rate exceeds `gate`. None: launching may go on."""
+    if stage == Stage.PILOT:
+        bug = any(s == State.HALTED and r not in DATA_HALT_REASONS for s, r in finished)
+        return Gate.PILOT_PIPELINE_BUG if bug else None
+    if not gate_open([s for s, _ in finished], gate):
+        return Gate.HALT_RATE
+    return None
+
+
+# --------------------------------------------------------------------------- lanes (pure)
+
+_ENDING = {
+    ApprovalState.REJECTED: RolloutOutcome.CSM_REJECTED,
+    ApprovalState.EXPIRED: RolloutOutcome.APPROVAL_EXPIRED,
+    ApprovalState.INVALID: RolloutOutcome.APPROVAL_INVALID,
+}
+
+
+@dataclass(frozen=True)
+class LaneAction:
+    """What a lane does next: launch a CID, end one without launching it, wait (deferred) until a moment,
+    stop at a gate, or finish."""
+
+    kind: str  # "launch" | "end" | "wait" | "stop" | "done"
+    entry: dict[str, Any] | None = None
+    outcome: RolloutOutcome | None = None
+    until: dt.datetime | None = None
+    gate: Gate | None = None
+
+
+def _aware(moment: Any) -> dt.datetime | None:
+    if not isinstance(moment, dt.datetime):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def lane_action(
+    plan: Sequence[Mapping[str, Any]],
+    claimed: Iterable[int],
+    approvals: Mapping[int, Mapping[str, Any]],
+    *,
+    stage: str,
+    stopped_by: Gate | None,
+    now: dt.datetime,
+    poke: dt.timedelta,
+    expires_at: dt.datetime,
+) -> LaneAction:
+    """The next thing a lane does, in list order among the CIDs no lane has claimed (pure).
+
+    qa: the first unclaimed CID is launched. pilot/batch: a CID is launched only once approved and inside
+    its window; a rejected, expired or invalid answer, or a window already over, ends it (never launched); a
+    CID still waiting for an answer or for its window_start is passed over for the next one, and when none
+    is ready the lane waits until the earliest window_start, or `poke` when an answer is awaited. A request
+    with no answer recorded by `expires_at` (its timeout + grace: the approval task died) is expired."""
+    if stopped_by is not None:
+        return LaneAction("stop", gate=stopped_by)
+    taken = set(claimed)
+    moments: list[dt.datetime] = []
+    for e in plan:
+        if e["decision"] != Decision.LAUNCH or e["cid"] in taken:
+            continue
+        if stage == Stage.QA:
+            return LaneAction("launch", entry=dict(e))
+        a = approvals.get(e["cid"]) or {}
+        state = a.get("state") or ApprovalState.PENDING.value
+        if state == ApprovalState.PENDING:
+            if now >= (_aware(a.get("timeout_at")) or expires_at - APPROVAL_GRACE) + APPROVAL_GRACE:
+                return LaneAction("end", entry=dict(e), outcome=RolloutOutcome.APPROVAL_EXPIRED)
+            moments.append(now + poke)
+            continue
+        if state != ApprovalState.APPROVED:
+            return LaneAction("end", entry=dict(e), outcome=_ENDING[ApprovalState(state)])
+        start, end = _aware(a.get("window_start")), _aware(a.get("window_end"))
+        if start is None or end is None:
+            return LaneAction("end", entry=dict(e), outcome=RolloutOutcome.APPROVAL_INVALID)
+        if now >= end:
+            return LaneAction("end", entry=dict(e), outcome=RolloutOutcome.WINDOW_MISSED)
+        if now < start:
+            moments.append(start)
+            continue
+        return LaneAction("launch", entry=dict(e))
+    if moments:
+        return LaneAction("wait", until=min(moments))
+    return LaneAction("done")
+
+
 def next_to_launch(plan: Sequence[Mapping[str, Any]], claimed: Iterable[int]) -> dict[str, Any] | None:
     """The first CID to launch that no lane has claimed, in list order."""
     taken = set(claimed)
@@ -157,20 +257,30 @@ def build_report(
     *,
     final: bool = False,
     lanes_dead: bool = False,
+    approvals: Mapping[int, Mapping[str, Any]] | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The rollout's report (pure): per CID its decision, progress, final state, match_pct, failure rate,
-    attachment success and duration; then the rollout's totals and halt rate. `final`: the lanes are done,
-    so a CID to launch that none launched was stopped by the gate (or lost to a failed lane). `lanes_dead`:
-    the rollout's run died, so a launched CID its lane never recorded is lane_lost, not running."""
+    """The rollout's report (pure): per CID its decision, approval, progress, final state, match_pct, failure
+    rate, attachment success and duration; then the rollout's totals, halt rate and the gate that stopped it.
+    `final`: the lanes are done, so a CID to launch that none launched was stopped by the gate (or lost to a
+    failed lane). `lanes_dead`: the rollout's run died, so a launched CID its lane never recorded is
+    lane_lost, not running. A CID whose run was still going at its window_end is flagged `window_overrun`."""
     gate = float(rollout["params"]["halt_gate"])
-    finished_states: list[str] = []
+    stage = str(rollout["params"].get("stage") or Stage.QA.value)
+    now = now or _now()
+    ended: list[tuple[str, str | None]] = []
     per_cid: list[dict[str, Any]] = []
     for e in rollout["cids"]:
         row: dict[str, Any] = {"cid": e["cid"], "company_sso_id": e["company_sso_id"], "decision": e["decision"]}
         doc = cid_docs.get(e["cid"])
         if e["decision"] == Decision.LAUNCH:
+            if stage != Stage.QA:
+                row["approval"] = approval_view((approvals or {}).get(e["cid"]))
             if doc is None:
                 row["progress"] = Progress.PENDING.value
+            elif doc.get("outcome"):
+                row.update(progress=Progress.NOT_LAUNCHED_APPROVAL.value, outcome=doc["outcome"])
+                row["finished_at"] = doc.get("finished_at")
             else:
                 row.update(
                     {k: doc.get(k) for k in ("run_id", "lane", "launched_at", "finished_at", "run_state", "duration_s")}
@@ -182,12 +292,18 @@ def build_report(
                 if doc.get("finished"):
                     row["progress"] = Progress.FINISHED.value
                     row.update(state=doc.get("state"), halted_reason=doc.get("halted_reason"))
-                    finished_states.append(doc.get("state") or "")
+                    ended.append((doc.get("state") or "", doc.get("halted_reason")))
                 else:
                     row["progress"] = (Progress.LANE_LOST if lanes_dead else Progress.RUNNING).value
+                window_end = _aware((row.get("approval") or {}).get("window_end"))
+                last = _aware(doc.get("finished_at")) or now
+                if window_end is not None and last > window_end:
+                    row["window_overrun"] = True  # not killed (PRD: a running CID finishes), but flagged
         per_cid.append(row)
+    finished_states = [s for s, _ in ended]
     rate = halt_rate(finished_states)
-    tripped = not gate_open(finished_states, gate)
+    stopped_by = gate_verdict(stage, ended, gate)
+    tripped = stopped_by is not None
     if final:
         for row in per_cid:
             if row.get("progress") == Progress.PENDING:
@@ -216,6 +332,16 @@ def build_report(
         "halt_rate": round(rate, 6),
         "halt_gate": gate,
         "gate_tripped": tripped,
+        "stage": stage,
+        "stopped_by": stopped_by.value if stopped_by else None,
+        "awaiting_approval": sum(
+            1
+            for r in per_cid
+            if r.get("progress") == Progress.PENDING and (r.get("approval") or {}).get("state") == ApprovalState.PENDING
+        ),
+        "not_launched_approval": by("progress", Progress.NOT_LAUNCHED_APPROVAL),
+        **{o.value: by("outcome", o) for o in RolloutOutcome},
+        "window_overrun": sum(1 for r in per_cid if r.get("window_overrun")),
     }
     if not final:
         state = RolloutState.RUNNING
@@ -306,24 +432,30 @@ def update_cid(db: Any, rollout_id: str, cid: int, **fields: Any) -> None:
     db[C.ROLLOUT_CIDS].update_one({"_id": f"{rollout_id}:{cid}"}, {"$set": fields})
 
 
-def finished_job_states(db: Any, rollout_id: str) -> list[str]:
-    """The final states of the CIDs this rollout finished, read from their job records (the gate's input).
+def finished_outcomes(db: Any, rollout_id: str) -> list[tuple[str, str | None]]:
+    """(final state, halted reason) of the CIDs this rollout finished, from their job records (the gates' input).
 
     A CID counts as soon as its job ended (e.g. halted at the coverage gate), before its run's teardown
     ends and its lane records it: another lane must not launch in between. A run that recorded no job
-    (refused) or whose job stayed in_progress counts once its lane recorded it, with the lane's verdict."""
+    (refused) or whose job stayed in_progress counts once its lane recorded it, with the lane's verdict.
+    A CID ended by its approval (never launched) does not count."""
     from notes_migration.domain import config as C
 
-    docs = list(cid_docs(db, rollout_id).values())
-    jobs = {j["_id"]: j for j in db[C.JOBS].find({"_id": {"$in": [d["job_id"] for d in docs]}}, {"state": 1})}
-    states = []
+    docs = [d for d in cid_docs(db, rollout_id).values() if not d.get("outcome")]
+    ids = [d["job_id"] for d in docs]
+    jobs = {j["_id"]: j for j in db[C.JOBS].find({"_id": {"$in": ids}}, {"state": 1, "halted": 1})}
+    out: list[tuple[str, str | None]] = []
     for d in docs:
-        job_state = (jobs.get(d["job_id"]) or {}).get("state")
-        if job_state in _ENDED:
-            states.append(job_state)
+        job = jobs.get(d["job_id"]) or {}
+        if job.get("state") in _ENDED:
+            out.append((job["state"], (job.get("halted") or {}).get("reason")))
         elif d.get("finished"):  # no job (refused) or a dead run's job: the lane's verdict
-            states.append(d.get("state") or "")
-    return states
+            out.append((d.get("state") or "", d.get("halted_reason")))
+    return out
+
+
+def finished_job_states(db: Any, rollout_id: str) -> list[str]:
+    return [s for s, _ in finished_outcomes(db, rollout_id)]
 
 
 def job_rows(db: Any, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -340,7 +472,8 @@ def job_rows(db: Any, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
 def report_of(db: Any, rollout: Mapping[str, Any], *, final: bool = False, lanes_dead: bool = False) -> dict[str, Any]:
     docs = cid_docs(db, rollout["_id"])
     rows = job_rows(db, [d["job_id"] for d in docs.values()])
-    return build_report(rollout, docs, rows, final=final, lanes_dead=lanes_dead)
+    approvals = approvals_of(db, rollout["_id"])
+    return build_report(rollout, docs, rows, final=final, lanes_dead=lanes_dead, approvals=approvals)
 
 
 RUN_NOT_FOUND = "not_found"  # run_states' answer for a run the Airflow metadata DB does not have

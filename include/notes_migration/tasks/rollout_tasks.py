@@ -1,25 +1,26 @@
 """Task bodies of `crm_notes_rollout` and `crm_notes_weekly_report`: the Airflow edge around rollout.py.
 
-A lane launches one `crm_notes_migration` run at a time and waits for it, through the Task SDK's
-supervisor channel: the same `TriggerDagRun` / `GetDagRunState` messages the standard provider's
-TriggerDagRunOperator has its task runner send (tasks never touch the metadata DB in Airflow 3). A lane
-is one mapped task instance; `max_concurrent` lanes give the rollout's concurrency cap at run time.
+A lane (`rollout_lane.RolloutLaneOperator`, one mapped task instance per lane) asks `lane_step` what to
+do next: launch a CID's `crm_notes_migration` run, re-attach to the one it had launched, wait deferred
+for an approval or a window, or finish. Approvals (`approval.CidApprovalOperator`, one mapped HITL request
+per CID in stage pilot/batch) record each answer with `record_approval`. No body touches Task SDK internals:
+runs are triggered and awaited the way the standard provider's TriggerDagRunOperator does it (deferred).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from typing import Any
 
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
-from notes_migration.domain.config import DAG_ID, job_id_for
-from notes_migration.domain.contract import ROLLOUT_PARAMS, run_options
+from notes_migration.domain.codes import ApprovalState, Stage
+from notes_migration.domain.config import job_id_for
+from notes_migration.domain.contract import ROLLOUT_PARAMS, defaults, run_options
 from notes_migration.domain.plain import utc_now
-from notes_migration.ops import rollout
+from notes_migration.ops import approvals, rollout
 from notes_migration.stores import job_store, settings
 from notes_migration.stores.connections import cdp_database
 
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 DONE_RUN_STATES = ("success", "failed")
 
 
-def _params() -> dict[str, Any]:
-    return run_options(dict(get_current_context()["params"]), ROLLOUT_PARAMS)
+def _params(context: Any = None) -> dict[str, Any]:
+    """The rollout's parameters (an approval task's context also holds its form fields: left out here)."""
+    names = {p.name for p in ROLLOUT_PARAMS}
+    given = dict((context or get_current_context())["params"])
+    return run_options({k: v for k, v in given.items() if k in names}, ROLLOUT_PARAMS)
 
 
 def _entries(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -47,9 +51,10 @@ def _entries(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plan() -> list[dict[str, Any]]:
-    """Check the list, decide each CID (skip completed, report flag-off, launch the rest), store the plan."""
+    """Check the list, decide each CID (skip completed, report flag-off, launch the rest), store the plan;
+    one descriptor ({rollout_id, lane}) per lane."""
     ctx = get_current_context()
-    params = _params()
+    params = _params(ctx)
     entries = _entries(params)
     db = cdp_database()
     latest = {e["cid"]: (job_store.latest_job(db, e["cid"]) or {}).get("state") for e in entries}
@@ -67,112 +72,195 @@ def plan() -> list[dict[str, Any]]:
     }
     rollout.save_plan(db, doc)
     to_launch = sum(1 for e in decided if e["decision"] == rollout.Decision.LAUNCH)
-    lanes = min(params["max_concurrent"], to_launch)
-    slots = _executor_slots()
-    if lanes and slots is not None and lanes >= slots:
-        # a lane holds its executor slot while it waits: with every slot held, no migration task could ever run
-        raise AirflowFailException(
-            f"max_concurrent {params['max_concurrent']} needs {lanes} lanes, each holding an executor slot while it "
-            f"waits, and [core] parallelism is {slots}: no slot would be left for the migration runs. Lower "
-            f"max_concurrent below {slots} (or raise AIRFLOW__CORE__PARALLELISM)"
-        )
-    log.info("rollout %s: %d CIDs, %d to launch on %d lanes: %s", rid, len(decided), to_launch, lanes, decided)
+    lanes = min(params["max_concurrent"], to_launch)  # a lane waits deferred: it holds no executor slot
+    log.info("rollout %s (%s): %d CIDs, %d to launch on %d lanes", rid, params["stage"], len(decided), to_launch, lanes)
     return [{"rollout_id": rid, "lane": n} for n in range(lanes)]
 
 
-def _executor_slots() -> int | None:
-    """`[core] parallelism`: the most task instances running at once across the deployment (None: unknown)."""
-    try:
-        from airflow.configuration import conf
-
-        slots = conf.getint("core", "parallelism")
-    except Exception:  # a worker without the core config: no check rather than a wrong one
-        return None
-    return slots if slots > 0 else None
-
-
-def _trigger(run_id: str, conf: dict[str, Any]) -> None:
-    """Create the migration run (idempotent: a run that already exists is the one a retried lane launched)."""
-    from airflow.sdk.exceptions import ErrorType
-    from airflow.sdk.execution_time.comms import ErrorResponse, TriggerDagRun
-    from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
-
-    msg = SUPERVISOR_COMMS.send(
-        TriggerDagRun(dag_id=DAG_ID, run_id=run_id, conf=conf, logical_date=None, run_after=utc_now())
-    )
-    if isinstance(msg, ErrorResponse):
-        if msg.error == ErrorType.DAGRUN_ALREADY_EXISTS:
-            log.info("run %s already exists: waiting for it", run_id)
-            return
-        raise RuntimeError(f"could not trigger {DAG_ID} run {run_id}: {msg.error} {msg.detail}")
+def approval_requests() -> list[dict[str, Any]]:
+    """Stage pilot/batch: one approval request per CID to launch, in list order; stage qa: none."""
+    ctx = get_current_context()
+    if _params(ctx)["stage"] == Stage.QA:
+        return []
+    rid = rollout.rollout_id_for(ctx["dag_run"].run_id)
+    stored = rollout.get_rollout(cdp_database(), rid)
+    if stored is None:
+        raise AirflowFailException(f"rollout {rid} has no plan")
+    return [
+        {"rollout_id": rid, "cid": e["cid"], "company_sso_id": e["company_sso_id"]}
+        for e in stored["cids"]
+        if e["decision"] == rollout.Decision.LAUNCH
+    ]
 
 
-def _run_state(run_id: str) -> str:
-    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-    state = RuntimeTaskInstance.get_dagrun_state(dag_id=DAG_ID, run_id=run_id)
-    # the SDK answers with its own DagRunState (str, Enum): str() of it is "DagRunState.SUCCESS", its value "success"
-    return str(getattr(state, "value", state))
+# --------------------------------------------------------------------------- lanes
 
 
-def _wait_and_record(db: Any, rid: str, doc: dict[str, Any], poke_interval: int) -> str:
-    run_id, cid = doc["run_id"], doc["cid"]
-    while (state := _run_state(run_id)) not in DONE_RUN_STATES:
-        time.sleep(poke_interval)
-    finished = utc_now()
-    row = rollout.job_rows(db, [doc["job_id"]]).get(doc["job_id"])
-    outcome = rollout.final_state(state, row)
-    launched = doc.get("launched_at")
+def _duration(launched: Any, finished: dt.datetime) -> float | None:
     if isinstance(launched, dt.datetime) and launched.tzinfo is None:
         launched = launched.replace(tzinfo=dt.UTC)
-    duration = round((finished - launched).total_seconds(), 1) if isinstance(launched, dt.datetime) else None
+    return round((finished - launched).total_seconds(), 1) if isinstance(launched, dt.datetime) else None
+
+
+def record_run_end(rollout_id: str, run_id: str, run_state: str) -> str:
+    """A lane's CID run ended (the DagStateTrigger's event): its outcome from the job record, kept on its doc."""
+    db = cdp_database()
+    doc = next((d for d in rollout.cid_docs(db, rollout_id).values() if d.get("run_id") == run_id), None)
+    if doc is None:
+        raise LookupError(f"rollout {rollout_id} launched no run {run_id}")
+    finished = utc_now()
+    row = rollout.job_rows(db, [doc["job_id"]]).get(doc["job_id"])
+    outcome = rollout.final_state(run_state, row)
+    duration = _duration(doc.get("launched_at"), finished)
     rollout.update_cid(
-        db, rid, cid, finished=True, finished_at=finished, run_state=state, duration_s=duration, **outcome
+        db,
+        rollout_id,
+        doc["cid"],
+        finished=True,
+        finished_at=finished,
+        run_state=run_state,
+        duration_s=duration,
+        **outcome,
     )
-    log.info("CID %s: run %s ended %s, job %s (%s s)", cid, run_id, state, outcome, duration)
+    log.info("CID %s: run %s ended %s, job %s (%s s)", doc["cid"], run_id, run_state, outcome, duration)
     return str(outcome["state"])
 
 
-def run_lane(descriptor: dict[str, Any]) -> dict[str, Any]:
-    """Launch CIDs one after the other, in list order, until none is left or the gate trips."""
-    get_current_context()["lane_label"] = f"lane {descriptor['lane']}"  # type: ignore[typeddict-unknown-key]
-    params = _params()
+def lane_step(descriptor: dict[str, Any], run_exists: Any) -> dict[str, Any]:
+    """What the lane does next, with everything it decided recorded first.
+
+    {"kind": "attach", run_id}: its own launched CID is still in flight (a retried lane) — wait for it;
+    {"kind": "launch", run_id, conf}: a CID claimed now — trigger its run and wait for it;
+    {"kind": "wait", until}: nothing ready (approvals or windows awaited) — sleep deferred until then;
+    {"kind": "done" | "stop", gate}: nothing left to launch, or a stage gate stopped the rollout.
+    CIDs whose approval ends them (rejected, expired, invalid, window missed) are claimed and recorded here,
+    never launched. `run_exists(run_id) -> bool` asks Airflow (the task's own API) whether a run exists."""
     db = cdp_database()
     rid, lane = descriptor["rollout_id"], int(descriptor["lane"])
     stored = rollout.get_rollout(db, rid)
     if stored is None:
         raise LookupError(f"rollout {rid} not found")
-    done: list[dict[str, Any]] = []
-    for doc in rollout.cid_docs(db, rid).values():  # a retried lane first finishes what it had launched
-        if doc.get("lane") == lane and not doc.get("finished"):
-            _trigger(doc["run_id"], doc["conf"])
-            done.append({"cid": doc["cid"], "state": _wait_and_record(db, rid, doc, params["poke_interval"])})
+    params = {**defaults(ROLLOUT_PARAMS), **stored["params"]}
+    for doc in rollout.cid_docs(db, rid).values():  # a retried lane first re-attaches to what it had launched
+        if doc.get("lane") == lane and not doc.get("finished") and not doc.get("outcome"):
+            kind = "attach" if run_exists(doc["run_id"]) else "launch"
+            log.info("lane %d: CID %s run %s in flight: %s", lane, doc["cid"], doc["run_id"], kind)
+            return {
+                "kind": kind,
+                "run_id": doc["run_id"],
+                "conf": doc["conf"],
+                "poke_interval": params["poke_interval"],
+            }
     while True:
-        nxt = rollout.next_to_launch(stored["cids"], rollout.cid_docs(db, rid))
-        if nxt is None:
-            break
-        states = rollout.finished_job_states(db, rid)
-        if not rollout.gate_open(states, params["halt_gate"]):
-            log.warning(
-                "halt gate tripped (halt rate %.4f > %.4f over %d finished CIDs): lane %d launches nothing more",
-                rollout.halt_rate(states),
-                params["halt_gate"],
-                len(states),
-                lane,
-            )
-            break
-        cid = nxt["cid"]
+        now = utc_now()
+        docs = rollout.cid_docs(db, rid)
+        stage = str(params["stage"])
+        action = rollout.lane_action(
+            stored["cids"],
+            docs,
+            approvals.approvals_of(db, rid) if stage != Stage.QA else {},
+            stage=stage,
+            stopped_by=rollout.gate_verdict(stage, rollout.finished_outcomes(db, rid), params["halt_gate"]),
+            now=now,
+            poke=dt.timedelta(seconds=params["poke_interval"]),
+            expires_at=_aware(stored["created_at"]) + dt.timedelta(seconds=params["approval_timeout_s"]),
+        )
+        if action.kind in ("done", "stop"):
+            if action.gate:
+                log.warning("lane %d: the %s gate stopped the rollout: it launches nothing more", lane, action.gate)
+            return {"kind": action.kind, "gate": action.gate.value if action.gate else None}
+        if action.kind == "wait":
+            return {"kind": "wait", "until": action.until}
+        assert action.entry is not None
+        cid = action.entry["cid"]
         run_id = rollout.migration_run_id(rid, cid)
-        conf = {"cid": cid, "company_sso_id": nxt["company_sso_id"], "batch_size": params["batch_size"]}
-        doc = {"lane": lane, "run_id": run_id, "job_id": job_id_for(run_id, cid), "conf": conf, "finished": False}
-        if not rollout.claim(db, rid, cid, **doc, launched_at=utc_now()):
+        conf = {"cid": cid, "company_sso_id": action.entry["company_sso_id"], "batch_size": params["batch_size"]}
+        claim = {"lane": lane, "run_id": run_id, "job_id": job_id_for(run_id, cid), "conf": conf, "finished": False}
+        if action.kind == "end":
+            assert action.outcome is not None
+            if rollout.claim(db, rid, cid, **claim, outcome=action.outcome.value, finished_at=now):
+                log.info("lane %d: CID %s not launched: %s", lane, cid, action.outcome)
+            continue
+        if not rollout.claim(db, rid, cid, **claim, launched_at=now):
             continue  # another lane took it first
-        _trigger(run_id, conf)
-        doc.update(cid=cid, launched_at=utc_now())
-        rollout.update_cid(db, rid, cid, launched_at=doc["launched_at"])
-        log.info("lane %d launched CID %s as run %s", lane, cid, run_id)
-        done.append({"cid": cid, "state": _wait_and_record(db, rid, doc, params["poke_interval"])})
-    return {"lane": lane, "cids": done}
+        log.info("lane %d launches CID %s as run %s", lane, cid, run_id)
+        return {"kind": "launch", "run_id": run_id, "conf": conf, "poke_interval": params["poke_interval"]}
+
+
+def _aware(moment: Any) -> dt.datetime:
+    if isinstance(moment, dt.datetime):
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return utc_now()
+
+
+def lane_summary(descriptor: dict[str, Any]) -> dict[str, Any]:
+    """What the lane did (its return value): the CIDs it claimed and how each ended."""
+    docs = rollout.cid_docs(cdp_database(), descriptor["rollout_id"]).values()
+    mine = [d for d in docs if d.get("lane") == int(descriptor["lane"])]
+    return {
+        "lane": descriptor["lane"],
+        "cids": [{"cid": d["cid"], "state": d.get("outcome") or d.get("state")} for d in mine],
+    }
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def approval_request(request: dict[str, Any], *, timeout_s: int, stage: str, link: str | None) -> dict[str, Any]:
+    """The HITL request of one CID (subject and Markdown body with its preflight and dry-run figures), recorded
+    pending before it is shown."""
+    db = cdp_database()
+    rid, cid, company = request["rollout_id"], int(request["cid"]), request["company_sso_id"]
+    figures = approvals.preflight_figures(db, cid, company)
+    now = utc_now()
+    run_id = rollout.migration_run_id(rid, cid)
+    approvals.save_approval(
+        db,
+        {
+            "_id": approvals.approval_id(rid, cid),
+            "rollout_id": rid,
+            "cid": cid,
+            "company_sso_id": company,
+            "stage": stage,
+            "run_id": run_id,
+            "job_id": job_id_for(run_id, cid),
+            "state": ApprovalState.PENDING.value,
+            "requested_at": now,
+            "timeout_at": now + dt.timedelta(seconds=timeout_s),
+            "figures": figures,
+            "required_actions_url": link,
+        },
+    )
+    return {
+        "subject": f"CRM notes migration ({stage}): approve CID {cid} → company {company}?",
+        "body": approvals.request_body(cid, company, stage, figures),
+    }
+
+
+def record_approval(request: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The answer (or the timeout) of one CID's request, kept on its approval record; returns the decision."""
+    db = cdp_database()
+    rid, cid = request["rollout_id"], int(request["cid"])
+    stored = approvals.approvals_of(db, rid).get(cid) or {
+        "_id": approvals.approval_id(rid, cid),
+        "rollout_id": rid,
+        "cid": cid,
+    }
+    if event.get("error_type") == "timeout":
+        decision: dict[str, Any] = {"state": ApprovalState.EXPIRED.value, "at": utc_now(), "detail": event.get("error")}
+    elif "error" in event:
+        raise AirflowFailException(f"approval of CID {cid}: {event.get('error_type')}: {event.get('error')}")
+    else:
+        at = event.get("responded_at")
+        decision = approvals.approval_decision(
+            event.get("chosen_options") or [],
+            event.get("params_input") or {},
+            event.get("responded_by_user"),
+            at if isinstance(at, dt.datetime) else utc_now(),
+        )
+    approvals.save_approval(db, {**stored, **decision})
+    log.info("CID %s approval: %s", cid, {k: v for k, v in decision.items() if k != "chosen"})
+    return approvals.approval_view({**stored, **decision})
 
 
 def report() -> dict[str, Any]:
@@ -189,8 +277,8 @@ def report() -> dict[str, Any]:
     log.info("rollout %s %s: %s", rid, out["state"], totals)
     if out["state"] == rollout.RolloutState.STOPPED_AT_GATE:
         raise AirflowFailException(
-            f"rollout {rid} stopped at the Stage-3 gate: halt rate {totals['halt_rate']:.2%} > {totals['halt_gate']:.2%}"
-            f"; {totals['not_launched_halt_gate']} CIDs not launched"
+            f"rollout {rid} stopped at the {totals['stopped_by']} gate (stage {totals['stage']}): halt rate "
+            f"{totals['halt_rate']:.2%}, gate {totals['halt_gate']:.2%}; {totals['not_launched_halt_gate']} CIDs not launched"
         )
     return {"rollout_id": rid, "state": out["state"], "totals": totals}
 
