@@ -96,11 +96,16 @@ class Stack:
         assert resp.status_code == 200, resp.text
         return resp.json()
 
-    def wait_terminal(self, cid: int, run_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-        """Poll the status endpoint until the CID's job of this run is terminal, then its Airflow run too."""
+    def wait_terminal(
+        self, cid: int, run_id: str, timeout: float = RUN_TIMEOUT_S, seen: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Poll the status endpoint until the CID's job of this run is terminal, then its Airflow run too (every
+        status polled on the way is appended to `seen` when given)."""
 
         def probe() -> tuple[bool, dict[str, Any]]:
             status = self.status(cid)
+            if seen is not None:
+                seen.append(status)
             return status.get("run_id") == run_id and status["status"] in TERMINAL, status
 
         def run_done() -> tuple[bool, str]:

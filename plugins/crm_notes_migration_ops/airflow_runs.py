@@ -105,11 +105,50 @@ def runs_by_cid(cid: int | None = None, per_cid: int = 5) -> dict[int, list[dict
                 )
             ).all():
                 failed.setdefault(run_id, []).append(task_id if map_index < 0 else f"{task_id}[{map_index}]")
+        retrying = _retrying_tasks(
+            session, [r["run_id"] for runs in out.values() for r in runs if r["state"] == "running"]
+        )
     for runs in out.values():
         for run in runs:
             run["failed_tasks"] = sorted(failed.get(run["run_id"], []))
+            if run["run_id"] in retrying:
+                run["retrying_tasks"] = retrying[run["run_id"]]
     if cid is not None:
         out.setdefault(cid, [])  # asked and answered: Airflow has no run of this CID (deleted, never triggered)
+    return out
+
+
+def _retrying_tasks(session: Any, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """{run_id: its tasks waiting to be tried again (up_for_retry)}: which, which try failed and since when.
+    What a poller is told while a killed or failed task waits for its retry."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not run_ids:
+        return out
+    rows = session.execute(
+        select(
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.map_index,
+            TaskInstance.try_number,
+            TaskInstance.end_date,
+        ).where(
+            TaskInstance.dag_id == DAG_ID,
+            TaskInstance.run_id.in_(run_ids),
+            TaskInstance.state == TaskInstanceState.UP_FOR_RETRY,
+        )
+    ).all()
+    for run_id, task_id, map_index, try_number, end in rows:
+        out.setdefault(run_id, []).append(
+            {
+                "task": task_id if map_index < 0 else f"{task_id}[{map_index}]",
+                "failed_try": try_number,
+                "since": end,
+            }
+        )
     return out
 
 

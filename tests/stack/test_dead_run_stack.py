@@ -140,8 +140,14 @@ def test_a_killed_page_process_is_retried_and_loses_or_duplicates_nothing(local_
     killed_at = time.monotonic()
     print(f"\n[stack] SIGKILLed pid {proc.pid}: migrate_page[{ti['map_index']}] try {ti['try_number']} of {run_id}")
 
-    status = local_stack.wait_terminal(KILLED_PAGE, run_id)
+    seen: list[dict[str, Any]] = []
+    status = local_stack.wait_terminal(KILLED_PAGE, run_id, seen=seen)
     assert status["status"] == "completed_success", status
+    # while Airflow waited to retry the killed page (retry_delay 30 s), the status said so and stayed in progress
+    waits = [s["waiting_for"] for s in seen if s.get("run_id") == run_id and s.get("waiting_for")]
+    assert waits and f"migrate_page[{ti['map_index']}]" in waits[0]["tasks"], [s.get("status") for s in seen]
+    assert all(s["status"] == "in_progress" for s in seen if s.get("waiting_for"))
+    print(f"[stack] polled {len(seen)} statuses; waiting_for seen {len(waits)} times: {waits[0]['detail']}")
     assert status["_dag_run_state"] == "success"
     [page] = [t for t in local_stack.task_instances(run_id, "migrate_page") if t["map_index"] == ti["map_index"]]
     assert page["state"] == "success" and page["try_number"] > ti["try_number"], page

@@ -69,6 +69,30 @@ def test_running_run_keeps_the_job_in_progress():
     assert s["status"] == "in_progress" and "halted_reason" not in s
 
 
+def test_a_task_waiting_for_its_retry_is_said_with_since_when():
+    """A killed page task: Airflow retries it; the status keeps in_progress and says what the run waits for."""
+    since = T0 + dt.timedelta(minutes=7)
+    waiting = run(state="running") | {
+        "retrying_tasks": [
+            {"task": "migrate_page[3]", "failed_try": 1, "since": since},
+            {"task": "migrate_page[4]", "failed_try": 2, "since": since + dt.timedelta(seconds=5)},
+        ]
+    }
+    s = status_of(job(), [PAGE], [waiting])
+    assert s["status"] == "in_progress" and s["progress_pct"] > 0
+    w = s["waiting_for"]
+    assert (w["what"], w["tasks"], w["since"]) == (
+        "task_retry",
+        ["migrate_page[3]", "migrate_page[4]"],
+        "2026-12-01T12:07:00Z",
+    )
+    assert (
+        w["detail"]
+        == "Airflow retries migrate_page ×2 (e.g. migrate_page[3]) (failed try 2, since 2026-12-01T12:07:00Z)"
+    )
+    assert "waiting_for" not in status_of(job(), [PAGE], [run(state="running")])
+
+
 def test_failed_run_without_a_job_is_terminal_not_not_started():
     s = status_of(None, runs=[run("manual__2", "failed", ["preconditions"])])
     assert s["status"] == "halted" and s["halted_reason"] == "RUN_FAILED"

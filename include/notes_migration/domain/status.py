@@ -239,6 +239,8 @@ def with_airflow_runs(
         if job_run is None and _run_gone(job, runs):
             gone: dict[str, Any] = {"run_id": job.get("run_id"), "state": "not_found", "failed_tasks": []}
             return _run_failed(out, gone, url=url, reason=Reason.RUN_NOT_FOUND)
+        if job_run and job_run.get("retrying_tasks"):
+            out["waiting_for"] = _waiting_for(job_run["retrying_tasks"])
     if not runs:
         return out
     newest = runs[0]
@@ -247,6 +249,21 @@ def with_airflow_runs(
             return _run_failed(out, newest, url=None)
         out["latest_run"] = _run_info(newest)
     return out
+
+
+def _waiting_for(retrying: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What an in-progress run waits for while Airflow retries a task (a killed task process is seen dead
+    after the scheduler's heartbeat timeout, then retried): its counts stand still meanwhile, they do not go back."""
+    since = min((plain_value(t["since"]) for t in retrying if t.get("since")), default=None)
+    tasks = [str(t["task"]) for t in retrying]
+    return {
+        "what": "task_retry",
+        "tasks": sorted(tasks),
+        "since": since,
+        "detail": f"Airflow retries {_summarise_tasks(tasks)} (failed try"
+        + f" {max(int(t.get('failed_try') or 0) for t in retrying)}"
+        + (f", since {since})" if since else ")"),
+    }
 
 
 def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
