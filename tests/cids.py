@@ -63,7 +63,7 @@ REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.integration.test_writers_e2e": (span(9400, 9419),),  # even: the mongo writer, odd: the http writer
     "tests.browser.test_ops_journey": (span(9500),),  # flag off: the refusal; and the demo CID 5000
     "tests.browser.test_signoff_xss": (span(9501),),  # the XSS fixtures as notes
-    "tests.stack.test_approval_stack": (span(9600, 9603),),
+    "tests.stack.test_approval_stack": (span(9600, 9604),),
 }
 
 

@@ -6,7 +6,8 @@ position): the first is approved with a window already open and migrates at once
 with a window opening 40 s later and its run is not created before it; the third is rejected (CSM_REJECTED);
 the fourth is left unanswered until its short timeout (APPROVAL_EXPIRED). Nothing of the last two is written
 to CDP. The rollout report (plugin) and the status JSON (`approval`) show who approved, when, the window and
-the reference. CIDs: 9600–9603.
+the reference. A rollout killed by Ops (its run marked failed) is shown failed at the Ops view's next load.
+CIDs: 9600–9604.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
 from tests.cids import cids
 
 ROLLOUT_DAG_ID = "crm_notes_rollout"
-NOW_OPEN, LATER, REJECTED, EXPIRED = cids(__name__)
+NOW_OPEN, LATER, REJECTED, EXPIRED, KILLED = cids(__name__)
 ORDER = [NOW_OPEN, LATER, REJECTED, EXPIRED]
 TIMEOUT_S = 90  # the requests' timeout: the unanswered one expires after it, the others are answered well before
 WINDOW_DELAY_S = 40  # the first CID must be launched before it: lanes wake every poke_interval (2 s) + scheduling
@@ -53,7 +54,9 @@ def when(value: str | None) -> dt.datetime | None:
 def seeded(seed_cid) -> dict[int, dict]:
     from devtools.seed import SeedSpec
 
-    return {cid: seed_cid(SeedSpec(cid=cid, notes=8, ambiguous_contact_share=0.0, **NO_FILES)) for cid in ORDER}
+    return {
+        cid: seed_cid(SeedSpec(cid=cid, notes=8, ambiguous_contact_share=0.0, **NO_FILES)) for cid in [*ORDER, KILLED]
+    }
 
 
 def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_stack: Stack, seeded, cdp):
@@ -151,7 +154,7 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
 
     with local_stack.client("ops") as c:
         report = c.get(f"{PREFIX}/api/rollouts/{rid}").json()
-        status = {cid: c.get(f"{PREFIX}/api/status", params={"cid": cid}).json() for cid in ORDER}
+        status = {cid: c.get(f"{PREFIX}/api/status", params={"cid": cid}).json() for cid in [*ORDER, KILLED]}
     assert report["state"] == "completed", report
     rows = {r["cid"]: r for r in report["cids"]}
     for cid, ref in ((NOW_OPEN, "CSM-1"), (LATER, "CSM-2")):
@@ -203,3 +206,36 @@ def explain_failure(stack: Stack, run_id: str) -> None:
                     for e in lines:
                         if e.get("level") in ("error", "warning") or e.get("error_detail"):
                             print(f"  try {attempt}: {e.get('event')} {str(e.get('error_detail') or '')[-2500:]}")
+
+
+def test_a_killed_rollout_shows_failed_in_the_ops_view_at_the_next_poll(local_stack: Stack, seeded):
+    """A rollout run killed by Ops (marked failed through the REST API while its approval waits): the Ops view's
+    very next load shows it run_failed with its Airflow state, never `running`."""
+    from notes_migration.ops.rollout import rollout_id_for
+
+    local_stack.set_flag([KILLED])
+    conf = {"cids": [entry(KILLED)], "stage": "pilot", "poke_interval": 2, "approval_timeout_s": 3600}
+    with local_stack.client("ops") as c:
+        resp = c.post(f"/api/v2/dags/{ROLLOUT_DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["dag_run_id"]
+    rid = rollout_id_for(run_id)
+    path = f"/api/v2/dags/{ROLLOUT_DAG_ID}/dagRuns/{run_id}"
+
+    def asked() -> tuple[bool, Any]:
+        with local_stack.client("ops") as c:
+            state = c.get(f"{path}/taskInstances/approve_cid/0").json().get("state")
+        return state == "awaiting_input", state
+
+    wait_until("the approval request to wait for input", 240, asked, 2)
+    with local_stack.client("ops") as c:
+        live = c.get(f"{PREFIX}/api/rollouts/{rid}").json()
+        assert live["state"] == "running", live
+        killed = c.patch(path, json={"state": "failed"})
+        assert killed.status_code == 200, killed.text
+        page = c.get(f"{PREFIX}/ui")
+        view = c.get(f"{PREFIX}/api/rollouts/{rid}").json()
+    assert page.status_code == 200, page.text
+    row = page.text.split(f">{rid}</a>", 1)[1].split("</tr>", 1)[0]
+    assert "run_failed" in row, row
+    assert (view["state"], view["reason_code"], view["run_state"]) == ("run_failed", "RUN_FAILED", "failed"), view
