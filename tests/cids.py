@@ -44,7 +44,7 @@ REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.fault.test_hostile_input": (span(6030, 6039),),
     "tests.integration.test_reason_vocabulary": (span(6500, 6507), span(6599)),  # 6599: never seeded
     "tests.stack.test_migration_stack": (span(7001, 7002), span(7099)),  # 7099: never seeded
-    "tests.stack.test_scale_out_celery": (span(7010),),
+    "tests.stack.test_scale_out_celery": (span(7010), span(7011, 7016)),  # 7011–7016: the deferred lanes
     "tests.stack.test_dead_run_stack": (span(7201, 7203),),
     "tests.stack.test_races_stack": (span(7301, 7305),),
     "tests.integration.test_parallel_halt": (span(8010),),
