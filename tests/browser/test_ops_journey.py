@@ -29,7 +29,10 @@ def demo_5000(seed_cid):
 
 
 def _ops_frame(page):
-    return page.frame_locator("iframe[src*='crm-notes-migration']").first
+    """The Ops view's frame, once its page has loaded (its fleet table drawn)."""
+    frame = page.frame_locator("iframe[src*='crm-notes-migration']").first
+    frame.locator("table.fleet").wait_for(timeout=30_000)
+    return frame
 
 
 def test_the_ops_journey(chromium, stack: Stack, demo_5000, shots):
@@ -102,5 +105,14 @@ def test_the_ops_journey(chromium, stack: Stack, demo_5000, shots):
         shots(page, "signed-off")
         signoff = stack.status(DEMO)["signoff"]
         assert (signoff["by"], signoff["seed"]) == ("ops", seed)
+
+        # the detail and sign-off pages on their own, whole, at 1280 px: no horizontal scrolling
+        alone = context.new_page()
+        for name, path in (("detail-page", f"ui?cid={DEMO}"), ("signoff-page", f"ui/signoff?cid={DEMO}&seed={seed}")):
+            alone.goto(f"{stack.base_url}/crm-notes-migration/{path}")
+            alone.locator("h1, h2").first.wait_for()
+            shots(alone, name)
+            widths = alone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"{name} scrolls sideways at 1280 px: {widths}"
     finally:
         context.close()

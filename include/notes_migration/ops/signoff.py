@@ -99,6 +99,10 @@ def sample(crm, db: Database, cid: int, *, seed: int | None = None, random_draw:
     for e in job_store.note_log_of_notes(db, job["_id"], ids):
         log.setdefault(int(e["legacy_crm_note_id"]), []).append(e)
     view["notes"] = [_note(p, rows.get(p.note_id), stored.get(p.note_id), log.get(p.note_id, []), files) for p in picks]
+    names = cdp_store.user_names(db, job["company_sso_id"], [n["cdp"]["owner_id"] for n in view["notes"] if n["cdp"]])
+    for n in view["notes"]:
+        if n["cdp"] and n["cdp"]["owner_id"]:
+            n["cdp"]["owner_name"] = names.get(n["cdp"]["owner_id"])
     covered = {why for p in picks for why in p.why} | {
         f"reason {e['reason_code']} ({e['outcome']})" for n in view["notes"] for e in n["log"]
     }
@@ -222,6 +226,7 @@ def timeline(db: Database, cid: int, contact_id: str, limit: int = 500) -> dict[
             notes = cdp_store.contact_timeline(db, company, ObjectId(contact_id), limit)
         except (InvalidId, TypeError):
             notes = []
+    names = cdp_store.user_names(db, company, [n.get("owner_id") for n in notes])
     return {
         "cid": cid,
         "company_sso_id": company,
@@ -233,6 +238,7 @@ def timeline(db: Database, cid: int, contact_id: str, limit: int = 500) -> dict[
                 "html": n.get("note") or "",
                 "author": n.get("owner_id") or n.get("legacy_owner_label") or "—",
                 "legacy_label": n.get("owner_id") is None,
+                "author_name": names.get(n.get("owner_id") or ""),
                 "created_at": n.get("created_at"),
                 "attachments": [
                     {k: a.get(k) for k in ("type", "name", "url", "unavailable", "message")}

@@ -112,6 +112,20 @@ def company_users(db: Database, company_sso_id: str) -> list[dict]:
     return list(db[C.LAUNCHPAD_USERS].find({"company_sso_id": company_sso_id}, {"crm_user_id": 1, "email": 1}))
 
 
+def user_names(db: Database, company_sso_id: str, user_ids: Iterable[str | None]) -> dict[str, str]:
+    """{SSO user id: "Full Name <email>"}: how the CDP front end names a note's owner (the sign-off view)."""
+    ids = sorted({u for u in user_ids if u})
+    if not ids:
+        return {}
+    found = db[C.LAUNCHPAD_USERS].find(
+        {"company_sso_id": company_sso_id, "_id": {"$in": ids}}, {"full_name": 1, "email": 1}
+    )
+    return {
+        str(u["_id"]): " ".join(p for p in (u.get("full_name"), f"<{u['email']}>" if u.get("email") else "") if p)
+        for u in found
+    }
+
+
 def migrated_notes(db: Database, company_sso_id: str, projection: dict | None = None):
     """A cursor over every migrated note of the company (one pass, streamed in batches of SCAN_BATCH)."""
     return (
