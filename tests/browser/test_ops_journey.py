@@ -2,9 +2,10 @@
 credentials, trigger `crm_notes_migration` from Airflow's trigger form, open the Ops view from the nav, watch the
 CID reach completed_success (the state counters agree with the fleet), open its detail, download the error CSV,
 open the sign-off view (every reason code of the run in the sample) and record a sign-off. Screenshots of each
-step: .build/browser/test_the_ops_journey/.
+step: .build/browser/test_the_ops_journey/. A refusal: a CID whose flag is off, triggered from the same form, shows
+FLAG_DISABLED and its plain words on its page of the Ops view.
 
-CIDs: the demo CID 5000 (reseeded here)."""
+CIDs: the demo CID 5000 (reseeded here); 9500 (flag off)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 
 from devtools.stack import Stack
 from tests.browser.conftest import VIEWPORT, login
+from tests.cids import cids
 
 DEMO = 5000
+[FLAG_OFF] = cids(__name__)
 RUN_TIMEOUT_S = 240
 
 
@@ -35,6 +38,48 @@ def _ops_frame(page):
     return frame
 
 
+def trigger_from_form(page, stack: Stack, cid: int, company: str, shots) -> dict:
+    """Airflow's own trigger form, with the DAG's params: the run it created."""
+    page.goto(f"{stack.base_url}/dags/crm_notes_migration")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.locator("input[name=element_cid]").fill(str(cid))
+    dialog.locator("[name=element_company_sso_id]").fill(company)
+    shots(page, "trigger-form")
+    dialog.get_by_role("button", name="Trigger").last.click()
+    page.wait_for_timeout(1500)
+    runs = [r for r in stack.dag_runs() if (r.get("conf") or {}).get("cid") == cid]
+    assert runs, f"the trigger form created no run of CID {cid}"
+    return runs[0]
+
+
+def test_a_refusal_shows_its_reason_in_the_page(chromium, stack: Stack, seed_cid, shots):
+    from devtools.seed import SeedSpec
+
+    seeded = seed_cid(SeedSpec(cid=FLAG_OFF, notes=5))
+    stack.set_flag([])  # off for every CID
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        login(page, stack)
+        run = trigger_from_form(page, stack, FLAG_OFF, seeded["company_sso_id"], shots)
+        deadline = time.monotonic() + 120
+        while stack.dag_run(run["dag_run_id"])["state"] != "failed":
+            assert time.monotonic() < deadline, "the flag-off run did not fail"
+            page.wait_for_timeout(2000)
+        page.get_by_role("link", name="CRM Notes Migration").first.click()
+        frame = _ops_frame(page)
+        frame.locator("form.lookup input[name=cid]").fill(str(FLAG_OFF))
+        frame.get_by_role("button", name="Show").click()
+        refused = frame.locator(".figure.refused")
+        refused.wait_for(timeout=30_000)
+        shots(page, "refusal-in-the-page")
+        text = refused.inner_text()
+        assert "FLAG_DISABLED" in text and "switched off" in text, text
+    finally:
+        context.close()
+
+
 def test_the_ops_journey(chromium, stack: Stack, demo_5000, shots):
     stack.set_flag([DEMO])
     context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
@@ -43,18 +88,8 @@ def test_the_ops_journey(chromium, stack: Stack, demo_5000, shots):
         login(page, stack)
         shots(page, "logged-in")
 
-        # Airflow's own trigger form, with the DAG's params
-        page.goto(f"{stack.base_url}/dags/crm_notes_migration")
-        page.get_by_role("button", name="Trigger").first.click()
-        dialog = page.get_by_role("dialog")
-        dialog.locator("input[name=element_cid]").fill(str(DEMO))
-        dialog.locator("[name=element_company_sso_id]").fill(demo_5000["company_sso_id"])
-        shots(page, "trigger-form")
         started = time.monotonic()
-        dialog.get_by_role("button", name="Trigger").last.click()
-        page.wait_for_timeout(1500)
-        runs = [r for r in stack.dag_runs() if (r.get("conf") or {}).get("cid") == DEMO]
-        assert runs, "the trigger form created no run of CID 5000"
+        trigger_from_form(page, stack, DEMO, demo_5000["company_sso_id"], shots)
 
         # the Ops view from the nav, until the CID is completed_success
         page.get_by_role("link", name="CRM Notes Migration").first.click()

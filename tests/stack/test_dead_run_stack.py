@@ -105,6 +105,7 @@ def test_a_direct_airflow_trigger_that_fails_preconditions_is_halted_not_not_sta
     assert status["airflow_run"]["run_id"] == run_id and status["airflow_run"]["state"] == "failed", status
     assert "preconditions" in status["airflow_run"]["failed_tasks"], status
     assert "job_id" not in status and "before it recorded a job" in status["detail"]
+    assert status["refused_reason"] == Reason.FLAG_DISABLED and "flag is OFF" in status["detail"], status
     print(f"\n[stack] no job: {run_id} → {status['detail']}")
 
 

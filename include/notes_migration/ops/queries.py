@@ -90,7 +90,8 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
     CID's DAG runs when the caller can see them (`runs`, newest first: the plugin and the CLI pass them)."""
     job = job_store.latest_job(db, cid)
     if job is None:
-        return _with_approval(db, cid, None, with_airflow_runs(build_status(cid, None, [], {}), None, runs))
+        out = with_airflow_runs(build_status(cid, None, [], {}), None, runs)
+        return _with_approval(db, cid, None, _why_refused(out, cid))
     pages = job_store.page_results(db, job["_id"])
     out = build_status(cid, job, pages, job_store.status_counts(db, job["_id"], pages))
     out["run_id"] = job.get("run_id")
@@ -102,6 +103,19 @@ def cid_status(db: Database, cid: int, runs: list[dict[str, Any]] | None = None)
         record = job_store.rollback_record(db, out["rollback"]["rollback_id"]) or {}
         out["rollback"].update({k: record.get(k) for k in ("notes_deleted", "notes_already_gone", "objects_deleted")})
     return _with_approval(db, cid, job["_id"], with_airflow_runs(out, job, runs))
+
+
+def _why_refused(out: dict[str, Any], cid: int) -> dict[str, Any]:
+    """A run that failed in `preconditions` before recording a job was refused; when the CID's flag is OFF now,
+    say so (`refused_reason: FLAG_DISABLED`): the likeliest refusal, and the one Ops fix themselves."""
+    run = out.get("airflow_run") or {}
+    if out.get("halted_reason") != Reason.RUN_FAILED or "preconditions" not in (run.get("failed_tasks") or []):
+        return out
+    if cid in settings.flag_cids():
+        return out
+    out["refused_reason"] = Reason.FLAG_DISABLED.value
+    out["detail"] = f"{out['detail']}; refused: the feature flag is OFF for CID {cid} (as the flag stands now)"
+    return out
 
 
 def _with_approval(db: Database, cid: int, job_id: str | None, out: dict[str, Any]) -> dict[str, Any]:
