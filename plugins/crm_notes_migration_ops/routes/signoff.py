@@ -8,21 +8,20 @@ ones and no request but to this origin."""
 
 from __future__ import annotations
 
-import secrets
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from crm_notes_migration_ops.auth import UNAUTHENTICATED, Operator, Reader, bearer_scheme, cookie_scheme, reader
+from crm_notes_migration_ops.auth import UNAUTHENTICATED, Operator, Reader, bearer_scheme, cookie_scheme
 from crm_notes_migration_ops.errors import FORBIDDEN, documented
 from crm_notes_migration_ops.errors import UNAUTHENTICATED as UNAUTHENTICATED_CODE
 from crm_notes_migration_ops.routes.common import CidPath, CidQuery, cdp, crm
-from crm_notes_migration_ops.routes.ui import _login_url, _page, _templates
+from crm_notes_migration_ops.routes.ui import html_or_denied
 from notes_migration.domain.codes import Reason
 
 router = APIRouter(tags=["sign-off"])
@@ -45,39 +44,6 @@ def _sample(cid: int, seed: int | None, draw: int) -> dict[str, Any]:
         return jsonable_encoder(signoff.sample(conn, cdp(), cid, seed=seed, random_draw=draw))
 
 
-async def _html_or_denied(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None,
-    cookie_token: str | None,
-    template: str,
-    build: Any,
-) -> HTMLResponse:
-    """Render `template` with build()'s context for a reader; the 401/403 page (with the login link) otherwise."""
-    from starlette.concurrency import run_in_threadpool
-
-    request.state.nonce = secrets.token_urlsafe(16)
-    env = _templates()
-    try:
-        await reader(credentials, cookie_token)
-    except HTTPException as exc:
-        body = env.get_template("denied.html").render(
-            status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request), nonce=request.state.nonce
-        )
-        return _page(request, body, exc.status_code, exc.headers)
-    try:
-        context = await run_in_threadpool(build)
-        error = None
-    except Exception as exc:  # a refusal (unknown CID, no job): shown in the page, with its reason code
-        from notes_migration.domain.codes import Halted, Refused
-        from notes_migration.ops.queries import refusal_body
-
-        if not isinstance(exc, Refused | Halted):
-            raise
-        context, error = {}, refusal_body(exc)
-    body = env.get_template(template).render(nonce=request.state.nonce, error=error, **context)
-    return _page(request, body)
-
-
 @router.get("/ui/signoff", response_class=HTMLResponse, summary="The sign-off view of a CID", responses=UNAUTHENTICATED)
 async def signoff_page(
     request: Request,
@@ -87,7 +53,7 @@ async def signoff_page(
     seed: SeedQuery = None,
     random_draw: DrawQuery = 5,
 ) -> HTMLResponse:
-    return await _html_or_denied(
+    return await html_or_denied(
         request, credentials, cookie_token, "signoff.html", lambda: {"view": _sample(cid, seed, random_draw)}
     )
 
@@ -110,7 +76,7 @@ async def timeline_page(
 
         return {"timeline": jsonable_encoder(signoff.timeline(cdp(), cid, contact_id))}
 
-    return await _html_or_denied(request, credentials, cookie_token, "timeline.html", build)
+    return await html_or_denied(request, credentials, cookie_token, "timeline.html", build)
 
 
 @router.get("/api/signoff", summary="The sign-off sample of a CID (JSON)", responses=UNAUTHENTICATED)

@@ -121,6 +121,27 @@ async def ui(
     cookie_token: Annotated[str | None, Depends(cookie_scheme)],
     cid: Annotated[str | None, Query(max_length=12, description="show one CID's detail")] = None,
 ) -> HTMLResponse:
+    def build() -> dict[str, Any]:
+        return {
+            "refresh_seconds": UI_REFRESH_SECONDS,
+            "dag_id": DAG_ID,
+            "run_path": airflow_runs.run_path,
+            **_ui_context(cid),
+        }
+
+    return await html_or_denied(request, credentials, cookie_token, "ui.html", build)
+
+
+async def html_or_denied(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    cookie_token: str | None,
+    template: str,
+    build: Any,
+) -> HTMLResponse:
+    """Render `template` with build()'s context for a reader; the 401/403 page (with the login link) otherwise."""
+    from starlette.concurrency import run_in_threadpool
+
     request.state.nonce = secrets.token_urlsafe(16)
     env = _templates()
     try:
@@ -130,16 +151,17 @@ async def ui(
             status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request), nonce=request.state.nonce
         )
         return _page(request, body, exc.status_code, exc.headers)
-    from starlette.concurrency import run_in_threadpool
+    try:
+        context = await run_in_threadpool(build)
+        error = None
+    except Exception as exc:  # a refusal (unknown CID, no job): shown in the page, with its reason code
+        from notes_migration.domain.codes import Halted, Refused
+        from notes_migration.ops.queries import refusal_body
 
-    context = await run_in_threadpool(_ui_context, cid)
-    body = env.get_template("ui.html").render(
-        nonce=request.state.nonce,
-        refresh_seconds=UI_REFRESH_SECONDS,
-        dag_id=DAG_ID,
-        run_path=airflow_runs.run_path,
-        **context,
-    )
+        if not isinstance(exc, Refused | Halted):
+            raise
+        context, error = {}, refusal_body(exc)
+    body = env.get_template(template).render(nonce=request.state.nonce, error=error, **context)
     return _page(request, body)
 
 
