@@ -21,25 +21,13 @@ import pytest
 
 from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
 from tests.cids import cids
+from tests.stack.rollout_support import NO_FILES, entry
 
 ROLLOUT_DAG_ID = "crm_notes_rollout"
 NOW_OPEN, LATER, REJECTED, EXPIRED, KILLED = cids(__name__)
 ORDER = [NOW_OPEN, LATER, REJECTED, EXPIRED]
 TIMEOUT_S = 90  # the requests' timeout: the unanswered one expires after it, the others are answered well before
 WINDOW_DELAY_S = 40  # the first CID must be launched before it: lanes wake every poke_interval (2 s) + scheduling
-NO_FILES: dict[str, Any] = {
-    "image_share": 0.0,
-    "audio_share": 0.0,
-    "document_share": 0.0,
-    "unsupported_file_share": 0.0,
-    "upload_files": False,
-}
-
-
-def entry(cid: int) -> dict[str, Any]:
-    from devtools.seed import company_for
-
-    return {"cid": cid, "company_sso_id": company_for(cid)}
 
 
 def iso(moment: dt.datetime) -> str:

@@ -21,6 +21,7 @@ import pytest
 
 from devtools.stack import DAG_ID, PREFIX, Stack, wait_until
 from tests.cids import cids
+from tests.stack.rollout_support import NO_FILES, entry
 
 ROLLOUT_DAG_ID = "crm_notes_rollout"
 DONE, FLAG_OFF = cids(__name__)[:2]
@@ -34,19 +35,6 @@ FRESH_AFTER = [
 ORDER = [DONE, FLAG_OFF, *FRESH_BEFORE, HALTING, *FRESH_AFTER]
 CAP, GATE = 2, 0.1
 ROLLOUT_TIMEOUT_S = 600  # generous but bounded: 2-core machine, other sessions running
-NO_FILES: dict[str, Any] = {
-    "image_share": 0.0,
-    "audio_share": 0.0,
-    "document_share": 0.0,
-    "unsupported_file_share": 0.0,
-    "upload_files": False,
-}
-
-
-def entry(cid: int) -> dict[str, Any]:
-    from devtools.seed import company_for
-
-    return {"cid": cid, "company_sso_id": company_for(cid)}
 
 
 def when(value: str | None) -> dt.datetime | None:
