@@ -27,7 +27,7 @@ def test_the_sample_covers_every_reason_the_run_recorded(client, auth, fleet):
         assert [n["note_id"] for n in again["notes"]] == [n["note_id"] for n in view["notes"]]  # same seed, same sample
         originals = [n["original"] for n in view["notes"] if n["original"]]
         assert originals and all(o["zone"].startswith("UTC") for o in originals)  # the CRM time's zone, shown
-        stored = [n.get("cdp") for n in view["notes"]]  # (.get: `["cdp"]` reads as the dev database to a unit test)
+        stored = [n.get("cdp") for n in view["notes"]]  # .get: the dev-database guard would read an index by that key
         owned = [c for c in stored if c and c["owner_id"]]
         assert owned and all(c["owner_name"] and "@" in c["owner_name"] for c in owned)  # named as the CDP names them
 
