@@ -268,56 +268,79 @@ def build_report(
     gate = float(rollout["params"]["halt_gate"])
     stage = str(rollout["params"].get("stage") or Stage.QA.value)
     now = now or _now()
-    ended: list[tuple[str, str | None]] = []
-    per_cid: list[dict[str, Any]] = []
-    for e in rollout["cids"]:
-        row: dict[str, Any] = {"cid": e["cid"], "company_sso_id": e["company_sso_id"], "decision": e["decision"]}
-        doc = cid_docs.get(e["cid"])
-        if e["decision"] == Decision.LAUNCH:
-            if stage != Stage.QA:
-                row["approval"] = approval_view((approvals or {}).get(e["cid"]))
-            if doc is None:
-                row["progress"] = Progress.PENDING.value
-            elif doc.get("outcome"):
-                row.update(progress=Progress.NOT_LAUNCHED_APPROVAL.value, outcome=doc["outcome"])
-                row["finished_at"] = doc.get("finished_at")
-            else:
-                row.update(
-                    {k: doc.get(k) for k in ("run_id", "lane", "launched_at", "finished_at", "run_state", "duration_s")}
-                )
-                job = job_rows.get(doc.get("job_id") or "")
-                if job:
-                    row.update({k: job.get(k) for k in _ROW_FIELDS})
-                    row["state"] = job.get("status")
-                if doc.get("finished"):
-                    row["progress"] = Progress.FINISHED.value
-                    row.update(state=doc.get("state"), halted_reason=doc.get("halted_reason"))
-                    ended.append((doc.get("state") or "", doc.get("halted_reason")))
-                else:
-                    row["progress"] = (Progress.LANE_LOST if lanes_dead else Progress.RUNNING).value
-                window_end = _aware((row.get("approval") or {}).get("window_end"))
-                last = _aware(doc.get("finished_at")) or now
-                if window_end is not None and last > window_end:
-                    row["window_overrun"] = True  # not killed (PRD: a running CID finishes), but flagged
-        per_cid.append(row)
-    finished_states = [s for s, _ in ended]
-    rate = halt_rate(finished_states)
+    per_cid = [
+        _cid_row(e, cid_docs.get(e["cid"]), job_rows, stage, (approvals or {}).get(e["cid"]), now, lanes_dead)
+        for e in rollout["cids"]
+    ]
+    ended = [(r.get("state") or "", r.get("halted_reason")) for r in per_cid if r.get("progress") == Progress.FINISHED]
     stopped_by = gate_verdict(stage, ended, gate)
     tripped = stopped_by is not None
     if final:
         for row in per_cid:
             if row.get("progress") == Progress.PENDING:
                 row["progress"] = (Progress.NOT_LAUNCHED_GATE if tripped else Progress.NOT_LAUNCHED).value
+    totals = _totals(per_cid, gate, stage, halt_rate([s for s, _ in ended]), stopped_by)
+    if not final:
+        state = RolloutState.RUNNING
+    elif tripped and totals["not_launched_halt_gate"]:
+        state = RolloutState.STOPPED_AT_GATE
+    elif totals["not_launched"]:
+        state = RolloutState.INCOMPLETE
+    else:
+        state = RolloutState.COMPLETED
+    return {"state": state.value, "cids": per_cid, "totals": totals}
+
+
+def _cid_row(
+    e: Mapping[str, Any],
+    doc: Mapping[str, Any] | None,
+    job_rows: Mapping[str, Mapping[str, Any]],
+    stage: str,
+    approval: Mapping[str, Any] | None,
+    now: dt.datetime,
+    lanes_dead: bool,
+) -> dict[str, Any]:
+    """One CID's line of the report, from its plan entry, its lane's record and its job."""
+    row: dict[str, Any] = {"cid": e["cid"], "company_sso_id": e["company_sso_id"], "decision": e["decision"]}
+    if e["decision"] != Decision.LAUNCH:
+        return row
+    if stage != Stage.QA:
+        row["approval"] = approval_view(approval)
+    if doc is None:
+        row["progress"] = Progress.PENDING.value
+        return row
+    if doc.get("outcome"):
+        row.update(progress=Progress.NOT_LAUNCHED_APPROVAL.value, outcome=doc["outcome"])
+        row["finished_at"] = doc.get("finished_at")
+        return row
+    row.update({k: doc.get(k) for k in ("run_id", "lane", "launched_at", "finished_at", "run_state", "duration_s")})
+    job = job_rows.get(doc.get("job_id") or "")
+    if job:
+        row.update({k: job.get(k) for k in _ROW_FIELDS})
+        row["state"] = job.get("status")
+    if doc.get("finished"):
+        row.update(progress=Progress.FINISHED.value, state=doc.get("state"), halted_reason=doc.get("halted_reason"))
+    else:
+        row["progress"] = (Progress.LANE_LOST if lanes_dead else Progress.RUNNING).value
+    window_end = _aware((row.get("approval") or {}).get("window_end"))
+    if window_end is not None and (_aware(doc.get("finished_at")) or now) > window_end:
+        row["window_overrun"] = True  # not killed (PRD: a running CID finishes), but flagged
+    return row
+
+
+def _totals(
+    per_cid: list[dict[str, Any]], gate: float, stage: str, rate: float, stopped_by: Gate | None
+) -> dict[str, Any]:
+    """The report's totals: CIDs by decision, progress, final state and rollout outcome; the means; the gate."""
     by = lambda key, value: sum(1 for r in per_cid if r.get(key) == value)  # noqa: E731
     finished = [r for r in per_cid if r.get("progress") == Progress.FINISHED]
-    totals = {
+    launched = (Progress.RUNNING, Progress.FINISHED, Progress.LANE_LOST)
+    return {
         "cids": len(per_cid),
         "to_launch": by("decision", Decision.LAUNCH),
         "skipped_already_completed": by("decision", Decision.SKIP_COMPLETED),
         "not_launched_flag_off": by("decision", Decision.FLAG_OFF),
-        "launched": sum(
-            1 for r in per_cid if r.get("progress") in (Progress.RUNNING, Progress.FINISHED, Progress.LANE_LOST)
-        ),
+        "launched": sum(1 for r in per_cid if r.get("progress") in launched),
         "running": by("progress", Progress.RUNNING),
         "lane_lost": by("progress", Progress.LANE_LOST),
         "pending": by("progress", Progress.PENDING),
@@ -331,7 +354,7 @@ def build_report(
         "mean_duration_s": _mean(r.get("duration_s") for r in finished),
         "halt_rate": round(rate, 6),
         "halt_gate": gate,
-        "gate_tripped": tripped,
+        "gate_tripped": stopped_by is not None,
         "stage": stage,
         "stopped_by": stopped_by.value if stopped_by else None,
         "awaiting_approval": sum(
@@ -343,15 +366,6 @@ def build_report(
         **{o.value: by("outcome", o) for o in RolloutOutcome},
         "window_overrun": sum(1 for r in per_cid if r.get("window_overrun")),
     }
-    if not final:
-        state = RolloutState.RUNNING
-    elif tripped and totals["not_launched_halt_gate"]:
-        state = RolloutState.STOPPED_AT_GATE
-    elif totals["not_launched"]:
-        state = RolloutState.INCOMPLETE
-    else:
-        state = RolloutState.COMPLETED
-    return {"state": state.value, "cids": per_cid, "totals": totals}
 
 
 def week_window(end: dt.datetime) -> tuple[str, dt.datetime, dt.datetime]:
