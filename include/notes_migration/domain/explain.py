@@ -59,4 +59,6 @@ def state_words(state: str | None) -> str:
 
 
 def reason_words(code: str | None) -> str:
+    if code == "OWNER_NOT_RESOLVED":  # the sign-off table's one warning that is not a Reason
+        return OWNER_NOT_RESOLVED_WORDS
     return REASON_WORDS.get(code or "", "")

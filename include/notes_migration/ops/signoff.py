@@ -31,6 +31,14 @@ def _job(db: Database, cid: int) -> dict[str, Any] | None:
     return job_store.latest_job(db, cid)
 
 
+# The warning of a migrated note whose author has no CDP user (an event, not a reason code of the note log).
+OWNER_WARNING = {
+    "outcome": "migrated",
+    "reason_code": "OWNER_NOT_RESOLVED",
+    "category": "owner not resolved (legacy label)",
+}
+
+
 def candidates(
     crm, db: Database, cid: int, job: Mapping[str, Any], status: Mapping[str, Any]
 ) -> tuple[dict[str, list[int]], list[dict]]:
@@ -50,9 +58,13 @@ def candidates(
         r["category"] = f"reason {r['reason_code']} ({r['outcome']})"
         out[r["category"]] = r["note_ids"]
     owners = job_store.event_subjects(db, job_id, Event.OWNER_NOT_RESOLVED.value)
-    out["owner not resolved (legacy label)"] = [
+    unresolved = [
         int(e["properties"]["legacy_crm_note_id"]) for e in owners if e.get("properties", {}).get("legacy_crm_note_id")
     ]
+    out[OWNER_WARNING["category"]] = unresolved
+    counted_owners = int((status.get("counts") or {}).get("owners_unresolved") or 0)
+    if counted_owners:  # a warning of the run beside its reason codes: the table says whether the sample shows one
+        reasons.append({**OWNER_WARNING, "count": counted_owners, "note_ids": unresolved[:2]})
     out["mention"] = crm_found.pop("mention")
     for kind in ATTACHMENT_KINDS:
         out[f"attachment: {kind}"] = cdp_store.migrated_note_ids_where(db, company, {"attachments.type": kind})
