@@ -32,9 +32,9 @@ def demo_5000(seed_cid):
 
 
 def _ops_frame(page):
-    """The Ops view's frame, once its page has loaded (its fleet table drawn)."""
+    """The Ops view's frame, once its page has loaded (its CID lookup drawn: on an empty fleet there is no table)."""
     frame = page.frame_locator("iframe[src*='crm-notes-migration']").first
-    frame.locator("table.fleet").wait_for(timeout=30_000)
+    frame.locator("form.lookup").wait_for(timeout=30_000)
     return frame
 
 
@@ -46,11 +46,18 @@ def trigger_from_form(page, stack: Stack, cid: int, company: str, shots) -> dict
     dialog.locator("input[name=element_cid]").fill(str(cid))
     dialog.locator("[name=element_company_sso_id]").fill(company)
     shots(page, "trigger-form")
+    before = {r["dag_run_id"] for r in stack.dag_runs()}
     dialog.get_by_role("button", name="Trigger").last.click()
-    page.wait_for_timeout(1500)
-    runs = [r for r in stack.dag_runs() if (r.get("conf") or {}).get("cid") == cid]
-    assert runs, f"the trigger form created no run of CID {cid}"
-    return runs[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the form posts, then Airflow lists the run
+        runs = [
+            r for r in stack.dag_runs() if (r.get("conf") or {}).get("cid") == cid and r["dag_run_id"] not in before
+        ]
+        if runs:
+            return runs[0]
+        page.wait_for_timeout(1000)
+    shots(page, "no-run")
+    raise AssertionError(f"the trigger form created no run of CID {cid} in 30 s")
 
 
 def test_a_refusal_shows_its_reason_in_the_page(chromium, stack: Stack, seed_cid, shots):
@@ -63,9 +70,9 @@ def test_a_refusal_shows_its_reason_in_the_page(chromium, stack: Stack, seed_cid
     try:
         login(page, stack)
         run = trigger_from_form(page, stack, FLAG_OFF, seeded["company_sso_id"], shots)
-        deadline = time.monotonic() + 120
-        while stack.dag_run(run["dag_run_id"])["state"] != "failed":
-            assert time.monotonic() < deadline, "the flag-off run did not fail"
+        deadline = time.monotonic() + 240
+        while (state := stack.dag_run(run["dag_run_id"])["state"]) != "failed":
+            assert time.monotonic() < deadline, f"the flag-off run is still {state} after 240 s"
             page.wait_for_timeout(2000)
         page.get_by_role("link", name="CRM Notes Migration").first.click()
         frame = _ops_frame(page)
