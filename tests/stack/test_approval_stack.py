@@ -91,7 +91,7 @@ def test_a_pilot_rollout_migrates_only_approved_cids_inside_their_windows(local_
     assert not [r for r in runs_of(local_stack, rid)], "a CID was launched before its approval"
 
     now = dt.datetime.now(dt.UTC)
-    later_start = now + dt.timedelta(seconds=WINDOW_DELAY_S)
+    later_start = (now + dt.timedelta(seconds=WINDOW_DELAY_S)).replace(microsecond=0)  # as iso() sends it
     answers = {
         0: ("Approve", now - dt.timedelta(minutes=1), now + dt.timedelta(hours=1), "CSM-1"),
         1: ("Approve", later_start, now + dt.timedelta(hours=1), "CSM-2"),
