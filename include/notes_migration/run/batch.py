@@ -265,6 +265,7 @@ class _Batch:
     attempt: int = 1
     retry: bool = False  # an earlier attempt of this page recorded a result
     insert_started_at: dt.datetime | None = None
+    own_earlier: set[int] | None = None  # a retry's notes its earlier attempt inserted (_own_earlier)
 
     @property
     def page_no(self) -> int:
@@ -533,7 +534,8 @@ def written_records(b: _Batch, result: cdp_store.WriteResult) -> tuple[list[dict
 
 
 def _final_doc(b: _Batch, check: _Check, result: cdp_store.WriteResult) -> dict:
-    inserted, already = len(result.inserted), len(result.already_migrated)
+    own = len(_own_earlier(b, result))  # inserted by this job's earlier attempt of the page: migrated by this job
+    inserted, already = len(result.inserted) + own, len(result.already_migrated) - own
     final = b.page_doc()
     assert inserted + already + final["failed"] + final["skipped"] == len(b.rows), "every note has one outcome"
     final.update(
@@ -550,14 +552,28 @@ def _final_doc(b: _Batch, check: _Check, result: cdp_store.WriteResult) -> dict:
     return final
 
 
+def _own_earlier(b: _Batch, result: cdp_store.WriteResult) -> set[int]:
+    """On a retried page, the notes found already there that this job's earlier attempt of the page inserted:
+    those its earlier attempts' audits map, or every one found when no earlier attempt wrote an audit (it died
+    between its insert and its audit). Counted migrated and kept in this attempt's audit: the page's counters
+    and the audit agree (an earlier job's notes stay already_migrated)."""
+    if not b.retry or b.cfg.dry_run or not result.already_migrated:
+        return set()
+    if b.own_earlier is None:
+        ids = [b.job_page] + [f"{b.job_page}:{n}" for n in range(2, b.attempt)]
+        audits = [a for a in (job_store.audit_note_ids(b.db, i) for i in ids) if a is not None]
+        found = set(result.already_migrated)
+        b.own_earlier = found & set().union(*audits) if audits else found
+    return b.own_earlier
+
+
 def _audit_ids(b: _Batch, result: cdp_store.WriteResult) -> dict[int, Any]:
     """{legacy id: CDP note id} of the notes this page's audit maps: those it inserted, and on a retried
-    page those found already there (an earlier attempt may have inserted them and died before its audit)."""
+    page those its earlier attempt inserted (_own_earlier)."""
     audit_ids = dict(result.inserted)
-    if b.retry and result.already_migrated and not b.cfg.dry_run:
-        for doc in cdp_store.stored_notes(
-            b.db, b.cfg.company_sso_id, sorted(result.already_migrated), {"_id": 1, "legacy_crm_note_id": 1}
-        ):
+    own = _own_earlier(b, result)
+    if own:
+        for doc in cdp_store.stored_notes(b.db, b.cfg.company_sso_id, sorted(own), {"_id": 1, "legacy_crm_note_id": 1}):
             audit_ids.setdefault(doc["legacy_crm_note_id"], doc["_id"])
     return audit_ids
 
