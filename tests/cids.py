@@ -31,7 +31,7 @@ REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.integration.test_migration_e2e": (span(1001, 1099),),
     "tests.integration.test_stores": (span(1100, 1109),),
     "tests.integration.test_run_snapshot": (span(1120, 1121),),
-    "tests.integration.test_packed_task_pages": (span(1130, 1133),),
+    "tests.integration.test_packed_task_pages": (span(1130, 1135),),
     "tests.integration.test_attachments": (span(2001, 2051),),
     "tests.integration.test_seed_demo": (span(2052),),
     "tests.fleet": (span(3001, 3005),),  # NOT_STARTED, IN_PROGRESS, HALTED, SUCCESS, WITH_ERRORS

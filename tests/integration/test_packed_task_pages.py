@@ -1,7 +1,7 @@
 """Task pages of several batches against the real servers: each batch is decided, inserted, relinked and
 accounted on its own, and a task page run again resumes at its first batch that is not done.
 
-CIDs used here: 1130–1133.
+CIDs used here: 1130–1135.
 """
 
 from __future__ import annotations
@@ -179,3 +179,31 @@ def test_a_first_relink_attempt_deletes_no_file_record_and_a_retry_still_does(se
         watched.client.close()
         start.release(cdp, 1133, "packed-1133")
     assert_conserved(crm, cdp, 1133, job["job_id"])
+
+
+@pytest.mark.parametrize("audit_kept", [True, False])
+def test_a_retried_batch_counts_its_own_earlier_inserts_migrated(seed_cid, crm, cdp, audit_kept):
+    """A page task that inserted a batch, then died before marking it done, is retried: the notes its earlier
+    attempt inserted count migrated by this job (not already_migrated), as the retry's audit maps them; whether
+    the earlier attempt wrote its audit or died before it. The page counters and the audit agree."""
+    from notes_migration.domain import config as C
+
+    cid = 1134 if audit_kept else 1135
+    seed_cid(SeedSpec(cid=cid, notes=30, upload_files=False))
+    job = _start(crm, cdp, cid, f"retried-{cid}")
+    try:
+        [first, *_] = [b for p in plan.plan(crm, cdp, job["job_id"]) for b in batches_of(p)]
+        once = batch.migrate_batch(crm, cdp, job["job_id"], first)
+        assert once["migrated"] > 0
+        key = job_store.page_key(job["job_id"], first["page_no"])
+        cdp[C.PAGES].update_one({"_id": key}, {"$set": {"state": "deciding"}})  # died before its final result
+        if not audit_kept:
+            cdp[C.AUDIT].delete_one({"_id": key})  # … or even before its audit
+        again = batch.migrate_batch(crm, cdp, job["job_id"], first)
+        assert (again["migrated"], again["already_migrated"]) == (once["migrated"], 0), again
+        [result] = [r for r in job_store.page_results(cdp, job["job_id"]) if r["page_no"] == first["page_no"]]
+        assert result["attempt"] == 2 and result["migrated"] == once["migrated"]
+        audited = {i for a in cdp[C.AUDIT].find({"job_id": job["job_id"]}) for i in a["legacy_crm_note_ids"]}
+        assert len(audited) == once["migrated"]
+    finally:
+        start.release(cdp, cid, f"retried-{cid}")
