@@ -19,8 +19,10 @@ and proves it by validation before calling the CID done.
 | `force_rerun` | run a CID that already completed (re-inserts nothing that exists) |
 
 **Flow**: preconditions + per-CID lock → coverage preflight, beside it plan keyset pages →
-per task page (a mapped task group): migrate its notes → relink its attachments →
-validate → alert branch → finalise; the lock is released by a teardown whatever happens.
+per task page (a mapped task group): migrate its notes → relink its attachments (a CID of one
+task page relinks inside its migrate task, and its relink task is skipped) → validate, which
+branches: send_alerts when the verdict calls for any, then finalise; the lock is released by a
+teardown whatever happens.
 
 **Connections**: `crm_postgres`, `cdp_mongo`, `crm_s3`, `cdp_s3`, `slack_alerts`,
 `pagerduty_events`. **Status**: `GET /crm-notes-migration/api/status?cid=…`.
@@ -31,7 +33,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, task, task_group, teardown
+from airflow.sdk import dag, get_current_context, task, task_group, teardown
+from airflow.sdk.exceptions import DownstreamTasksSkipped
 
 from notes_migration.domain.contract import CRM_READERS_POOL, DAG_ID, PAGE_LANES
 from notes_migration.tasks.attachment_relink import AttachmentRelinkOperator
@@ -76,8 +79,10 @@ def crm_notes_migration():
         return tasks.plan_pages(job)
 
     @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=PAGE_LANES, pool=CRM_READERS_POOL)
-    def migrate_page(job: dict, page: dict) -> dict:
-        return tasks.migrate_page(job, page)
+    def migrate_page(job: dict, page: dict) -> None:
+        if not tasks.migrate_page(job, page):  # a whole-CID page relinked its files here: its relink task is
+            # skipped through the Execution API, no worker starts (this task ends success)
+            raise DownstreamTasksSkipped(tasks=[("relink_attachments", get_current_context()["ti"].map_index)])
 
     @task_group(group_id="pages", prefix_group_id=False)
     def page_then_files(job: dict, page: dict) -> None:
@@ -94,22 +99,18 @@ def crm_notes_migration():
         )
         migrated >> relinked
 
-    @task(trigger_rule="all_done", pool=CRM_READERS_POOL)
-    def validate() -> dict:
-        """Runs whatever the pages did; finds its job from the run (a setup's output feeds all_success tasks only)."""
-        return tasks.validate()
-
-    @task.branch
-    def choose_outcome(verdict: dict) -> str:
-        return "send_alerts" if tasks.alerts_planned(verdict) else "no_alert"
+    @task.branch(trigger_rule="all_done", pool=CRM_READERS_POOL)
+    def validate() -> list[str]:
+        """Runs whatever the pages did; finds its job from the run (a setup's output feeds all_success tasks
+        only). Keeps its verdict in XCom `verdict` and branches: send_alerts when the verdict calls for any
+        (a success pages nobody: send_alerts is skipped), finalise always."""
+        verdict = tasks.validate()
+        get_current_context()["ti"].xcom_push(key="verdict", value=verdict)
+        return ["send_alerts", "finalise"] if tasks.alerts_planned(verdict) else ["finalise"]
 
     @task
     def send_alerts(verdict: dict) -> list[str]:
         return tasks.send_alerts(verdict)
-
-    @task
-    def no_alert() -> None:
-        """Success: nobody is paged."""
 
     @task(trigger_rule="none_failed_min_one_success", retries=0)
     def finalise(verdict: dict) -> dict:
@@ -124,13 +125,12 @@ def crm_notes_migration():
     pages = plan_pages(job)  # side by side with the coverage gate: it only reads the CRM and writes no note
     paged = page_then_files.partial(job=job).expand(page=pages)
     coverage >> paged
-    verdict = validate()
-    [coverage, paged] >> verdict
-    branch = choose_outcome(verdict)
-    alerted, quiet = send_alerts(verdict), no_alert()
-    branch >> [alerted, quiet]
+    judged = validate()
+    [coverage, paged] >> judged
+    verdict = judged["verdict"]
+    alerted = send_alerts(verdict)
     done = finalise(verdict)
-    [alerted, quiet] >> done
+    alerted >> done
     done >> release_lock(job).as_teardown(setups=job)
 
 

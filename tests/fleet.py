@@ -156,7 +156,7 @@ def build_fleet(seed_cid, migration_dag, crm, cdp) -> Fleet:
             conf(IN_PROGRESS),
             crm=crm,
             cdp=cdp,
-            mark_success_pattern="^(validate|choose_outcome|send_alerts|no_alert|finalise)$",
+            mark_success_pattern="^(validate|send_alerts|finalise)$",
         )
         # ... and Airflow still sees the run as running (dag.test() ended it): otherwise the status would
         # rightly report a finished run whose job never finished as halted / RUN_FAILED

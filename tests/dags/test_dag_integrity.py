@@ -87,6 +87,10 @@ def test_flow_and_trigger_rules(bag):
     assert t["migrate_page"].upstream_task_ids == {"preconditions", "plan_pages", "coverage_preflight"}
     assert t["relink_attachments"].trigger_rule == "all_done"  # a failed page must not strand its files
     assert "relink_attachments" in t["validate"].upstream_task_ids
+    # validate is the alert branch (no task of its own): send_alerts only when called for, finalise always
+    assert t["validate"].inherits_from_skipmixin and t["validate"].downstream_task_ids == {"send_alerts", "finalise"}
+    assert t["finalise"].upstream_task_ids == {"validate", "send_alerts"}
+    assert t["finalise"].trigger_rule == "none_failed_min_one_success"  # runs when send_alerts was skipped
 
 
 def test_dag_file_only_wires():
@@ -100,7 +104,7 @@ def test_parse_is_fast_and_has_no_heavy_imports():
         "import sys,time,importlib.util as u;"
         f"s=u.spec_from_file_location('dagmod', r'{DAG_FILE}');m=u.module_from_spec(s);"
         "t=time.perf_counter();s.loader.exec_module(m);dt=time.perf_counter()-t;"
-        "heavy=[x for x in ('pymongo','psycopg','boto3','bleach','airflow.providers.postgres.hooks','airflow.providers.mongo.hooks','notes_migration.run.migration') if x in sys.modules];"
+        "heavy=[x for x in ('pymongo','psycopg','boto3','bleach','airflow.providers.postgres.hooks','airflow.providers.mongo.hooks','notes_migration.run.migration','airflow.providers.slack.notifications','aiohttp') if x in sys.modules];"
         "print(dt, ','.join(heavy))"
     )
     env_path = f"{ROOT / 'include'}:{ROOT / 'plugins'}"

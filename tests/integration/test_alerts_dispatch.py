@@ -143,3 +143,19 @@ def test_an_undeliverable_alert_does_not_change_the_outcome(fleet, cdp):
     assert task_state(run, "finalise") == "failed"  # red because completed_with_errors, not because of alerting
     status = cid_status(cdp, WITH_ERRORS)
     assert status["status"] == "completed_with_errors"
+
+
+def test_the_4h_deadline_alert_posts_to_slack_through_its_callback(slack_webhook):
+    """The migration DAG's Deadline Alert names `past_window` (a light module: Airflow imports a callback at every
+    parse, task processes included); awaited as the triggerer awaits it, it posts the rendered text to Slack."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from notes_migration.domain.contract import DAG_ID
+    from notes_migration.tasks.notifiers import migration_deadline, past_window
+
+    alert = migration_deadline(DAG_ID)
+    assert alert.callback.path == "notes_migration.tasks.notifiers.past_window"
+    asyncio.run(past_window(context={"dag_run": SimpleNamespace(run_id="manual__late")}, **alert.callback.kwargs))
+    [message] = slack_webhook
+    assert message["json"]["text"].startswith(f"{DAG_ID} run manual__late is past the PRD's 4-hour window")

@@ -59,7 +59,7 @@ def batches_of(task_page: Mapping[str, Any]) -> list[dict[str, Any]]:
     `batches` ([page_no, lo_id, hi_id, size] each, as pages.group_batches packs them)."""
     packed = task_page.get("batches")
     if not packed:
-        return [dict(task_page)]
+        return [{k: v for k, v in task_page.items() if k in BATCH_FIELDS}]  # not its whole_cid mark
     return [dict(zip(BATCH_FIELDS, (int(v) for v in b), strict=True)) for b in packed]
 
 

@@ -19,6 +19,8 @@ from notes_migration.stores import crm_source, job_store
 
 log = logging.getLogger(__name__)
 
+WHOLE_CID = "whole_cid"  # a task page that is the whole CID: its migrate task relinks its files too
+
 
 def batches_per_task(n: int, max_pages: int = MAX_TASK_PAGES) -> int:
     """k, the insert batches of one task page: 1 up to TARGET_TASK_PAGES batches, then about
@@ -31,7 +33,8 @@ def batches_per_task(n: int, max_pages: int = MAX_TASK_PAGES) -> int:
 def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[dict]:
     """Consecutive keyset batches packed into task pages of k = batches_per_task batches. A task page's
     page_no is its first batch's; a one-batch page is the batch's four ints, a larger one also lists its
-    batches (four ints each: descriptors stay small). Pure."""
+    batches (four ints each: descriptors stay small). A CID of one task page (most of a fleet: one batch)
+    has it marked `whole_cid`: its migrate task also relinks its files (one task fewer per run). Pure."""
     k = batches_per_task(len(batches), max_pages)
     out = []
     for i in range(0, len(batches), k):
@@ -40,6 +43,8 @@ def group_batches(batches: list[Page], max_pages: int = MAX_TASK_PAGES) -> list[
         if len(group) > 1:
             page["batches"] = [b.packed() for b in group]
         out.append(page)
+    if len(out) == 1:
+        out[0][WHOLE_CID] = 1
     return out
 
 

@@ -68,39 +68,14 @@ class AttachmentRelinkOperator(BaseOperator):
         return make_hook(self.target_conn_id, self.concurrency or 8)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from notes_migration.domain.codes import Fenced
-        from notes_migration.run import relink
-        from notes_migration.stores.connections import cdp_database, crm_session
-        from notes_migration.stores.crm_source import CrmExtractFailed
         from notes_migration.stores.s3_store import bucket_from_hook
-        from notes_migration.tasks.migration_tasks import (
-            crm_failure_halts,
-            fenced_by_airflow,
-            fenced_task,
-            job_of_this_run,
-            page_label,
-        )
+        from notes_migration.tasks.migration_tasks import job_of_this_run, relink_task
 
-        page = self.page
-        job = self.job or job_of_this_run(context)
-        context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
-        with crm_session() as crm, fenced_by_airflow(context):  # CRM opened on first read only
-            try:
-                return relink.relink_page(
-                    crm,
-                    cdp_database(),
-                    job["job_id"],
-                    page,
-                    source=lambda: bucket_from_hook(self.source_hook),  # built only for a page with files
-                    target=lambda: bucket_from_hook(self.target_hook),
-                    concurrency=self.concurrency,
-                    first_attempt=getattr(context.get("ti"), "try_number", None) == 1,  # else a retry
-                )
-            except relink.RelinkSkipped as skipped:
-                raise AirflowSkipException(str(skipped)) from None
-            except CrmExtractFailed as failed:
-                raise crm_failure_halts(job, failed, f"relink_attachments {page['page_no']}") from None
-            except Fenced as fenced:
-                raise fenced_task(job, fenced) from None
+        return relink_task(
+            context,
+            self.job or job_of_this_run(context),
+            self.page,
+            source=lambda: bucket_from_hook(self.source_hook),  # built only for a page with files
+            target=lambda: bucket_from_hook(self.target_hook),
+            concurrency=self.concurrency,
+        )

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from notes_migration.domain.codes import AlreadyHalted, Fenced, Halted, Refused, State
-from notes_migration.domain.config import RunConfig, Thresholds
+from notes_migration.domain.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID, RunConfig, Thresholds
 from notes_migration.domain.rows import batches_of
 from notes_migration.run import batch, coverage, plan, start
 from notes_migration.run import validate as validation
@@ -116,12 +116,17 @@ def fenced_by_airflow(context: Any) -> Iterator[None]:
         start.RUN_ALIVE.reset(token)
 
 
-def migrate_page(job: dict, page: dict) -> dict:
+def migrate_page(job: dict, page: dict) -> bool:
+    """A task page's notes. Returns whether its relink task must still run (on False the DAG skips that
+    page's relink_attachments without a worker): False when the page is the
+    whole CID (`plan.WHOLE_CID`, most of a fleet) and its files were relinked here, in the same task. An
+    inline relink that fails fails this task: it retries whole, and relink_attachments (all_done) still runs
+    after its last try, so no file is stranded."""
     context = get_current_context()
     context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
     with _crm(_snapshot_thresholds(job)) as crm, fenced_by_airflow(context):
         try:
-            return batch.migrate_page(crm, cdp_database(), job["job_id"], page)
+            batch.migrate_page(crm, cdp_database(), job["job_id"], page)
         except AlreadyHalted as halted:
             raise AirflowSkipException(str(halted)) from None
         except CrmExtractFailed as failed:
@@ -130,6 +135,54 @@ def migrate_page(job: dict, page: dict) -> dict:
             raise fenced_task(job, fenced) from None
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
+    if not page.get(plan.WHOLE_CID):
+        return True
+    try:
+        relink_task(context, job, page, source=_bucket(CRM_S3_CONN_ID), target=_bucket(CDP_S3_CONN_ID))
+    except AirflowSkipException as skipped:  # a dry run or a halted job: nothing to relink
+        log.info("%s", skipped)
+    return False
+
+
+def _bucket(conn_id: str) -> Callable[[], Any]:
+    """A bucket of an S3 connection, built on first use (a page without files builds none)."""
+    from notes_migration.stores.s3_store import bucket_for
+
+    return lambda: bucket_for(conn_id)
+
+
+def relink_task(
+    context: Any,
+    job: dict,
+    page: dict,
+    *,
+    source: Callable[[], Any],
+    target: Callable[[], Any],
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    """Design step 5 for one task page, inside a task: relink_attachments' body, and migrate_page's for a
+    whole-CID page. Reason-coded outcomes become task states as migrate_page's do."""
+    from notes_migration.run import relink
+
+    context["page_label"] = page_label(page)
+    with crm_session() as crm, fenced_by_airflow(context):  # CRM opened on first read only
+        try:
+            return relink.relink_page(
+                crm,
+                cdp_database(),
+                job["job_id"],
+                page,
+                source=source,
+                target=target,
+                concurrency=concurrency,
+                first_attempt=getattr(context.get("ti"), "try_number", None) == 1,  # else a retry
+            )
+        except relink.RelinkSkipped as skipped:
+            raise AirflowSkipException(str(skipped)) from None
+        except CrmExtractFailed as failed:
+            raise crm_failure_halts(job, failed, f"relink_attachments {page['page_no']}") from None
+        except Fenced as fenced:
+            raise fenced_task(job, fenced) from None
 
 
 def fenced_task(job: dict, fenced: Fenced) -> AirflowFailException:
