@@ -26,7 +26,9 @@ import argparse
 import datetime as dt
 import json
 import random
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds for the whole fleet")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped (kill): the stack is still taken down
     sizes = fleet_sizes()
     cids = list(sizes)
     fig: dict[str, Any] = {
