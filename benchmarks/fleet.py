@@ -98,15 +98,21 @@ def run_breakdown(client, run: dict[str, Any]) -> dict[str, Any]:
     tis = api_list(
         client, f"/api/v2/dags/{MIGRATION_DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances", "task_instances"
     )
-    ran = [t for t in tis if t.get("start_date") and t.get("end_date")]
+    # a task skipped by the scheduler or the Execution API (a branch, a whole-CID page's relink) has dates but no
+    # duration: it never started on a worker
+    ran = [t for t in tis if t.get("start_date") and t.get("end_date") and t.get("duration") is not None]
     busy = sum(float(t.get("duration") or 0) for t in ran)
     waits = [(when(t["start_date"]) - when(t["queued_when"])).total_seconds() for t in ran if t.get("queued_when")]  # type: ignore[operator]
     start, end = when(run["start_date"]), when(run["end_date"])
     wall = (end - start).total_seconds() if start and end else None
     return {
         "tasks": len(ran),
+        "skipped_unstarted": sum(1 for t in tis if t.get("duration") is None and t.get("state") == "skipped"),
         "task_time_s": round(busy, 1),
         "wall_s": round(wall, 1) if wall is not None else None,
+        # the run's seconds with none of its tasks running (scheduling, task start-up), for a run whose tasks
+        # run one after another (a small CID's; a larger one's pages overlap and make this an underestimate)
+        "gap_s": round(wall - busy, 1) if wall is not None else None,
         "mean_queued_to_start_s": round(statistics.mean(waits), 2) if waits else None,
     }
 
@@ -217,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             "small_cids_mean_task_time_s": round(statistics.mean(p["task_time_s"] for p in small), 1)
             if small
             else None,
+            "small_cids_mean_tasks": round(statistics.mean(p["tasks"] for p in small), 1) if small else None,
+            "small_cids_mean_gap_s": round(statistics.mean(p["gap_s"] for p in small), 1) if small else None,
             "biggest_cid_run_s": by_cid.get(max(sizes, key=lambda c: sizes[c]), {}).get("wall_s"),
         }
         fig["runs"] = {str(c): {"notes": sizes[c], **p} for c, p in sorted(by_cid.items())}

@@ -148,6 +148,8 @@ def test_a_killed_page_process_is_retried_and_loses_or_duplicates_nothing(local_
     waits = [s["waiting_for"] for s in seen if s.get("run_id") == run_id and s.get("waiting_for")]
     assert waits and f"migrate_page[{ti['map_index']}]" in waits[0]["tasks"], [s.get("status") for s in seen]
     assert all(s["status"] == "in_progress" for s in seen if s.get("waiting_for"))
+    progress = [s["progress_pct"] for s in seen if s.get("run_id") == run_id and "progress_pct" in s]
+    assert len(progress) >= 3 and progress == sorted(progress), progress  # never backwards, the retry included
     print(f"[stack] polled {len(seen)} statuses; waiting_for seen {len(waits)} times: {waits[0]['detail']}")
     assert status["_dag_run_state"] == "success"
     [page] = [t for t in local_stack.task_instances(run_id, "migrate_page") if t["map_index"] == ti["map_index"]]
