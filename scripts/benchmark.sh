@@ -6,6 +6,8 @@
 #   scripts/benchmark.sh --writers [--rounds N]   the page path of CID 8000 through each writer (mongo, http)
 #   scripts/benchmark.sh --fleet [args]   a 130-CID fleet (~21,000 notes) through crm_notes_rollout under a real
 #                                         scheduler (benchmarks.fleet; .build/benchmark_fleet.json)
+#   scripts/benchmark.sh --run-cost [args]  CPU seconds and tasks of one small CID's run under a real scheduler, split
+#                                         by Airflow process (benchmarks.run_cost; .build/benchmark_run_cost.json)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/prepare.sh"
 if [ "${1:-}" = --stack ]; then
@@ -19,5 +21,9 @@ fi
 if [ "${1:-}" = --fleet ]; then
   shift
   exec "$VENV/bin/python" -m benchmarks.fleet "$@"
+fi
+if [ "${1:-}" = --run-cost ]; then
+  shift
+  exec "$VENV/bin/python" -m benchmarks.run_cost "$@"
 fi
 "$VENV/bin/python" -m benchmarks.run "$@"
