@@ -25,7 +25,7 @@ DEMO_USERS = (
     "tests.browser.test_ops_journey",
 )
 # the benchmarks' CIDs (benchmarks/page_path.py, stack.py, fleet.py): no test may use them
-BENCHMARKS = (span(8000, 8001), span(8100, 8101), span(8200, 8329))
+BENCHMARKS = (span(8000, 8001), span(8100, 8101), span(8200, 8332))
 
 REGISTRY: dict[str, tuple[range, ...]] = {
     "tests.integration.test_migration_e2e": (span(1001, 1099),),

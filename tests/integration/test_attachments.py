@@ -570,12 +570,11 @@ def test_dag_run_relinks_every_migrated_note(seed_cid, run_dag, crm, cdp, crm_bu
         assert sum(1 for e in d["attachments"] if e["type"] == "voice_note") <= 1
 
 
-@pytest.mark.e2e
-def test_dag_run_with_an_unwritable_target_alerts_and_keeps_every_note(seed_cid, run_dag, cdp, monkeypatch):
-    cid = 2051
-    spec = SeedSpec(
+def files_all_copyable(cid: int, notes: int = 40) -> SeedSpec:
+    """One task page of notes with images and documents, every file present and copyable."""
+    return SeedSpec(
         cid=cid,
-        notes=40,
+        notes=notes,
         image_share=0.4,
         document_share=0.3,
         missing_file_share=0,
@@ -584,6 +583,12 @@ def test_dag_run_with_an_unwritable_target_alerts_and_keeps_every_note(seed_cid,
         oversized_file_share=0,
         unsupported_file_share=0,
     )
+
+
+@pytest.mark.e2e
+def test_dag_run_with_an_unwritable_target_alerts_and_keeps_every_note(seed_cid, run_dag, cdp, monkeypatch):
+    cid = 2051
+    spec = files_all_copyable(cid)
     seed_cid(spec)
     conn = json.loads(os.environ["AIRFLOW_CONN_CDP_S3"])
     conn["extra"]["bucket"] = "cdp-files-missing-2051"
@@ -598,3 +603,28 @@ def test_dag_run_with_an_unwritable_target_alerts_and_keeps_every_note(seed_cid,
     # one task page: its files were copied (and failed) inside migrate_page, its relink task skipped unrun
     assert states["migrate_page"] == ["success"] and states["relink_attachments"] == ["skipped"]
     assert cdp[NOTE_LOG].count_documents({"cid": cid, "outcome": "failed"}) == 0
+
+
+@pytest.mark.e2e
+def test_a_whole_cid_page_whose_inline_relink_fails_still_gets_its_files_from_the_relink_task(
+    seed_cid, run_dag, cdp, monkeypatch
+):
+    """A CID of one task page relinks inside migrate_page and skips its relink task. When that inline relink
+    fails for good, migrate_page fails, pushes no skip, and relink_attachments (all_done) copies every file."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from notes_migration.tasks import migration_tasks
+
+    cid = 2004
+    spec = files_all_copyable(cid, notes=30)
+    seed_cid(spec)
+
+    def inline_relink_fails(conn_id: str):
+        raise AirflowFailException(f"inline relink of {conn_id} fails (test)")
+
+    monkeypatch.setattr(migration_tasks, "_bucket", inline_relink_fails)  # only migrate_page's inline relink
+    dag_run = run_dag({"cid": cid, "company_sso_id": spec.company_sso_id})
+    states = task_states(dag_run)
+    assert states["migrate_page"] == ["failed"] and states["relink_attachments"] == ["success"], states
+    figures = cid_status(cdp, cid)["attachments"]
+    assert figures["total"] > 0 and figures["relinked"] == figures["total"], figures

@@ -61,7 +61,15 @@ def test_no_test_takes_a_benchmark_or_demo_cid():
     reserved = {cid for r in BENCHMARKS for cid in r} | set(DEMO)
     taken = {m: sorted(set(cids(m)) & reserved) for m in REGISTRY}
     assert not {m: c for m, c in taken.items() if c}
-    assert {8000, 8001, 8100, 8101, 8200, 8329} <= reserved  # benchmarks/page_path.py, stack.py, fleet.py
+    assert {
+        8000,
+        8001,
+        8100,
+        8101,
+        8200,
+        8329,
+        8332,
+    } <= reserved  # benchmarks/page_path.py, stack.py, fleet.py, run_cost.py
 
 
 def test_every_module_listed_exists_and_owns_some_cids():

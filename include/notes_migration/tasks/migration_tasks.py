@@ -118,10 +118,10 @@ def fenced_by_airflow(context: Any) -> Iterator[None]:
 
 def migrate_page(job: dict, page: dict) -> bool:
     """A task page's notes. Returns whether its relink task must still run (on False the DAG skips that
-    page's relink_attachments without a worker): False when the page is the
-    whole CID (`plan.WHOLE_CID`, most of a fleet) and its files were relinked here, in the same task. An
-    inline relink that fails fails this task: it retries whole, and relink_attachments (all_done) still runs
-    after its last try, so no file is stranded."""
+    page's relink_attachments without a worker): False when the page is the whole CID (`plan.WHOLE_CID`,
+    most of a fleet) and its files were relinked here, in the same task. An inline relink that fails fails
+    this task: it retries whole, and relink_attachments (all_done) still runs after its last try, so no
+    file is stranded."""
     context = get_current_context()
     context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
     with _crm(_snapshot_thresholds(job)) as crm, fenced_by_airflow(context):
