@@ -149,6 +149,7 @@ def test_the_4h_deadline_alert_posts_to_slack_through_its_callback(slack_webhook
     """The migration DAG's Deadline Alert names `past_window` (a light module: Airflow imports a callback at every
     parse, task processes included); awaited as the triggerer awaits it, it posts the rendered text to Slack."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
     from notes_migration.domain.contract import DAG_ID
@@ -156,6 +157,8 @@ def test_the_4h_deadline_alert_posts_to_slack_through_its_callback(slack_webhook
 
     alert = migration_deadline(DAG_ID)
     assert alert.callback.path == "notes_migration.tasks.notifiers.past_window"
-    asyncio.run(past_window(context={"dag_run": SimpleNamespace(run_id="manual__late")}, **alert.callback.kwargs))
+    late = past_window(context={"dag_run": SimpleNamespace(run_id="manual__late")}, **alert.callback.kwargs)
+    with ThreadPoolExecutor(1) as pool:  # a loop of its own, as the triggerer's (another test may run one here)
+        pool.submit(asyncio.run, late).result(timeout=30)
     [message] = slack_webhook
     assert message["json"]["text"].startswith(f"{DAG_ID} run manual__late is past the PRD's 4-hour window")
