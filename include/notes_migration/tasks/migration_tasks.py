@@ -141,6 +141,7 @@ def migrate_page(job: dict, page: dict) -> bool:
         relink_task(context, job, page, source=_bucket(CRM_S3_CONN_ID), target=_bucket(CDP_S3_CONN_ID))
     except AirflowSkipException as skipped:  # a dry run or a halted job: nothing to relink
         log.info("%s", skipped)
+    log.info("CID %s is this one task page: its files were relinked here; its relink task is skipped", job["cid"])
     return False
 
 
