@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag, get_current_context, task, task_group, teardown
-from airflow.sdk.exceptions import DownstreamTasksSkipped
+from airflow.sdk import dag, task, task_group, teardown
 
 from notes_migration.domain.contract import CRM_READERS_POOL, DAG_ID, PAGE_LANES
 from notes_migration.tasks.attachment_relink import AttachmentRelinkOperator
@@ -80,9 +79,7 @@ def crm_notes_migration():
 
     @task(map_index_template="{{ page_label }}", max_active_tis_per_dagrun=PAGE_LANES, pool=CRM_READERS_POOL)
     def migrate_page(job: dict, page: dict) -> None:
-        if not tasks.migrate_page(job, page):  # a whole-CID page relinked its files here: its relink task is
-            # skipped through the Execution API, no worker starts (this task ends success)
-            raise DownstreamTasksSkipped(tasks=[("relink_attachments", get_current_context()["ti"].map_index)])
+        tasks.migrate_page(job, page, relink_task_id="relink_attachments")  # a whole-CID page: its files too
 
     @task_group(group_id="pages", prefix_group_id=False)
     def page_then_files(job: dict, page: dict) -> None:
@@ -104,9 +101,7 @@ def crm_notes_migration():
         """Runs whatever the pages did; finds its job from the run (a setup's output feeds all_success tasks
         only). Keeps its verdict in XCom `verdict` and branches: send_alerts when the verdict calls for any
         (a success pages nobody: send_alerts is skipped), finalise always."""
-        verdict = tasks.validate()
-        get_current_context()["ti"].xcom_push(key="verdict", value=verdict)
-        return ["send_alerts", "finalise"] if tasks.alerts_planned(verdict) else ["finalise"]
+        return tasks.validate_and_branch(alerts_task_id="send_alerts", finalise_task_id="finalise")
 
     @task
     def send_alerts(verdict: dict) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, DownstreamTasksSkipped
 
 from notes_migration.domain.codes import AlreadyHalted, Fenced, Halted, Refused, State
 from notes_migration.domain.config import CDP_S3_CONN_ID, CRM_S3_CONN_ID, RunConfig, Thresholds
@@ -116,12 +116,12 @@ def fenced_by_airflow(context: Any) -> Iterator[None]:
         start.RUN_ALIVE.reset(token)
 
 
-def migrate_page(job: dict, page: dict) -> bool:
-    """A task page's notes. Returns whether its relink task must still run (on False the DAG skips that
-    page's relink_attachments without a worker): False when the page is the whole CID (`plan.WHOLE_CID`,
-    most of a fleet) and its files were relinked here, in the same task. An inline relink that fails fails
-    this task: it retries whole, and relink_attachments (all_done) still runs after its last try, so no
-    file is stranded."""
+def migrate_page(job: dict, page: dict, relink_task_id: str) -> None:
+    """A task page's notes. When the page is the whole CID (`plan.WHOLE_CID`, most of a fleet) its files
+    are relinked here too, in the same task, and its own relink task (`relink_task_id`, same map index) is
+    skipped through the Execution API (the Task SDK's public DownstreamTasksSkipped: this task ends success,
+    no worker starts for the skipped one). An inline relink that fails fails this task: it retries whole,
+    and the relink task (all_done) still runs after its last try, so no file is stranded."""
     context = get_current_context()
     context["page_label"] = page_label(page)  # type: ignore[typeddict-unknown-key]
     with _crm(_snapshot_thresholds(job)) as crm, fenced_by_airflow(context):
@@ -136,13 +136,13 @@ def migrate_page(job: dict, page: dict) -> bool:
         except Halted as halted:
             raise AirflowFailException(str(halted)) from None
     if not page.get(plan.WHOLE_CID):
-        return True
+        return
     try:
         relink_task(context, job, page, source=_bucket(CRM_S3_CONN_ID), target=_bucket(CDP_S3_CONN_ID))
     except AirflowSkipException as skipped:  # a dry run or a halted job: nothing to relink
         log.info("%s", skipped)
     log.info("CID %s is this one task page: its files were relinked here; its relink task is skipped", job["cid"])
-    return False
+    raise DownstreamTasksSkipped(tasks=[(relink_task_id, context["ti"].map_index)])
 
 
 def _bucket(conn_id: str) -> Callable[[], Any]:
@@ -212,6 +212,14 @@ def validate() -> dict:
         except Fenced as fenced:
             raise fenced_task(job, fenced) from None
     return {**verdict, "job": job, "alerts": [a.kind for a in alerts.plan(verdict, thresholds)]}
+
+
+def validate_and_branch(alerts_task_id: str, finalise_task_id: str) -> list[str]:
+    """validate as the DAG's alert branch: the verdict kept in XCom `verdict` (send_alerts and finalise read
+    it), then the tasks to follow: the alerts only when the verdict calls for any, finalise always."""
+    verdict = validate()
+    get_current_context()["ti"].xcom_push(key="verdict", value=verdict)
+    return [alerts_task_id, finalise_task_id] if alerts_planned(verdict) else [finalise_task_id]
 
 
 def alerts_planned(verdict: dict) -> bool:
