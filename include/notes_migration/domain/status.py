@@ -60,11 +60,12 @@ def run_progress(
     `progress_pct` gives the two phases fixed, equal weights (no attachment phase on a dry run): the
     share of in-scope notes processed and the share of pages whose files are relinked only grow, so
     the figure only grows (a killed task's page, retried, keeps what its batches recorded). Weights
-    measured during the run would be closer to time but move as pages are timed: before 2026-12-06 the
-    first relinked page of a 100,000-note CID re-weighted the phases and the figure fell from 32.6 % to
-    13.8 %. Measured seconds per page serve the ETA only, which may move either way: it extrapolates
-    the elapsed time over the share of the work still to do, each phase weighted by its mean seconds
-    per page so far (the note phase's until the first attachment page is done)."""
+    measured during the run would be closer to time but move as pages are timed, and the figure can then
+    fall (it did before 2026-12-06: issue 22 saw 32.6 % → 13.8 % on a 100,000-note CID after a killed
+    task; the unit test replays such falls). Measured seconds per page serve the ETA only, which may move
+    either way: it extrapolates the elapsed time over the share of the work still to do, each phase
+    weighted by its mean seconds per page so far (the note phase's until the first attachment page is
+    done)."""
     pages_total = int(job.get("pages_total") or 0)
     notes_share = progress_pct(job, totals) / 100.0
     attachments = job.get("attachments") or {}
